@@ -1,0 +1,41 @@
+"""One place wires settings, database, clock, secret, attachment store and templates together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.clock import Clock, SystemClock
+from mailgate.config import Settings
+from mailgate.db import make_engine, make_sessionmaker
+from mailgate.ingest.attachments import AttachmentStore
+from mailgate.notify import Templates
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    clock: Clock
+    secret: bytes
+    store: AttachmentStore
+    templates: Templates
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None, engine: Engine | None = None) -> App:
+        engine = engine or make_engine(settings.effective_database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            clock=clock or SystemClock(),
+            secret=settings.secret_bytes(),
+            store=AttachmentStore(settings.attachments_dir),
+            templates=Templates(),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()

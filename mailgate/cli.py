@@ -1,0 +1,331 @@
+"""The `mailgate` command. Thin: each command builds the App once and calls one operation."""
+
+from __future__ import annotations
+
+import logging
+import mailbox
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from mailgate.app import App
+from mailgate.config import ConfigError, Settings, load_settings
+
+EX_OK = 0
+EX_DATAERR = 65
+EX_TEMPFAIL = 75  # sysexits: the MTA keeps the mail and tries again
+EX_CONFIG = 78
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"mailgate: {message}", err=True)
+    sys.exit(code)
+
+
+class Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    def app(self) -> App:
+        return App.build(self.settings)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="Config file (default: mailgate.toml).")
+@click.option("--verbose", "-v", is_flag=True, help="Log every step to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
+    """mailgate: turn a support mailbox into a help desk."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = Context(config)
+
+
+# -- database ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Create or migrate the database schema to the newest version."""
+    from mailgate.db import upgrade
+
+    url = ctx.settings.effective_database_url
+    upgrade(url)
+    click.echo(f"database schema is up to date ({_redact(url)})")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+@cli.command("ingest")
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True, path_type=Path))
+@click.option("--source", default="pipe", show_default=True, help="Where the mail came from (shown in history).")
+@click.option("--recipient", "recipients", multiple=True, help="Envelope recipient (as the MTA passes it).")
+@pass_ctx
+def ingest_cmd(ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...]) -> None:
+    """Store mail from FILES (or standard input, '-') for an MTA pipe.
+
+    Exit status 0 when stored, duplicate or quarantined; 75 (EX_TEMPFAIL) on a temporary failure,
+    so the MTA keeps the mail and retries.
+    """
+    from mailgate.ingest.pipeline import TemporaryFailure, ingest
+
+    try:
+        app = ctx.app()
+    except (ConfigError, OperationalError) as exc:
+        _fail(f"cannot start, mail left with the MTA: {exc}", EX_TEMPFAIL)
+    status = EX_OK
+    for path in files or (Path("-"),):
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        try:
+            result = ingest(app, raw, source, recipients)
+        except TemporaryFailure as exc:
+            click.echo(f"{path}: temporary failure, not stored: {exc}", err=True)
+            status = EX_TEMPFAIL
+            continue
+        number = f" {app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
+        click.echo(f"{path}: {result.outcome}{number}")
+    app.close()
+    sys.exit(status)
+
+
+def _mails(kind: str, path: Path) -> Iterator[bytes]:
+    box: mailbox.Mailbox[Any] = (
+        mailbox.mbox(path, create=False) if kind == "mbox" else mailbox.Maildir(path, create=False)
+    )
+    for key in box.iterkeys():
+        data = box.get_bytes(key)
+        if kind == "mbox" and data.startswith(b"From "):
+            data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+        yield data
+
+
+@cli.command("import")
+@click.argument("kind", type=click.Choice(["mbox", "maildir"]))
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def import_cmd(ctx: Context, kind: str, path: Path) -> None:
+    """Ingest every mail of an mbox file or a Maildir folder, with a summary at the end."""
+    from mailgate.ingest.pipeline import TemporaryFailure, ingest
+
+    app = ctx.app()
+    source = f"import:{path.name}"
+    counts: Counter[str] = Counter()
+    total = sum(1 for _ in _mails(kind, path))
+    with click.progressbar(_mails(kind, path), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
+        for raw in bar:
+            try:
+                counts[ingest(app, raw, source).outcome] += 1
+            except TemporaryFailure as exc:
+                counts["failed"] += 1
+                click.echo(f"\ntemporary failure (run the import again to retry): {exc}", err=True)
+    labels = [
+        ("new_ticket", "new tickets"),
+        ("reply", "replies"),
+        ("duplicate", "duplicates"),
+        ("auto", "auto-generated"),
+        ("bounce", "bounces"),
+        ("quarantined", "quarantined"),
+        ("failed", "failed (not stored)"),
+    ]
+    click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))
+    app.close()
+    sys.exit(EX_TEMPFAIL if counts["failed"] else EX_OK)
+
+
+# -- tickets ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def tickets() -> None:
+    """Look at tickets."""
+
+
+@tickets.command("list")
+@click.option("--status", "statuses", multiple=True, help="Only tickets with this status (repeatable).")
+@pass_ctx
+def tickets_list(ctx: Context, statuses: tuple[str, ...]) -> None:
+    """One line per ticket."""
+    from mailgate import views
+
+    _with_session(
+        ctx, lambda s: _print(views.ticket_list(s, ctx.settings.tickets.tag_prefix, statuses) or ["no tickets"])
+    )
+
+
+@tickets.command("show")
+@click.argument("number", type=int)
+@pass_ctx
+def tickets_show(ctx: Context, number: int) -> None:
+    """The whole thread of ticket NUMBER as a person reads it."""
+    from mailgate import views
+
+    def show(session: Any) -> None:
+        lines = views.ticket_thread(session, ctx.settings.tickets.tag_prefix, number)
+        if lines is None:
+            _fail(f"there is no ticket #{number}")
+        _print(lines)
+
+    _with_session(ctx, show)
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+@cli.group()
+def quarantine() -> None:
+    """Mail that could not be parsed."""
+
+
+@quarantine.command("list")
+@pass_ctx
+def quarantine_list(ctx: Context) -> None:
+    from mailgate import views
+
+    _with_session(ctx, lambda s: _print(views.quarantine_list(s) or ["quarantine is empty"]))
+
+
+@quarantine.command("show")
+@click.argument("qid", type=int)
+@pass_ctx
+def quarantine_show(ctx: Context, qid: int) -> None:
+    """The reason and the raw bytes of quarantined mail QID."""
+    from mailgate.models import Quarantine
+
+    def show(session: Any) -> None:
+        row = session.get(Quarantine, qid)
+        if row is None:
+            _fail(f"there is no quarantined mail {qid}")
+        click.echo(f"reason: {row.reason}\nsource: {row.source}\nreceived: {row.received_at}\n")
+        sys.stdout.buffer.write(row.raw)
+
+    _with_session(ctx, show)
+
+
+@quarantine.command("retry")
+@click.argument("qid", type=int)
+@pass_ctx
+def quarantine_retry(ctx: Context, qid: int) -> None:
+    """Run quarantined mail QID through ingest again (after a fix)."""
+    from mailgate.ingest.pipeline import TemporaryFailure, ingest
+    from mailgate.models import Quarantine
+
+    app = ctx.app()
+    with app.sessions() as session:
+        row = session.get(Quarantine, qid)
+        if row is None:
+            _fail(f"there is no quarantined mail {qid}")
+        if row.released_at is not None:
+            _fail(f"quarantined mail {qid} was already released as {row.released_as}")
+        raw, source = row.raw, row.source
+    try:
+        result = ingest(app, raw, f"{source}+retry")
+    except TemporaryFailure as exc:
+        _fail(f"temporary failure, still quarantined: {exc}", EX_TEMPFAIL)
+    if result.outcome == "quarantined":
+        with app.sessions() as session, session.begin():
+            session.delete(session.get(Quarantine, result.quarantine_id))
+        _fail(f"still unparseable: {result.trace[0]['decision']}", EX_DATAERR)
+    with app.sessions() as session, session.begin():
+        row = session.get(Quarantine, qid)
+        row.released_at = app.clock.now()
+        row.released_as = f"{result.outcome} {result.ticket_number or ''}".strip()
+    click.echo(f"released: {row.released_as}")
+
+
+# -- outbox -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def outbox() -> None:
+    """Queued outgoing mail."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice(["queued", "sent", "dead"]))
+@pass_ctx
+def outbox_list(ctx: Context, state: str | None) -> None:
+    from mailgate import views
+
+    _with_session(ctx, lambda s: _print(views.outbox_list(s, state) or ["outbox is empty"]))
+
+
+@outbox.command("flush")
+@pass_ctx
+def outbox_flush(ctx: Context) -> None:
+    """Deliver queued mail now: to the relay, or to the local Maildir when no relay is set."""
+    from mailgate.outbox import deliver_due, transport_for
+
+    app = ctx.app()
+    settings = app.settings
+    transport = transport_for(settings.outgoing, settings.outgoing_maildir)
+    with app.sessions() as session:
+        report = deliver_due(session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000)
+    where = f"relay {settings.outgoing.relay_host}" if settings.outgoing.relay_host else settings.outgoing_maildir
+    click.echo(f"sent {report.sent}, will retry {report.retried}, dead {report.dead} (to {where})")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _print(lines: list[str]) -> None:
+    click.echo("\n".join(lines))
+
+
+def _with_session(ctx: Context, action: Callable[[Any], None]) -> None:
+    app = ctx.app()
+    try:
+        with app.sessions() as session:
+            action(session)
+    finally:
+        app.close()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", 1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
+    except OperationalError as exc:
+        _fail(f"database error: {exc.orig}", EX_TEMPFAIL)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the last line of defence: one readable line, not a traceback
+        logging.getLogger("mailgate").debug("unhandled", exc_info=True)
+        _fail(f"error: {type(exc).__name__}: {exc}")
+    sys.exit(0)

@@ -1,0 +1,213 @@
+"""Settings: a TOML file, overridden by MAILGATE_* environment variables, validated in one place.
+
+pydantic-settings does the layering and validation; this module turns its errors into one line
+per bad key ("key = value: what was expected") so a typo never surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATHS = (Path("mailgate.toml"), Path("/etc/mailgate/mailgate.toml"))
+DEFAULT_CATEGORIES = ["incident", "service request", "problem", "change", "feature request"]
+
+
+def _check_address(value: str) -> str:
+    if not re.fullmatch(r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+", value):
+        raise ValueError("an address like support@example.com (no display name)")
+    return value.lower()
+
+
+EmailStr = Annotated[str, AfterValidator(_check_address)]
+
+
+class ConfigError(Exception):
+    """A configuration problem a person must fix; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Addresses(_Section):
+    support: EmailStr = "support@localhost"
+    dispatcher: EmailStr = "dispatch@localhost"
+    # Other addresses that deliver into this gateway (aliases, the IMAP mailbox's own address).
+    own: list[EmailStr] = Field(default_factory=list)
+    display_name: str = "IT Help Desk"
+
+    def all_own(self) -> set[str]:
+        return {a.lower() for a in (self.support, self.dispatcher, *self.own)}
+
+
+class Tickets(_Section):
+    tag_prefix: str = "HD"
+    categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES))
+    default_priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    # A reply to a ticket closed longer ago than this opens a new ticket linked to the old one.
+    reopen_window_days: int = Field(default=14, ge=0)
+    # Hours until the first answer is due, per priority (shown in the acknowledgement).
+    first_response_hours: dict[Literal["low", "normal", "high", "urgent"], float] = Field(
+        default_factory=lambda: {"low": 24.0, "normal": 8.0, "high": 4.0, "urgent": 1.0}
+    )
+    timezone: str = "UTC"
+
+    @field_validator("tag_prefix")
+    @classmethod
+    def _prefix_is_a_word(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,15}", value):
+            raise ValueError("1-16 letters, digits, '-' or '_', starting with a letter")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("an IANA time zone name such as 'Europe/Berlin'") from None
+        return value
+
+
+class Outgoing(_Section):
+    # With no relay_host, outgoing mail is written to a local Maildir (default <data_dir>/outgoing).
+    relay_host: str = ""
+    relay_port: int = Field(default=25, ge=1, le=65535)
+    relay_security: Literal["none", "starttls", "tls"] = "none"
+    relay_user: str = ""
+    relay_password: str = ""
+    maildir: Path | None = None
+    max_attempts: int = Field(default=10, ge=1)
+    # Our own loop-detection header value; mail carrying it came from this installation.
+    loop_id: str = "mailgate"
+
+
+class Limits(_Section):
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
+    # Acknowledgements per sender address within ack_window_minutes (robots ping-pong otherwise).
+    acks_per_sender: int = Field(default=3, ge=0)
+    ack_window_minutes: int = Field(default=60, ge=1)
+
+
+class StaffMember(_Section):
+    address: EmailStr
+    name: str = ""
+    team: str = ""
+    role: Literal["staff", "dispatcher", "admin"] = "staff"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILGATE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    # HMAC key for reply tokens. Empty: generated once and kept in <data_dir>/secret.
+    secret: str = ""
+    addresses: Addresses = Addresses()
+    tickets: Tickets = Tickets()
+    outgoing: Outgoing = Outgoing()
+    limits: Limits = Limits()
+    staff: list[StaffMember] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_has_a_scheme(cls, value: str) -> str:
+        if value and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mailgate.db').resolve()}"
+
+    @property
+    def outgoing_maildir(self) -> Path:
+        return self.outgoing.maildir or self.data_dir / "outgoing"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.data_dir / "attachments"
+
+    def secret_bytes(self) -> bytes:
+        """The token key; an empty setting means one generated once and kept in the data dir."""
+        if self.secret:
+            return self.secret.encode()
+        path = self.data_dir / "secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    env = "MAILGATE_" + "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
+    expected = error["msg"]
+    if error["type"] == "extra_forbidden":
+        expected = "unknown key (check the spelling against config/mailgate.example.toml)"
+    elif expected.startswith("Value error, "):
+        expected = "expected " + expected.removeprefix("Value error, ")
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "(a table)"
+    return f"{key} = {shown}: {expected} (set in the config file or {env})"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from `path` (or MAILGATE_CONFIG, or a default location), then environment."""
+    if path is None and os.environ.get("MAILGATE_CONFIG"):
+        path = Path(os.environ["MAILGATE_CONFIG"])
+    if path is None:
+        path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
+    elif not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path is not None:
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from None
+    return Settings.model_construct(**{k: getattr(loaded, k) for k in Settings.model_fields})

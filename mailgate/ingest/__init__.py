@@ -1,0 +1,1 @@
+"""The one way mail comes in: ingest(raw_bytes, source)."""

@@ -1,0 +1,165 @@
+"""Raw bytes -> ParsedMail: decoded headers, readable text, attachments. No database here.
+
+mail-parser does the tolerant decoding (RFC 2047 words, broken charsets, defects); the MIME tree
+it keeps (`.message`) is walked here for attachments, so their bytes come out exactly as sent.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+
+import mailparser
+
+from mailgate.ingest.attachments import MailAttachment, extract_attachments
+from mailgate.ingest.text import html_to_text, repair_text
+
+log = logging.getLogger(__name__)
+
+_HEADER_LINE = re.compile(rb"^(From |[!-9;-~]+[ \t]*:)")
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+class Unparseable(Exception):
+    """The bytes are not a mail we can do anything with; the message is the reason."""
+
+
+@dataclass
+class ParsedMail:
+    raw: bytes
+    message: Message
+    message_id: str | None
+    in_reply_to: list[str]
+    references: list[str]
+    from_addr: str
+    from_name: str
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    reply_to: list[tuple[str, str]]
+    subject: str
+    date: datetime | None
+    text: str
+    attachments: list[MailAttachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        """A header's decoded value ('' when absent)."""
+        value = self.message.get(name)
+        return "" if value is None else _decode_header(value)
+
+    def headers(self, name: str) -> list[str]:
+        return [_decode_header(v) for v in self.message.get_all(name) or []]
+
+    @property
+    def thread_ids(self) -> list[str]:
+        """In-Reply-To first, then References from the newest back."""
+        seen: dict[str, None] = dict.fromkeys(self.in_reply_to)
+        seen.update(dict.fromkeys(reversed(self.references)))
+        return list(seen)
+
+
+def normalise_message_id(value: str) -> str | None:
+    """'<Abc@Host>' -> 'Abc@Host' (the local part is case-sensitive, RFC 5322 3.6.4)."""
+    ids = message_ids(value)
+    if ids:
+        return ids[0]
+    value = value.strip()
+    return value or None
+
+
+def message_ids(value: str | None) -> list[str]:
+    return _MSGID.findall(value or "")
+
+
+def _decode_header(value: object) -> str:
+    text = str(value)
+    if "=?" in text:
+        try:
+            parts = email.header.decode_header(text)
+            text = str(email.header.make_header(parts))
+        except (ValueError, LookupError, UnicodeError):
+            pass
+    return repair_text(text)
+
+
+def _addresses(values: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    out = []
+    for name, addr in values or []:
+        addr = (addr or "").strip().lower()
+        if "@" in addr:
+            out.append((repair_text(name or "").strip(), addr))
+    return out
+
+
+def _date(message: Message) -> datetime | None:
+    value = message.get("Date")
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _sender(parsed: mailparser.MailParser, message: Message) -> tuple[str, str]:
+    """From, else Sender, else Reply-To, else Return-Path: who a reply should go to."""
+    for header in ("from", "sender", "reply-to"):
+        found = _addresses(email.utils.getaddresses([str(v) for v in message.get_all(header, [])]))
+        if header == "from" and parsed.from_:
+            found = _addresses(parsed.from_) or found
+        if found:
+            return found[0]
+    return_path = message_ids(str(message.get("Return-Path", "")))
+    if return_path and "@" in return_path[0]:
+        return "", return_path[0].lower()
+    return "", ""
+
+
+def parse(raw: bytes, max_bytes: int) -> ParsedMail:
+    """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail."""
+    if not raw.strip():
+        raise Unparseable("empty input")
+    if len(raw) > max_bytes:
+        raise Unparseable(f"{len(raw)} bytes is over the limit of {max_bytes} (limits.max_message_bytes)")
+    if not _HEADER_LINE.match(raw.lstrip(b"\r\n")):
+        raise Unparseable("no header section: the input does not start with a mail header")
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+    except Exception as exc:  # mail-parser raises many types on hostile input
+        raise Unparseable(f"MIME parser failed: {type(exc).__name__}: {exc}") from exc
+    message = parsed.message
+    from_name, from_addr = _sender(parsed, message)
+    if not from_addr:
+        raise Unparseable("no sender address in From, Sender, Reply-To or Return-Path")
+
+    plain = [t for t in parsed.text_plain if t and t.strip()]
+    text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(parsed.text_html))
+    attachments, attachment_text = extract_attachments(message)
+    if not text.strip() and attachment_text:
+        text = attachment_text  # e.g. the body of an Outlook winmail.dat
+
+    return ParsedMail(
+        raw=raw,
+        message=message,
+        message_id=normalise_message_id(str(message.get("Message-ID", "") or "")),
+        in_reply_to=message_ids(str(message.get("In-Reply-To", "") or "")),
+        references=message_ids(" ".join(str(v) for v in message.get_all("References", []))),
+        from_addr=from_addr,
+        from_name=from_name,
+        to=_addresses(parsed.to),
+        cc=_addresses(parsed.cc),
+        reply_to=_addresses(email.utils.getaddresses([str(v) for v in message.get_all("Reply-To", [])])),
+        subject=" ".join(_decode_header(parsed.subject or message.get("Subject", "") or "").split()),
+        date=_date(message),
+        text=text.strip("\n"),
+        attachments=attachments,
+        defects=[str(d) for d in parsed.defects_categories],
+    )

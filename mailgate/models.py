@@ -1,0 +1,294 @@
+"""The ticket store: SQLAlchemy 2 typed models. Imports nothing of the project.
+
+The schema is created only by alembic migrations (alembic/versions); tests check that the
+migrations and these models agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = Annotated[datetime, mapped_column(UTCDateTime())]
+Address = Annotated[str, mapped_column(String(320))]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Status(enum.StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Direction(enum.StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class MessageKind(enum.StrEnum):
+    """What a stored incoming mail turned out to be."""
+
+    NEW_TICKET = "new_ticket"
+    REPLY = "reply"
+    AUTO = "auto"  # auto-generated: stored, never acknowledged, never changes a status
+    BOUNCE = "bounce"  # a delivery status notification
+
+
+class OutboxState(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class Counter(Base):
+    """Named counters (ticket numbers): UPDATE … RETURNING keeps them gap-safe under concurrency."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class Person(Base):
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[Address] = mapped_column(unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    department: Mapped[str] = mapped_column(String(200), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    manager_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    role: Mapped[str] = mapped_column(String(20), default="requester")
+    team: Mapped[str] = mapped_column(String(100), default="")
+    # Set by a permanent delivery failure: we stop mailing this address.
+    undeliverable_since: Mapped[Timestamp | None]
+    undeliverable_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Timestamp]
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in ("staff", "dispatcher", "admin")
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=Status.NEW, index=True)
+    priority: Mapped[str] = mapped_column(String(20), default=Priority.NORMAL)
+    category: Mapped[str | None] = mapped_column(String(100))
+    team: Mapped[str | None] = mapped_column(String(100))
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
+    department: Mapped[str] = mapped_column(String(200), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[Timestamp]
+    first_response_due: Mapped[Timestamp | None]
+    first_response_at: Mapped[Timestamp | None]
+    resolved_at: Mapped[Timestamp | None]
+    closed_at: Mapped[Timestamp | None]
+    last_activity_at: Mapped[Timestamp]
+
+    requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
+    assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="ticket", order_by="Message.id", foreign_keys="Message.ticket_id"
+    )
+
+
+class Participant(Base):
+    """Who is on a ticket (requester, cc, staff): only they may thread by subject tag alone."""
+
+    __tablename__ = "participants"
+    __table_args__ = (UniqueConstraint("ticket_id", "person_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+
+
+class TicketLink(Base):
+    """A ticket that refers to another (a stranger quoting a tag, a follow-up to a closed one)."""
+
+    __tablename__ = "ticket_links"
+    __table_args__ = (UniqueConstraint("ticket_id", "other_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    other_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(3))
+    kind: Mapped[str] = mapped_column(String(20))
+    # Unique per incoming mail: the normalised Message-ID, else a hash of the content.
+    dedupe_key: Mapped[str | None] = mapped_column(String(1000), unique=True)
+    message_id: Mapped[str | None] = mapped_column(String(1000), index=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    refs: Mapped[list[Any]] = mapped_column(default=list)
+    from_addr: Mapped[Address] = mapped_column(default="")
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    to_addrs: Mapped[list[Any]] = mapped_column(default=list)
+    cc_addrs: Mapped[list[Any]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    date: Mapped[Timestamp | None]
+    received_at: Mapped[Timestamp]
+    source: Mapped[str] = mapped_column(String(100))
+    sender_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
+    text_new: Mapped[str] = mapped_column(Text, default="")
+    text_full: Mapped[str] = mapped_column(Text, default="")
+    auto_reasons: Mapped[list[Any]] = mapped_column(default=list)
+    # Why this mail landed where it did: [{"step": …, "decision": …}, …]
+    trace: Mapped[list[Any]] = mapped_column(default=list)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+    ticket: Mapped[Ticket | None] = relationship(back_populates="messages")
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
+
+
+class Attachment(Base):
+    """Metadata of a stored file; the bytes live content-addressed under the data directory."""
+
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(Text, default="")
+    # False when over the size limit: only this note is kept, and the requester is told.
+    stored: Mapped[bool] = mapped_column(Boolean, default=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Event(Base):
+    """Audit trail: who changed what on which ticket, when, through which channel."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(50))
+    field: Mapped[str | None] = mapped_column(String(50))
+    old: Mapped[str | None] = mapped_column(Text)
+    new: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(100))
+    at: Mapped[Timestamp]
+
+
+class Outbox(Base):
+    """Outgoing mail, queued in the transaction that caused it; a sender delivers it later."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    # One row per occasion (e.g. "ack:42"): a second attempt to queue it is a no-op.
+    occasion: Mapped[str | None] = mapped_column(String(200), unique=True)
+    message_id: Mapped[str] = mapped_column(String(1000), unique=True)
+    mail_from: Mapped[Address]
+    # The first recipient, lowercased: acknowledgements are rate-limited by it.
+    rcpt_key: Mapped[Address] = mapped_column(index=True)
+    recipients: Mapped[list[Any]]
+    headers: Mapped[dict[str, Any]]
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(10), default=OutboxState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Timestamp]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Timestamp] = mapped_column(index=True)
+    sent_at: Mapped[Timestamp | None]
+
+
+class Quarantine(Base):
+    """Mail that could not be parsed at all: raw bytes and the reason, until retried."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(100))
+    received_at: Mapped[Timestamp]
+    released_at: Mapped[Timestamp | None]
+    released_as: Mapped[str | None] = mapped_column(Text)
+
+
+class MailboxState(Base):
+    """Where the IMAP poller left off in each mailbox."""
+
+    __tablename__ = "mailbox_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[Timestamp]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

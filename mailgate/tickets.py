@@ -1,0 +1,159 @@
+"""Domain operations on tickets: the only module that changes a ticket, and it writes the events."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailgate.models import Counter, Event, Participant, Person, Status, Ticket, TicketLink
+
+
+def find_or_create_person(session: Session, address: str, name: str, now: datetime) -> Person:
+    address = address.lower()
+    person = session.scalar(select(Person).where(Person.address == address))
+    if person is None:
+        person = Person(address=address, name=name, created_at=now)
+        session.add(person)
+        session.flush()
+    elif name and not person.name:
+        person.name = name
+    return person
+
+
+def next_ticket_number(session: Session) -> int:
+    # UPDATE … RETURNING locks the counter row until commit: two daemons never share a number.
+    number = session.scalar(
+        update(Counter).where(Counter.name == "ticket").values(value=Counter.value + 1).returning(Counter.value)
+    )
+    if number is None:
+        raise RuntimeError("ticket counter missing: run `mailgate db upgrade`")
+    return int(number)
+
+
+def record(
+    session: Session,
+    ticket: Ticket | None,
+    *,
+    actor: str,
+    action: str,
+    channel: str,
+    at: datetime,
+    field: str | None = None,
+    old: str | None = None,
+    new: str | None = None,
+    message_id: int | None = None,
+) -> Event:
+    event = Event(
+        ticket_id=ticket.id if ticket else None,
+        actor=actor,
+        action=action,
+        channel=channel,
+        at=at,
+        field=field,
+        old=old,
+        new=new,
+        message_id=message_id,
+    )
+    session.add(event)
+    return event
+
+
+def add_participant(session: Session, ticket: Ticket, person: Person, role: str) -> None:
+    exists = session.scalar(
+        select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
+    )
+    if exists is None:
+        session.add(Participant(ticket_id=ticket.id, person_id=person.id, role=role))
+        session.flush()
+
+
+def create_ticket(
+    session: Session,
+    *,
+    subject: str,
+    requester: Person,
+    priority: str,
+    channel: str,
+    now: datetime,
+    first_response_due: datetime | None,
+) -> Ticket:
+    ticket = Ticket(
+        number=next_ticket_number(session),
+        subject=subject or "(no subject)",
+        requester_id=requester.id,
+        status=Status.NEW,
+        priority=priority,
+        department=requester.department,
+        location=requester.location,
+        created_at=now,
+        last_activity_at=now,
+        first_response_due=first_response_due,
+    )
+    session.add(ticket)
+    session.flush()
+    add_participant(session, ticket, requester, "requester")
+    record(
+        session,
+        ticket,
+        actor=requester.address,
+        action="created",
+        channel=channel,
+        at=now,
+        new=ticket.subject,
+    )
+    return ticket
+
+
+def link(session: Session, ticket: Ticket, other: Ticket, kind: str, *, channel: str, now: datetime) -> None:
+    session.add(TicketLink(ticket_id=ticket.id, other_id=other.id, kind=kind))
+    record(
+        session,
+        ticket,
+        actor="mailgate",
+        action="linked",
+        channel=channel,
+        at=now,
+        field=kind,
+        new=str(other.number),
+    )
+
+
+def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, channel: str, now: datetime) -> None:
+    if ticket.status == status:
+        return
+    old = ticket.status
+    ticket.status = status
+    if status == Status.RESOLVED:
+        ticket.resolved_at = now
+    elif status == Status.CLOSED:
+        ticket.closed_at = now
+    elif old in (Status.RESOLVED, Status.CLOSED):
+        ticket.resolved_at = ticket.closed_at = None
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="status",
+        field="status",
+        old=old,
+        new=status,
+        channel=channel,
+        at=now,
+    )
+
+
+def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bool:
+    """A closed ticket past the window takes no more replies: they open a follow-up ticket."""
+    if ticket.status != Status.CLOSED:
+        return False
+    closed = ticket.closed_at or ticket.last_activity_at
+    return now - closed > timedelta(days=window_days)
+
+
+def requester_replied(session: Session, ticket: Ticket, *, actor: str, channel: str, now: datetime) -> None:
+    """A reply from the requester's side: a resolved, closed or pending ticket needs us again."""
+    ticket.last_activity_at = now
+    if ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
+        set_status(session, ticket, Status.OPEN, actor=actor, channel=channel, now=now)
