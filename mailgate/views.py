@@ -55,7 +55,8 @@ def ticket_thread(session: Session, prefix: str, number: int) -> list[str] | Non
     for m in session.scalars(
         select(Message).where(Message.ticket_id == ticket.id).options(selectinload(Message.attachments))
     ):
-        head = f"--- {_when(m.received_at)}  {m.from_name + ' ' if m.from_name else ''}<{m.from_addr}>  ({m.kind}, {m.source})"
+        sender = f"{m.from_name} <{m.from_addr}>" if m.from_name else f"<{m.from_addr}>"
+        head = f"--- {_when(m.received_at)}  {sender}  ({m.kind}, {m.source})"
         body = [head, *(m.text_new or "(no text)").splitlines()]
         for a in m.attachments:
             kept = "" if a.stored else f" — NOT KEPT: {a.note}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tnefparse import TNEF
 
-from mailgate.ingest.text import html_to_text, repair_text
+from mailgate.ingest.text import decode_words, html_to_text, repair_text
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ def _filename(part: Message) -> str:
     name = part.get_filename() or part.get_param("name") or ""
     if isinstance(name, tuple):  # an RFC 2231 value that email could not decode
         name = name[2] if len(name) > 2 else ""
-    return repair_text(str(name)).strip().replace("/", "_").replace("\\", "_")
+    name = repair_text(str(name))
+    if "=?" in name:  # RFC 2047 words in a parameter: not allowed, but what Outlook sends
+        name = decode_words(name)
+    return " ".join(name.split()).replace("/", "_").replace("\\", "_")
 
 
 def _is_body_part(part: Message) -> bool:

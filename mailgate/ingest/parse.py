@@ -6,7 +6,6 @@ it keeps (`.message`) is walked here for attachments, so their bytes come out ex
 
 from __future__ import annotations
 
-import email.header
 import email.utils
 import logging
 import re
@@ -17,7 +16,7 @@ from email.message import Message
 import mailparser
 
 from mailgate.ingest.attachments import MailAttachment, extract_attachments
-from mailgate.ingest.text import html_to_text, repair_text
+from mailgate.ingest.text import decode_words, html_to_text, repair_text
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,11 @@ class ParsedMail:
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""
-        value = self.message.get(name)
-        return "" if value is None else _decode_header(value)
+        values = self.headers(name)
+        return values[0] if values else ""
 
     def headers(self, name: str) -> list[str]:
-        return [_decode_header(v) for v in self.message.get_all(name) or []]
+        return raw_headers(self.message, name)
 
     @property
     def thread_ids(self) -> list[str]:
@@ -76,15 +75,18 @@ def message_ids(value: str | None) -> list[str]:
     return _MSGID.findall(value or "")
 
 
+def raw_headers(message: Message, name: str) -> list[str]:
+    """Decoded values of header `name`, read from the raw header lines.
+
+    Going through the raw lines keeps undeclared 8-bit bytes (as surrogate escapes) for
+    repair_text, where the stdlib's Header objects would silently drop them.
+    """
+    wanted = name.lower()
+    return [_decode_header(v) for k, v in message.raw_items() if k.lower() == wanted]
+
+
 def _decode_header(value: object) -> str:
-    text = str(value)
-    if "=?" in text:
-        try:
-            parts = email.header.decode_header(text)
-            text = str(email.header.make_header(parts))
-        except (ValueError, LookupError, UnicodeError):
-            pass
-    return repair_text(text)
+    return decode_words(repair_text(str(value)))
 
 
 def _addresses(values: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
@@ -157,7 +159,7 @@ def parse(raw: bytes, max_bytes: int) -> ParsedMail:
         to=_addresses(parsed.to),
         cc=_addresses(parsed.cc),
         reply_to=_addresses(email.utils.getaddresses([str(v) for v in message.get_all("Reply-To", [])])),
-        subject=" ".join(_decode_header(parsed.subject or message.get("Subject", "") or "").split()),
+        subject=next(iter(raw_headers(message, "Subject")), ""),
         date=_date(message),
         text=text.strip("\n"),
         attachments=attachments,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import re
 
 import html2text
@@ -25,6 +27,27 @@ def repair_text(text: str) -> str:
             text = data.decode("cp1252", "replace")
     # NUL and other C0 controls: PostgreSQL refuses NUL in text, and none of them is readable.
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
+
+
+def decode_words(text: str) -> str:
+    """Decode RFC 2047 encoded words ("=?utf-8?q?…?="); unknown charsets fall back to UTF-8/1252."""
+    text = " ".join(text.split())
+    if "=?" not in text:
+        return text
+    out = []
+    try:
+        parts = email.header.decode_header(text)
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return text
+    for chunk, charset in parts:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        try:
+            out.append(chunk.decode(charset or "ascii"))
+        except (LookupError, UnicodeDecodeError):
+            out.append(repair_text(chunk.decode("ascii", "surrogateescape")))
+    return repair_text("".join(out))
 
 
 def html_to_text(html: str) -> str:

@@ -1,0 +1,128 @@
+"""Fixtures: real databases (SQLite always, PostgreSQL when reachable), a movable clock, an App.
+
+MAILGATE_TEST_REQUIRE_SERVERS=1 (set by CI) turns "server not available" skips into failures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mailgate.app import App
+from mailgate.clock import FixedClock
+from mailgate.config import Settings
+from mailgate.db import upgrade
+from mailgate.models import Base
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("MAILGATE_TEST_PG_URL", "postgresql+psycopg:///mailgate_test")
+REQUIRE_SERVERS = os.environ.get("MAILGATE_TEST_REQUIRE_SERVERS", "") not in ("", "0")
+# A Monday morning, so business-hours arithmetic in later tests starts on a working day.
+START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def server_missing(reason: str) -> None:
+    """Skip, or fail when the run promised that every server is there."""
+    if REQUIRE_SERVERS:
+        pytest.fail(f"{reason} (MAILGATE_TEST_REQUIRE_SERVERS is set)")
+    pytest.skip(reason)
+
+
+def corpus_dir() -> Path:
+    return Path(os.environ.get("MAILGATE_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    path = corpus_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared corpus not found at {path} (set MAILGATE_CORPUS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy (migrating every time is slow)."""
+    path = tmp_path_factory.mktemp("template") / "mailgate.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_migrated() -> str:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        server_missing(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(PG_URL)
+    return PG_URL
+
+
+def _empty_pg(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        conn.execute(text("INSERT INTO counters (name, value) VALUES ('ticket', 0)"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "mailgate.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("pg_migrated")
+    _empty_pg(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(START)
+
+
+def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": db_url,
+        "secret": "test-secret-not-for-production",
+        "addresses": {
+            "support": "support@example.com",
+            "dispatcher": "dispatch@example.com",
+            "own": ["helpdesk@example.com"],
+        },
+        "staff": [
+            {"address": "alice@example.com", "name": "Alice Jones", "team": "network"},
+            {"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher"},
+        ],
+        "limits": {"acks_per_sender": 3, "ack_window_minutes": 60, "max_attachment_bytes": 1_000_000},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+def app(settings: Settings, clock: FixedClock) -> Iterator[App]:
+    application = App.build(settings, clock=clock)
+    yield application
+    application.close()
