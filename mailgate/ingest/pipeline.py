@@ -88,13 +88,21 @@ def ingest(app: App, raw: bytes, source: str, envelope_recipients: Sequence[str]
         with app.sessions() as session:
             known = _known(session, dedupe_key(mail))
         if known is None:
-            log.exception("ingest failed: source=%s msgid=<%s>", source, mail.message_id)
+            log.error("ingest failed: source=%s msgid=<%s>: %s", source, mail.message_id, exc.orig)
             raise TemporaryFailure(f"database integrity error: {exc.orig}") from exc
         result = known
     except TemporaryFailure:
         raise
     except Exception as exc:
-        log.exception("ingest failed, rolled back: source=%s msgid=<%s>", source, mail.message_id)
+        # One line for the operator (database down, disk full …); the traceback only with -v.
+        log.error(
+            "ingest failed, rolled back, mail left with the sender: source=%s msgid=<%s>: %s: %s",
+            source,
+            mail.message_id,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
         raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
     log.info(
         "ingest source=%s msgid=<%s> outcome=%s ticket=%s evidence=%s",
@@ -116,7 +124,7 @@ def _quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) -
             session.flush()
             row_id = row.id
     except Exception as exc:
-        log.exception("could not write quarantine")
+        log.error("could not write quarantine: %s: %s", type(exc).__name__, exc)
         raise TemporaryFailure(f"could not quarantine: {exc}") from exc
     log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
     return IngestResult("quarantined", trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)

@@ -1,0 +1,42 @@
+"""Real SMTP peers for tests: an aiosmtpd relay on 127.0.0.1 that records or refuses mail."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class CapturingRelay:
+    """Accepts every mail (or answers `reply` to DATA) and keeps what it got."""
+
+    reply: str = "250 OK"
+    received: list[Envelope] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.reply.startswith("250"):
+            self.received.append(envelope)
+        return self.reply
+
+
+@contextmanager
+def relay(reply: str = "250 OK") -> Iterator[tuple[CapturingRelay, int]]:
+    handler = CapturingRelay(reply)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()

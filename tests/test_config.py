@@ -1,0 +1,90 @@
+"""Configuration: defaults, file, environment; a bad value names key, value and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailgate.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_config_loads_and_equals_the_defaults(tmp_path: Path) -> None:
+    example = load_settings(REPO / "config" / "mailgate.example.toml")
+    defaults = load_settings(write(tmp_path, ""))
+    assert example == defaults
+    assert example.tickets.tag_prefix == "HD"
+    assert example.effective_database_url.startswith("sqlite:///")
+
+
+def test_file_values_and_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[tickets]\ntag_prefix = "IT"\n[outgoing]\nrelay_host = "a.example"\n')
+    monkeypatch.setenv("MAILGATE_OUTGOING__RELAY_HOST", "b.example")
+    monkeypatch.setenv("MAILGATE_DATABASE_URL", "postgresql+psycopg:///x")
+    settings = load_settings(path)
+    assert settings.tickets.tag_prefix == "IT"
+    assert settings.outgoing.relay_host == "b.example"
+    assert settings.effective_database_url == "postgresql+psycopg:///x"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[limits]\nacks_per_sender = "many"\n', ["limits.acks_per_sender", "'many'", "integer"]),
+        ('[tickets]\ntag_prefix = "H D"\n', ["tickets.tag_prefix", "'H D'", "letters"]),
+        ('[tickets]\ntimezone = "Mars/Olympus"\n', ["tickets.timezone", "IANA"]),
+        ('[outgoing]\nrelay_security = "ssl"\n', ["outgoing.relay_security", "'ssl'", "'starttls'"]),
+        ('[outgoing]\nrely_host = "x"\n', ["outgoing.rely_host", "unknown key"]),
+        ('[addresses]\nsupport = "Help <help@x.org>"\n', ["addresses.support", "support@example.com"]),
+        ('database_url = "mysql://x"\n', ["database_url", "'mysql://x'", "postgresql"]),
+    ],
+)
+def test_bad_value_is_reported_with_key_value_and_expectation(tmp_path: Path, text: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    message = str(info.value)
+    for part in expected:
+        assert part in message
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MAILGATE_LIMITS__ACK_WINDOW_MINUTES", "soon")
+    with pytest.raises(ConfigError, match="MAILGATE_LIMITS__ACK_WINDOW_MINUTES"):
+        load_settings(write(tmp_path, ""))
+
+
+def test_broken_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[limits\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_cli_reports_a_bad_config_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nacks_per_sender = -1\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "mailgate", "--config", str(path), "tickets", "list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 78
+    assert "limits.acks_per_sender = -1" in run.stderr and "greater than or equal to 0" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_generated_secret_is_kept_and_private(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, f'data_dir = "{tmp_path / "d"}"\n'))
+    first = settings.secret_bytes()
+    assert first == settings.secret_bytes() and len(first) == 64
+    assert (tmp_path / "d" / "secret").stat().st_mode & 0o077 == 0

@@ -1,0 +1,90 @@
+"""Delivery of the outbox to a real SMTP relay on loopback, and to the Maildir sink."""
+
+from __future__ import annotations
+
+import email
+from datetime import timedelta
+from email.policy import default
+
+from sqlalchemy import select
+
+from mailgate.app import App
+from mailgate.ingest.pipeline import ingest
+from mailgate.models import Event, Outbox, OutboxState
+from mailgate.outbox import MaildirSink, SmtpRelay, deliver_due
+from tests.conftest import make_settings
+from tests.mails import mail
+from tests.smtp_peers import free_port, relay
+
+
+def _relay_transport(app: App, port: int) -> SmtpRelay:
+    settings = make_settings(
+        app.settings.data_dir.parent,
+        app.settings.database_url,
+        outgoing={"relay_host": "127.0.0.1", "relay_port": port},
+    )
+    return SmtpRelay(settings.outgoing, timeout=5)
+
+
+def _rows(app: App) -> list[Outbox]:
+    with app.sessions() as s:
+        return list(s.scalars(select(Outbox).order_by(Outbox.id)))
+
+
+def test_queued_mail_reaches_the_relay_once(app: App) -> None:
+    ingest(app, mail(subject="Grüße: Drucker"), "smtp")
+    with relay() as (handler, port), app.sessions() as session:
+        report = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
+        again = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
+    assert (report.sent, again.sent) == (2, 0)
+    assert sorted(e.rcpt_tos[0] for e in handler.received) == ["dana@example.com", "dispatch@example.com"]
+    ack = next(e for e in handler.received if e.rcpt_tos == ["dana@example.com"])
+    parsed = email.message_from_bytes(ack.content, policy=default)
+    assert parsed["Subject"] == "[HD #1] Grüße: Drucker"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    assert handler.received[0].mail_from == "support@example.com"
+    assert all(r.state == OutboxState.SENT for r in _rows(app))
+
+
+def test_permanent_refusal_marks_the_row_dead_with_an_event(app: App) -> None:
+    ingest(app, mail(), "smtp")
+    with relay("550 5.1.1 no such user") as (_, port), app.sessions() as session:
+        report = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
+    assert report.dead == 2
+    rows = _rows(app)
+    assert all(r.state == OutboxState.DEAD and "550" in r.last_error for r in rows)
+    with app.sessions() as s:
+        assert len(list(s.scalars(select(Event).where(Event.action == "delivery_failed")))) == 2
+
+
+def test_relay_down_retries_with_back_off_then_delivers(app: App, clock) -> None:
+    ingest(app, mail(), "smtp")
+    port = free_port()  # nothing listens here yet
+    with app.sessions() as session:
+        report = deliver_due(session, _relay_transport(app, port), clock.now(), max_attempts=5)
+    assert report.retried == 2
+    rows = _rows(app)
+    assert all(r.state == OutboxState.QUEUED and r.attempts == 1 for r in rows)
+    assert all(r.next_attempt_at == clock.now() + timedelta(minutes=1) for r in rows)
+    with relay() as (handler, relay_port), app.sessions() as session:
+        assert deliver_due(session, _relay_transport(app, relay_port), clock.now(), 5).sent == 0  # not due yet
+        clock.advance(timedelta(minutes=1))
+        assert deliver_due(session, _relay_transport(app, relay_port), clock.now(), 5).sent == 2
+    assert len(handler.received) == 2
+
+
+def test_too_many_attempts_mark_the_row_dead(app: App, clock) -> None:
+    ingest(app, mail(), "smtp")
+    port = free_port()
+    with app.sessions() as session:
+        for _ in range(3):
+            deliver_due(session, _relay_transport(app, port), clock.now(), max_attempts=3)
+            clock.advance(timedelta(hours=6))
+    assert all(r.state == OutboxState.DEAD and "gave up after 3 attempts" in r.last_error for r in _rows(app))
+
+
+def test_maildir_sink_without_relay(app: App, tmp_path) -> None:
+    ingest(app, mail(), "smtp")
+    with app.sessions() as session:
+        assert deliver_due(session, MaildirSink(tmp_path / "out"), app.clock.now(), 5).sent == 2
+    assert len(list((tmp_path / "out" / "new").iterdir())) == 2
