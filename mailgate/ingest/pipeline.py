@@ -204,7 +204,7 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
             )
         if bounce and ticket is not None:
             _mark_undeliverable(session, ticket, bounce, source, now)
-        return IngestResult(kind, ticket.number if ticket else None, mail.message_id, trace)
+        return IngestResult(kind.value, ticket.number if ticket else None, mail.message_id, trace)
 
     if ticket is not None and tickets.is_past_reopen_window(ticket, now, settings.tickets.reopen_window_days):
         trace.append(
