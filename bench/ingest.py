@@ -12,7 +12,6 @@ import argparse
 import os
 import random
 import sqlite3
-import sys
 import tempfile
 import time
 from email.message import EmailMessage
@@ -21,16 +20,37 @@ from pathlib import Path
 
 import mailparser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mailgate.app import App
+from mailgate.clock import SystemClock
+from mailgate.config import Settings
+from mailgate.db import upgrade
+from mailgate.ingest.pipeline import ingest
 
-from mailgate.app import App  # noqa: E402
-from mailgate.clock import SystemClock  # noqa: E402
-from mailgate.config import Settings  # noqa: E402
-from mailgate.db import upgrade  # noqa: E402
-from mailgate.ingest.pipeline import ingest  # noqa: E402
-
-WORDS = ("printer jams vpn drops laptop screen flickers password expired outlook crashes "
-         "badge reader office cold wifi slow monitor license excel macro update failed").split()
+WORDS = [
+    "printer",
+    "jams",
+    "vpn",
+    "drops",
+    "laptop",
+    "screen",
+    "flickers",
+    "password",
+    "expired",
+    "outlook",
+    "crashes",
+    "badge",
+    "reader",
+    "office",
+    "cold",
+    "wifi",
+    "slow",
+    "monitor",
+    "license",
+    "excel",
+    "macro",
+    "update",
+    "failed",
+]
 
 
 def generate(n: int, seed: int = 1) -> list[bytes]:
@@ -67,8 +87,12 @@ def generate(n: int, seed: int = 1) -> list[bytes]:
         else:
             msg.set_content(text + "\n")
         if kind > 0.95:
-            msg.add_attachment(os.urandom(rng.randrange(1000, 200_000)), maintype="application",
-                               subtype="octet-stream", filename="log.bin")
+            msg.add_attachment(
+                os.urandom(rng.randrange(1000, 200_000)),
+                maintype="application",
+                subtype="octet-stream",
+                filename="log.bin",
+            )
         mails.append(msg.as_bytes())
     return mails
 
@@ -101,9 +125,13 @@ def bench_sqlite_commit(mails: list[bytes], folder: Path) -> float:
 
 def bench_ingest(mails: list[bytes], folder: Path, url: str) -> tuple[float, dict[str, int]]:
     upgrade(url)
-    settings = Settings(data_dir=folder / "data", database_url=url, secret="bench",
-                        addresses={"support": "support@example.com", "dispatcher": "dispatch@example.com"},
-                        limits={"acks_per_sender": 1000})
+    settings = Settings(
+        data_dir=folder / "data",
+        database_url=url,
+        secret="bench",
+        addresses={"support": "support@example.com", "dispatcher": "dispatch@example.com"},
+        limits={"acks_per_sender": 1000},
+    )
     app = App.build(settings, clock=SystemClock())
     outcomes: dict[str, int] = {}
     start = time.perf_counter()

@@ -77,6 +77,8 @@ def robot_sender(ctx: Context) -> str | None:
 
 
 def empty_return_path(ctx: Context) -> str | None:
+    if ctx.mail.envelope_sender is not None and ctx.mail.envelope_sender.strip("<> ") == "":
+        return "null envelope sender (MAIL FROM:<>)"
     value = ctx.mail.message.get("Return-Path")
     if value is not None and str(value).strip() in ("<>", ""):
         return "empty Return-Path (null sender)"

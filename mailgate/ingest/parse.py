@@ -45,6 +45,8 @@ class ParsedMail:
     text: str
     attachments: list[MailAttachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # SMTP MAIL FROM, when the transport knows it ("" is the null sender of bounces).
+    envelope_sender: str | None = None
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""

@@ -73,24 +73,27 @@ def dedupe_key(mail: ParsedMail) -> str:
     return "sha256:" + hashlib.sha256(b"\n".join(kept) + b"\n\n" + body).hexdigest()
 
 
-def ingest(app: App, raw: bytes, source: str, envelope_recipients: Sequence[str] = ()) -> IngestResult:
-    """Store `raw` (from `source`, e.g. "smtp", "imap:support", "pipe") and act on it."""
+def ingest(
+    app: App,
+    raw: bytes,
+    source: str,
+    envelope_recipients: Sequence[str] = (),
+    envelope_sender: str | None = None,
+) -> IngestResult:
+    """Store `raw` (from `source`, e.g. "smtp", "imap:support", "pipe") and act on it.
+
+    `envelope_sender` is the SMTP MAIL FROM when the transport knows it ("" for the null sender
+    of bounces and auto-replies).
+    """
     now = app.clock.now()
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes)
     except Unparseable as exc:
         return _quarantine(app, raw, source, str(exc), now)
+    mail.envelope_sender = envelope_sender
+    rcpts = [r.lower() for r in envelope_recipients]
     try:
-        with app.sessions() as session, session.begin():
-            result = _apply(session, app, mail, source, [r.lower() for r in envelope_recipients], now)
-    except IntegrityError as exc:
-        # Another transport stored the same mail a moment ago: that is a duplicate, not an error.
-        with app.sessions() as session:
-            known = _known(session, dedupe_key(mail))
-        if known is None:
-            log.error("ingest failed: source=%s msgid=<%s>: %s", source, mail.message_id, exc.orig)
-            raise TemporaryFailure(f"database integrity error: {exc.orig}") from exc
-        result = known
+        result = _apply_with_retry(app, mail, source, rcpts, now)
     except TemporaryFailure:
         raise
     except Exception as exc:
@@ -128,6 +131,22 @@ def _quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) -
         raise TemporaryFailure(f"could not quarantine: {exc}") from exc
     log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
     return IngestResult("quarantined", trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
+
+
+def _apply_with_retry(app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime) -> IngestResult:
+    """Run the transaction; a unique-key race with a concurrent ingest is settled by re-running.
+
+    Two daemons may store the same mail (-> duplicate) or create the same new person at once
+    (-> the second run finds the person): neither is an error the sender should see.
+    """
+    for attempt in range(3):
+        try:
+            with app.sessions() as session, session.begin():
+                return _apply(session, app, mail, source, rcpts, now)
+        except IntegrityError as exc:
+            log.info("ingest msgid=<%s>: concurrent insert (%s), attempt %d", mail.message_id, exc.orig, attempt + 1)
+            last = exc
+    raise TemporaryFailure(f"database integrity error: {last.orig}") from last
 
 
 def _known(session: Session, key: str) -> IngestResult | None:
