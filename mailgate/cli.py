@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from mailgate.app import App
 from mailgate.config import ConfigError, Settings, load_settings
@@ -321,8 +321,11 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
-    except OperationalError as exc:
-        _fail(f"database error: {exc.orig}", EX_TEMPFAIL)
+    except (OperationalError, ProgrammingError) as exc:
+        text = str(exc.orig)
+        if "no such table" in text or "does not exist" in text:
+            _fail(f"the database has no mailgate schema yet ({text}): run `mailgate db upgrade`", EX_CONFIG)
+        _fail(f"database error: {text}", EX_TEMPFAIL)
     except SystemExit:
         raise
     except Exception as exc:  # the last line of defence: one readable line, not a traceback

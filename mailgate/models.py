@@ -245,7 +245,11 @@ class Outbox(Base):
     """Outgoing mail, queued in the transaction that caused it; a sender delivers it later."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        # Acknowledgement rate limit: recent rows of one kind to one address.
+        Index("ix_outbox_rate", "rcpt_key", "kind", "created_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     kind: Mapped[str] = mapped_column(String(50))
@@ -254,7 +258,7 @@ class Outbox(Base):
     message_id: Mapped[str] = mapped_column(String(1000), unique=True)
     mail_from: Mapped[Address]
     # The first recipient, lowercased: acknowledgements are rate-limited by it.
-    rcpt_key: Mapped[Address] = mapped_column(index=True)
+    rcpt_key: Mapped[Address]
     recipients: Mapped[list[Any]]
     headers: Mapped[dict[str, Any]]
     body: Mapped[str] = mapped_column(Text)
@@ -262,7 +266,7 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Timestamp]
     last_error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[Timestamp] = mapped_column(index=True)
+    created_at: Mapped[Timestamp]
     sent_at: Mapped[Timestamp | None]
 
 

@@ -69,6 +69,12 @@ def test_ingest_exits_75_when_the_database_is_unreachable(workdir: Path) -> None
     assert b"Traceback" not in result.stderr and b"temporary failure" in result.stderr
 
 
+def test_a_database_without_schema_is_explained(tmp_path: Path) -> None:
+    result = run(tmp_path, "tickets", "list", env={"MAILGATE_DATA_DIR": str(tmp_path / "empty")})
+    assert result.returncode == 78
+    assert b"run `mailgate db upgrade`" in result.stderr and b"Traceback" not in result.stderr
+
+
 def test_unparseable_input_is_quarantined_shown_and_retried(workdir: Path) -> None:
     garbage = b"this is not a mail at all\n"
     result = run(workdir, "ingest", "-", stdin=garbage)

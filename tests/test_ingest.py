@@ -76,6 +76,7 @@ def test_new_mail_makes_a_ticket_with_one_ack_and_one_dispatcher_notice(app: App
     assert ack.headers["X-Auto-Response-Suppress"] == "All"
     assert ack.headers["In-Reply-To"] == "<m1@client.example.org>"
     assert f"HD #{t.number}" in ack.body and "we will answer by" in ack.body
+    assert "  The printer jams." in ack.body  # the request, quoted back
     # Reply-To carries a token signed for this ticket and this requester.
     reply_to = ack.headers["Reply-To"]
     token = tokens.find_tokens(reply_to.split("+", 1)[1])[0]

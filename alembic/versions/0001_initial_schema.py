@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:48:09.577017
+Create Date: 2026-11-26 12:57:54.512814
 """
 
 from collections.abc import Sequence
@@ -150,9 +150,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("occasion", name=op.f("uq_outbox_occasion")),
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_outbox_created_at"), ["created_at"], unique=False)
         batch_op.create_index("ix_outbox_due", ["state", "next_attempt_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_outbox_rcpt_key"), ["rcpt_key"], unique=False)
+        batch_op.create_index("ix_outbox_rate", ["rcpt_key", "kind", "created_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_outbox_ticket_id"), ["ticket_id"], unique=False)
 
     op.create_table(
@@ -243,9 +242,8 @@ def downgrade() -> None:
     op.drop_table("participants")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_ticket_id"))
-        batch_op.drop_index(batch_op.f("ix_outbox_rcpt_key"))
+        batch_op.drop_index("ix_outbox_rate")
         batch_op.drop_index("ix_outbox_due")
-        batch_op.drop_index(batch_op.f("ix_outbox_created_at"))
 
     op.drop_table("outbox")
     with op.batch_alter_table("messages", schema=None) as batch_op:

@@ -327,7 +327,11 @@ def queue_acknowledgement(
     now: datetime,
     over_limit: list[Attachment],
 ) -> None:
-    context = {"due": local_time(app.settings, ticket.first_response_due), "over_limit": over_limit}
+    context = {
+        "due": local_time(app.settings, ticket.first_response_due),
+        "over_limit": over_limit,
+        "summary": excerpt(mail.text, lines=6, chars=500),
+    }
     outgoing = Outgoing("ack", f"ack:{ticket.number}", ticket, sender, "ack", context, in_reply_to=mail.message_id)
     queue(session, app.settings, app.templates, app.secret, outgoing, now)
 
@@ -346,14 +350,13 @@ def queue_dispatcher_notice(
     settings = app.settings
     dispatcher = _person(session, app, settings.addresses.dispatcher, "Dispatcher", now)
     requester_line = ", ".join(p for p in (sender.name or sender.address, sender.department, sender.location) if p)
-    excerpt_lines = (message.text_new or "(no text)").splitlines()[:40]
     context = {
         "requester_line": requester_line,
         "requester_address": sender.address if sender.name else "",
         "received": local_time(settings, now),
         "channel": source,
         "due": local_time(settings, ticket.first_response_due),
-        "excerpt": "\n".join(excerpt_lines)[:3000],
+        "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
         "attachments": message.attachments,
         "linked": linked,
         "link_reason": link_reason,
@@ -368,6 +371,13 @@ def queue_dispatcher_notice(
         automatic=True,
     )
     queue(session, settings, app.templates, app.secret, outgoing, now)
+
+
+def excerpt(text: str, *, lines: int, chars: int) -> str:
+    """The start of a text for a notification, marked when cut."""
+    kept = [line.rstrip() for line in text.strip().splitlines()[:lines]]
+    short = "\n".join(kept)[:chars].rstrip()
+    return short + (" […]" if short != text.strip() else "")
 
 
 def _store(
