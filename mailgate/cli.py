@@ -119,14 +119,15 @@ def ingest_cmd(ctx: Context, files: tuple[Path, ...], source: str, recipients: t
     sys.exit(status)
 
 
-def _mails(kind: str, path: Path) -> Iterator[bytes]:
-    box: mailbox.Mailbox[Any] = (
-        mailbox.mbox(path, create=False) if kind == "mbox" else mailbox.Maildir(path, create=False)
-    )
+def _open_box(kind: str, path: Path) -> mailbox.Mailbox[Any]:
+    return mailbox.mbox(path, create=False) if kind == "mbox" else mailbox.Maildir(path, create=False)
+
+
+def _mails(box: mailbox.Mailbox[Any]) -> Iterator[bytes]:
     for key in box.iterkeys():
         data = box.get_bytes(key)
-        if kind == "mbox" and data.startswith(b"From "):
-            data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+        if isinstance(box, mailbox.mbox) and data.startswith(b"From "):
+            data = data.split(b"\n", 1)[1] if b"\n" in data else b""  # the mbox separator line
         yield data
 
 
@@ -141,8 +142,9 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     app = ctx.app()
     source = f"import:{path.name}"
     counts: Counter[str] = Counter()
-    total = sum(1 for _ in _mails(kind, path))
-    with click.progressbar(_mails(kind, path), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
+    box = _open_box(kind, path)
+    total = len(box)
+    with click.progressbar(_mails(box), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
         for raw in bar:
             try:
                 counts[ingest(app, raw, source).outcome] += 1
