@@ -48,6 +48,9 @@ class Addresses(_Section):
     # Other addresses that deliver into this gateway (aliases, the IMAP mailbox's own address).
     own: list[EmailStr] = Field(default_factory=list)
     display_name: str = "IT Help Desk"
+    # List-Id values of our own groups (support@ as a Google Group or Microsoft 365 group):
+    # mail that only passed through them is from people, not a list robot.
+    own_list_ids: list[str] = Field(default_factory=list)
 
     def all_own(self) -> set[str]:
         return {a.lower() for a in (self.support, self.dispatcher, *self.own)}

@@ -4,6 +4,7 @@ transaction. Nothing is sent from here; the outbox sender delivers later."""
 from __future__ import annotations
 
 import email.utils
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from mailgate.config import Settings
 from mailgate.ingest.classify import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
 from mailgate.resources import templates_dir
+
+log = logging.getLogger("mailgate.notify")
 
 
 class Templates:
@@ -99,6 +102,10 @@ def queue(
 ) -> Outbox | None:
     """Render `mail` and add it to the outbox; None if this occasion was already queued."""
     if session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)) is not None:
+        return None
+    if not mail.to.address.isascii():
+        # An RFC 6532 address needs SMTPUTF8 end to end; we do not send it rather than mangle it.
+        log.warning("not queuing %s for ticket %s: %s needs SMTPUTF8", mail.kind, mail.ticket.number, mail.to.address)
         return None
     prefix = settings.tickets.tag_prefix
     support = settings.addresses.support

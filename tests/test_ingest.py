@@ -296,6 +296,33 @@ def test_auto_generated_mail_is_stored_but_never_acknowledged(app: App, headers:
     assert outbox(app) == []
 
 
+def test_mail_through_our_own_group_is_from_a_person(app: App, tmp_path) -> None:
+    settings = app.settings.model_copy(
+        update={"addresses": app.settings.addresses.model_copy(update={"own_list_ids": ["support.example.com"]})}
+    )
+    group = App.build(settings, clock=app.clock, engine=app.engine)
+    headers = {"List-Id": "IT Support <support.example.com>", "Precedence": "list"}
+    assert ingest(group, mail(headers=headers), "smtp").outcome == "new_ticket"
+    assert ingest(group, mail(headers={"List-Id": "<news.example.com>"}), "smtp").outcome == "auto"
+
+
+def test_a_different_mail_reusing_a_message_id_is_kept(app: App) -> None:
+    first = ingest(app, mail(message_id="<fixed@monitor.example>", subject="disk full on srv1"), "smtp")
+    other = mail(message_id="<fixed@monitor.example>", sender="ops@example.com", subject="disk full on srv2")
+    second = ingest(app, other, "smtp")
+    assert (first.outcome, second.outcome) == ("new_ticket", "new_ticket")
+    assert ingest(app, other, "smtp").outcome == "duplicate"  # its own redelivery is still a copy
+    assert count(app, Message) == 2
+
+
+def test_internationalised_sender_address_gets_a_ticket_without_a_crash(app: App) -> None:
+    raw = _raw('From: "Jöhn Doe" <jdöe@mächine.example>\nTo: support@example.com\nSubject: hi\n', b"x\r\n")
+    result = ingest(app, raw, "smtp")
+    assert result.outcome == "new_ticket"
+    assert any("SMTPUTF8" in t["decision"] for t in result.trace)
+    assert [o.kind for o in outbox(app)] == ["dispatcher_new"]
+
+
 def test_auto_submitted_no_is_a_person(app: App) -> None:
     assert ingest(app, mail(headers={"Auto-Submitted": "no"}), "smtp").outcome == "new_ticket"
 

@@ -102,7 +102,12 @@ def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
             found.extend(files)
             extra_text = extra_text or text
             continue
-        if part is message and part.get_content_maintype() == "text":
+        if (
+            part is message
+            and part.get_content_maintype() == "text"
+            and not name
+            and (part.get_content_disposition() != "attachment")
+        ):
             continue  # a single-part text mail of another subtype: its text is the body
         found.append(MailAttachment(name or f"part-{len(found) + 1}", ctype, data))
     return found, extra_text

@@ -21,7 +21,7 @@ _ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerda
 # Subjects of auto-replies and bounces from systems that set no header at all.
 _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|automatische antwort|réponse automatique|"
-    r"out of (the )?office|abwesenheitsnotiz|autoreply|"
+    r"out of (the )?office|abwesenheitsnotiz|autoreply|auto:.{0,200}\bout of (the )?office\b|"
     r"undeliverable|undelivered mail|delivery status notification|"
     r"mail delivery (failed|failure|system)|returned mail|delivery failure|"
     r"nicht zustellbar|unzustellbar)\b",
@@ -34,6 +34,13 @@ class Context:
     mail: ParsedMail
     own_addresses: set[str]
     loop_id: str
+    own_list_ids: tuple[str, ...] = ()
+
+    @property
+    def via_own_list(self) -> bool:
+        """Passed through one of our own groups: its list headers say nothing about the author."""
+        list_id = self.mail.header("List-Id").lower()
+        return any(own.lower() in list_id for own in self.own_list_ids)
 
 
 Rule = Callable[[Context], str | None]
@@ -48,11 +55,13 @@ def auto_submitted(ctx: Context) -> str | None:
 
 def precedence(ctx: Context) -> str | None:
     value = ctx.mail.header("Precedence").strip().lower()
+    if value == "list" and ctx.via_own_list:
+        return None
     return f"Precedence: {value}" if value in ("bulk", "junk", "list") else None
 
 
 def mailing_list(ctx: Context) -> str | None:
-    return "List-Id present" if ctx.mail.header("List-Id") else None
+    return "List-Id present" if ctx.mail.header("List-Id") and not ctx.via_own_list else None
 
 
 def autoreply_headers(ctx: Context) -> str | None:
@@ -117,9 +126,11 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def auto_reasons(mail: ParsedMail, own_addresses: set[str], loop_id: str) -> list[str]:
+def auto_reasons(
+    mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()
+) -> list[str]:
     """Every reason to treat `mail` as auto-generated; empty when a person wrote it."""
-    ctx = Context(mail, own_addresses, loop_id)
+    ctx = Context(mail, own_addresses, loop_id, own_list_ids)
     return [reason for rule in RULES if (reason := rule(ctx))]
 
 

@@ -21,6 +21,8 @@ from mailgate.ingest.text import decode_words, html_to_text, repair_text
 log = logging.getLogger(__name__)
 
 _HEADER_LINE = re.compile(rb"^(From |[!-9;-~]+[ \t]*:)")
+_LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]*\r?\n)*")
+_ROBOT = re.compile(r"\b(mailer-daemon|postmaster|mail delivery)\b", re.I)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 
 
@@ -124,6 +126,11 @@ def _sender(parsed: mailparser.MailParser, message: Message) -> tuple[str, str]:
     return_path = message_ids(str(message.get("Return-Path", "")))
     if return_path and "@" in return_path[0]:
         return "", return_path[0].lower()
+    robot = _ROBOT.search(" ".join(str(v) for v in message.get_all("from", [])))
+    if robot or str(message.get("Return-Path", "")).strip() == "<>":
+        # A bounce from "MAILER-DAEMON <>" or an unqualified <MAILER-DAEMON>: keep it as a bounce
+        # (classify.robot_sender) rather than quarantine it; .invalid never receives mail.
+        return "Mail Delivery System", "mailer-daemon@invalid"
     return "", ""
 
 
@@ -133,10 +140,14 @@ def parse(raw: bytes, max_bytes: int) -> ParsedMail:
         raise Unparseable("empty input")
     if len(raw) > max_bytes:
         raise Unparseable(f"{len(raw)} bytes is over the limit of {max_bytes} (limits.max_message_bytes)")
-    if not _HEADER_LINE.match(raw.lstrip(b"\r\n")):
+    mime = _LEADING_JUNK.sub(b"", raw)  # a UTF-8 BOM or blank lines an editor or a pipe put in front
+    if not _HEADER_LINE.match(mime):
         raise Unparseable("no header section: the input does not start with a mail header")
     try:
-        parsed = mailparser.parse_from_bytes(raw)
+        message = email.message_from_bytes(mime)
+        if message.is_multipart() and message.epilogue is None:
+            message.epilogue = ""  # mail-parser 4.8 calls .index() on it when a start boundary is missing
+        parsed = mailparser.MailParser(message)
     except Exception as exc:  # mail-parser raises many types on hostile input
         raise Unparseable(f"MIME parser failed: {type(exc).__name__}: {exc}") from exc
     message = parsed.message

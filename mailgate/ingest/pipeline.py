@@ -8,9 +8,7 @@ so the transport keeps the mail and retries: a mail is never lost.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,10 +21,15 @@ from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.app import App
 from mailgate.ingest import classify, thread
+from mailgate.ingest.dedupe import dedupe_key, earlier_copy
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.notices import queue_acknowledgement, queue_dispatcher_notice, why_no_acknowledgement
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
-from mailgate.ingest.text import extract_reply
-from mailgate.models import Attachment, Message, MessageKind, Person, Quarantine, Ticket
-from mailgate.notify import Outgoing, acks_recently, local_time, queue
+from mailgate.ingest.store import store_message
+from mailgate.models import MessageKind, Person, Quarantine, Ticket
+from mailgate.people import is_own_address, person_for
+
+__all__ = ["IngestResult", "TemporaryFailure", "dedupe_key", "ingest"]
 
 log = logging.getLogger("mailgate.ingest")
 
@@ -43,34 +46,6 @@ class IngestResult:
     trace: list[dict[str, str]] = field(default_factory=list)
     quarantine_id: int | None = None
     linked_ticket: int | None = None
-
-
-# Headers added in transit: two copies of one mail differ only in these.
-_TRACE_HEADER = re.compile(
-    rb"^(received|x-received|return-path|delivered-to|x-original-to|envelope-to|x-envelope-to|"
-    rb"authentication-results|arc-[a-z-]+|x-spam-[a-z-]+|x-virus-[a-z-]+|x-ms-exchange-organization-[a-z-]+)"
-    rb"\s*:",
-    re.I,
-)
-
-
-def dedupe_key(mail: ParsedMail) -> str:
-    """The normalised Message-ID, else a hash of the mail without its trace headers."""
-    if mail.message_id:
-        return f"mid:{mail.message_id}"[:1000]
-    raw = mail.raw.replace(b"\r\n", b"\n")
-    head, _, body = raw.partition(b"\n\n")
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = bool(_TRACE_HEADER.match(line)) or line.startswith(b"From ")
-        if not skipping:
-            kept.append(line)
-    return "sha256:" + hashlib.sha256(b"\n".join(kept) + b"\n\n" + body).hexdigest()
 
 
 def ingest(
@@ -107,14 +82,14 @@ def ingest(
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
+    evidence = [t["decision"] for t in result.trace if t["step"] in ("token", "references", "tag", "classify")]
     log.info(
         "ingest source=%s msgid=<%s> outcome=%s ticket=%s evidence=%s",
         source,
         mail.message_id,
         result.outcome,
         result.ticket_number,
-        "; ".join(t["decision"] for t in result.trace if t["step"] in ("token", "references", "tag", "classify"))
-        or "-",
+        "; ".join(evidence) or "-",
     )
     return result
 
@@ -149,52 +124,25 @@ def _apply_with_retry(app: App, mail: ParsedMail, source: str, rcpts: list[str],
     raise TemporaryFailure(f"database integrity error: {last.orig}") from last
 
 
-def _known(session: Session, key: str) -> IngestResult | None:
-    row = session.execute(
-        select(Message.id, Ticket.number)
-        .outerjoin(Ticket, Ticket.id == Message.ticket_id)
-        .where(Message.dedupe_key == key)
-    ).first()
-    if row is None:
-        return None
-    return IngestResult(
-        "duplicate",
-        ticket_number=row.number,
-        trace=[{"step": "dedupe", "decision": f"already stored as {key}"}],
-    )
-
-
-def _person(session: Session, app: App, address: str, name: str, now: datetime) -> Person:
-    """The person behind `address`, with role and team from the staff list in the config."""
-    person = tickets.find_or_create_person(session, address, name, now)
-    settings = app.settings
-    for member in settings.staff:
-        if member.address == person.address:
-            person.role, person.team = member.role, member.team
-            person.name = member.name or person.name
-    if person.address == settings.addresses.dispatcher:
-        person.role = "dispatcher"
-    return person
-
-
-def _is_own(app: App, address: str) -> bool:
-    local, _, domain = address.partition("@")
-    return f"{local.partition('+')[0]}@{domain}" in app.settings.addresses.all_own()
-
-
 def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime) -> IngestResult:
     settings = app.settings
-    key = dedupe_key(mail)
-    known = _known(session, key)
-    if known is not None:
-        return known
-    trace = [{"step": "dedupe", "decision": key}]
+    key, earlier_ticket, seen = earlier_copy(session, mail)
+    if seen:
+        return IngestResult(
+            "duplicate", earlier_ticket, mail.message_id, [{"step": "dedupe", "decision": f"already stored as {key}"}]
+        )
+    sender = person_for(session, settings, mail.from_addr, mail.from_name, now)
+    item = Incoming(mail, key, source, now, sender)
+    item.note("dedupe", key)
 
-    reasons = classify.auto_reasons(mail, settings.addresses.all_own(), settings.outgoing.loop_id)
-    trace += [{"step": "classify", "decision": r} for r in reasons]
-    bounce = classify.read_bounce(mail) if reasons else None
+    addresses = settings.addresses
+    item.reasons = classify.auto_reasons(
+        mail, addresses.all_own(), settings.outgoing.loop_id, tuple(addresses.own_list_ids)
+    )
+    for reason in item.reasons:
+        item.note("classify", reason)
+    bounce = classify.read_bounce(mail) if item.reasons else None
 
-    sender = _person(session, app, mail.from_addr, mail.from_name, now)
     decision = thread.decide(
         session,
         mail=mail,
@@ -204,263 +152,112 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
         envelope_recipients=rcpts,
         extra_ids=bounce.original_ids if bounce else (),
     )
-    trace += decision.trace
+    item.trace += decision.trace
+
+    if item.reasons:
+        return _auto_generated(session, app, item, decision.ticket, bounce)
     ticket = decision.ticket
-
-    if reasons:
-        kind = MessageKind.BOUNCE if bounce else MessageKind.AUTO
-        message = _store(session, app, mail, source, now, ticket, kind, sender, trace, reasons)
-        if ticket is not None:
-            tickets.record(
-                session,
-                ticket,
-                actor=sender.address,
-                action=kind,
-                channel=source,
-                at=now,
-                message_id=message.id,
-                new="; ".join(reasons),
-            )
-        if bounce and ticket is not None:
-            _mark_undeliverable(session, ticket, bounce, source, now)
-        return IngestResult(kind.value, ticket.number if ticket else None, mail.message_id, trace)
-
     if ticket is not None and tickets.is_past_reopen_window(ticket, now, settings.tickets.reopen_window_days):
-        trace.append(
-            {
-                "step": "apply",
-                "decision": f"ticket {ticket.number} closed beyond the reopen window: follow-up",
-            }
-        )
+        item.note("apply", f"ticket {ticket.number} closed beyond the reopen window: follow-up")
         decision.linked, ticket = ticket, None
-
     if ticket is None:
-        return _new_ticket(session, app, mail, source, now, sender, decision.linked, trace)
-
-    message = _store(session, app, mail, source, now, ticket, MessageKind.REPLY, sender, trace, [])
-    tickets.add_participant(session, ticket, sender, "staff" if sender.is_staff else "cc")
-    tickets.record(
-        session,
-        ticket,
-        actor=sender.address,
-        action="message",
-        channel=source,
-        at=now,
-        message_id=message.id,
-    )
-    if sender.is_staff:
-        ticket.last_activity_at = now
-        if ticket.first_response_at is None and sender.id != ticket.requester_id:
-            ticket.first_response_at = now
-    else:
-        tickets.requester_replied(session, ticket, actor=sender.address, channel=source, now=now)
-    return IngestResult("reply", ticket.number, mail.message_id, trace)
+        return _new_ticket(session, app, item, decision.linked)
+    return _reply(session, app, item, ticket)
 
 
-def _new_ticket(
-    session: Session,
-    app: App,
-    mail: ParsedMail,
-    source: str,
-    now: datetime,
-    sender: Person,
-    linked: Ticket | None,
-    trace: list[dict[str, str]],
+def _auto_generated(
+    session: Session, app: App, item: Incoming, ticket: Ticket | None, bounce: classify.Bounce | None
 ) -> IngestResult:
-    settings = app.settings
-    priority = settings.tickets.default_priority
-    due = now + timedelta(hours=settings.tickets.first_response_hours[priority])
-    title = subjects.clean_subject(settings.tickets.tag_prefix, mail.subject)
-    ticket = tickets.create_ticket(
-        session,
-        subject=title,
-        requester=sender,
-        priority=priority,
-        channel=source,
-        now=now,
-        first_response_due=due,
-    )
-    for _, address in mail.to + mail.cc:
-        if address != sender.address and not _is_own(app, address):
-            tickets.add_participant(session, ticket, _person(session, app, address, "", now), "cc")
-    link_reason = ""
-    if linked is not None:
-        follow_up = linked.requester_id == sender.id
-        link_reason = "follow-up of a closed ticket" if follow_up else "the sender quoted its tag but is not on it"
-        tickets.link(
+    """Stored (on its ticket when it threads), never answered, never changing a status."""
+    kind = MessageKind.BOUNCE if bounce else MessageKind.AUTO
+    message = store_message(session, app.store, app.settings.limits.max_attachment_bytes, item, ticket, kind)
+    if ticket is not None:
+        tickets.record(
             session,
             ticket,
-            linked,
-            "follow-up" if follow_up else "quoted-tag",
-            channel=source,
-            now=now,
+            actor=item.sender.address,
+            action=kind,
+            channel=item.source,
+            at=item.now,
+            message_id=message.id,
+            new="; ".join(item.reasons),
         )
-    trace.append({"step": "apply", "decision": f"new ticket {ticket.number}"})
-    message = _store(session, app, mail, source, now, ticket, MessageKind.NEW_TICKET, sender, trace, [])
+        if bounce:
+            # Only a bounce tied to our own mail (a verified token or reference) may do this.
+            _mark_undeliverable(session, ticket, bounce, item)
+    return IngestResult(kind.value, ticket.number if ticket else None, item.mail.message_id, item.trace)
 
-    over_limit = [a for a in message.attachments if not a.stored]
-    if sender.undeliverable_since is not None:
-        trace.append({"step": "notify", "decision": f"no acknowledgement: {sender.address} is undeliverable"})
-    elif (
-        acks_recently(session, sender.address, now, settings.limits.ack_window_minutes)
-        >= settings.limits.acks_per_sender
-    ):
-        trace.append({"step": "notify", "decision": "no acknowledgement: rate limit for this sender reached"})
+
+def _reply(session: Session, app: App, item: Incoming, ticket: Ticket) -> IngestResult:
+    sender = item.sender
+    message = store_message(
+        session, app.store, app.settings.limits.max_attachment_bytes, item, ticket, MessageKind.REPLY
+    )
+    tickets.add_participant(session, ticket, sender, "staff" if sender.is_staff else "cc")
+    tickets.record(
+        session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
+    )
+    if sender.is_staff:
+        ticket.last_activity_at = item.now
+        if ticket.first_response_at is None and sender.id != ticket.requester_id:
+            ticket.first_response_at = item.now
     else:
-        queue_acknowledgement(session, app, ticket, sender, mail, now, over_limit)
-    queue_dispatcher_notice(session, app, ticket, sender, message, source, now, linked, link_reason)
-    return IngestResult(
-        "new_ticket",
-        ticket.number,
-        mail.message_id,
-        trace,
-        linked_ticket=linked.number if linked else None,
+        tickets.requester_replied(session, ticket, actor=sender.address, channel=item.source, now=item.now)
+    return IngestResult("reply", ticket.number, item.mail.message_id, item.trace)
+
+
+def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | None) -> IngestResult:
+    settings, mail, sender, now = app.settings, item.mail, item.sender, item.now
+    priority = settings.tickets.default_priority
+    ticket = tickets.create_ticket(
+        session,
+        subject=subjects.clean_subject(settings.tickets.tag_prefix, mail.subject),
+        requester=sender,
+        priority=priority,
+        channel=item.source,
+        now=now,
+        first_response_due=now + timedelta(hours=settings.tickets.first_response_hours[priority]),
     )
-
-
-def queue_acknowledgement(
-    session: Session,
-    app: App,
-    ticket: Ticket,
-    sender: Person,
-    mail: ParsedMail,
-    now: datetime,
-    over_limit: list[Attachment],
-) -> None:
-    context = {
-        "due": local_time(app.settings, ticket.first_response_due),
-        "over_limit": over_limit,
-        "summary": excerpt(mail.text, lines=6, chars=500),
-    }
-    outgoing = Outgoing("ack", f"ack:{ticket.number}", ticket, sender, "ack", context, in_reply_to=mail.message_id)
-    queue(session, app.settings, app.templates, app.secret, outgoing, now)
-
-
-def queue_dispatcher_notice(
-    session: Session,
-    app: App,
-    ticket: Ticket,
-    sender: Person,
-    message: Message,
-    source: str,
-    now: datetime,
-    linked: Ticket | None,
-    link_reason: str,
-) -> None:
-    settings = app.settings
-    dispatcher = _person(session, app, settings.addresses.dispatcher, "Dispatcher", now)
-    requester_line = ", ".join(p for p in (sender.name or sender.address, sender.department, sender.location) if p)
-    context = {
-        "requester_line": requester_line,
-        "requester_address": sender.address if sender.name else "",
-        "received": local_time(settings, now),
-        "channel": source,
-        "due": local_time(settings, ticket.first_response_due),
-        "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
-        "attachments": message.attachments,
-        "linked": linked,
-        "link_reason": link_reason,
-    }
-    outgoing = Outgoing(
-        "dispatcher_new",
-        f"dispatcher_new:{ticket.number}",
-        ticket,
-        dispatcher,
-        "dispatcher_new",
-        context,
-        automatic=True,
+    for _, address in mail.to + mail.cc:
+        if address != sender.address and not is_own_address(settings, address):
+            tickets.add_participant(session, ticket, person_for(session, settings, address, "", now), "cc")
+    why_linked = ""
+    if linked is not None:
+        follow_up = linked.requester_id == sender.id
+        why_linked = "follow-up of a closed ticket" if follow_up else "the sender quoted its tag but is not on it"
+        kind = "follow-up" if follow_up else "quoted-tag"
+        tickets.link(session, ticket, linked, kind, channel=item.source, now=now)
+    item.note("apply", f"new ticket {ticket.number}")
+    message = store_message(
+        session, app.store, settings.limits.max_attachment_bytes, item, ticket, MessageKind.NEW_TICKET
     )
-    queue(session, settings, app.templates, app.secret, outgoing, now)
+    reason = why_no_acknowledgement(session, app, item)
+    if reason:
+        item.note("notify", f"no acknowledgement: {reason}")
+    else:
+        queue_acknowledgement(session, app, ticket, item, message)
+    queue_dispatcher_notice(session, app, ticket, item, message, linked, why_linked)
+    number = linked.number if linked else None
+    return IngestResult("new_ticket", ticket.number, mail.message_id, item.trace, linked_ticket=number)
 
 
-def excerpt(text: str, *, lines: int, chars: int) -> str:
-    """The start of a text for a notification, marked when cut."""
-    kept = [line.rstrip() for line in text.strip().splitlines()[:lines]]
-    short = "\n".join(kept)[:chars].rstrip()
-    return short + (" […]" if short != text.strip() else "")
-
-
-def _store(
-    session: Session,
-    app: App,
-    mail: ParsedMail,
-    source: str,
-    now: datetime,
-    ticket: Ticket | None,
-    kind: str,
-    sender: Person,
-    trace: list[dict[str, str]],
-    reasons: list[str],
-) -> Message:
-    new_text = extract_reply(mail.text) if kind == MessageKind.REPLY else mail.text
-    message = Message(
-        ticket_id=ticket.id if ticket else None,
-        direction="in",
-        kind=kind,
-        dedupe_key=dedupe_key(mail),
-        message_id=mail.message_id,
-        in_reply_to=" ".join(f"<{i}>" for i in mail.in_reply_to) or None,
-        refs=mail.references,
-        from_addr=mail.from_addr,
-        from_name=mail.from_name,
-        to_addrs=[a for _, a in mail.to],
-        cc_addrs=[a for _, a in mail.cc],
-        subject=mail.subject,
-        date=mail.date,
-        received_at=now,
-        source=source,
-        sender_id=sender.id,
-        text_new=new_text,
-        text_full=mail.text,
-        auto_reasons=reasons,
-        trace=trace,
-        raw=mail.raw,
-    )
-    session.add(message)
-    limit = app.settings.limits.max_attachment_bytes
-    for item in mail.attachments:
-        size = len(item.data)
-        if size > limit:
-            note = f"{size} bytes, over the limit of {limit} (limits.max_attachment_bytes): not kept"
-            digest = hashlib.sha256(item.data).hexdigest()
-            row = Attachment(
-                sha256=digest,
-                size=size,
-                content_type=item.content_type,
-                filename=item.filename,
-                stored=False,
-                note=note,
-            )
-        else:
-            row = Attachment(
-                sha256=app.store.put(item.data),
-                size=size,
-                content_type=item.content_type,
-                filename=item.filename,
-                stored=True,
-            )
-        message.attachments.append(row)
-    session.flush()
-    return message
-
-
-def _mark_undeliverable(session: Session, ticket: Ticket, bounce: classify.Bounce, source: str, now: datetime) -> None:
-    """A permanent failure of our own mail (tied to a ticket): stop mailing that address."""
+def _mark_undeliverable(session: Session, ticket: Ticket, bounce: classify.Bounce, item: Incoming) -> None:
+    """A permanent failure of our own mail: stop mailing that address."""
     for failure in bounce.failures:
         if not failure.permanent:
             continue
         person = session.scalar(select(Person).where(Person.address == failure.address))
         if person is None or person.undeliverable_since is not None:
             continue
-        person.undeliverable_since = now
+        person.undeliverable_since = item.now
         person.undeliverable_reason = f"{failure.status} {failure.diagnostic}".strip()[:2000]
         tickets.record(
             session,
             ticket,
             actor="mailgate",
             action="undeliverable",
-            channel=source,
-            at=now,
+            channel=item.source,
+            at=item.now,
             field="address",
             new=f"{failure.address}: {person.undeliverable_reason}",
         )

@@ -72,6 +72,14 @@ _ATTRIBUTION = re.compile(
 )
 
 
+# The line Gmail, Thunderbird or Apple Mail put above a forwarded mail.
+_FORWARD_MARKER = re.compile(
+    r"^\s*(-{3,}\s*(forwarded message|weitergeleitete nachricht|message transféré)\s*-{3,}|"
+    r"begin forwarded message:)\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
 def extract_reply(text: str) -> str:
     """The newly written part of a reply: quoted history and signature removed.
 
@@ -82,6 +90,8 @@ def extract_reply(text: str) -> str:
     from email_reply_parser import EmailReplyParser
 
     reply = EmailReplyParser.parse_reply(text).strip()
+    if _FORWARD_MARKER.search(reply):
+        return text  # a forward: what was forwarded is the content, keep it all
     paragraphs = reply.split("\n\n")
     if len(paragraphs) > 1 and _ATTRIBUTION.match(" ".join(paragraphs[-1].split())):
         reply = "\n\n".join(paragraphs[:-1]).strip()

@@ -1,0 +1,70 @@
+"""Is this mail a copy of one already stored? One key per mail, however often it arrives."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate.ingest.parse import ParsedMail
+from mailgate.models import Message, Ticket
+
+log = logging.getLogger("mailgate.ingest")
+
+# Headers added in transit: two copies of one mail differ only in these.
+_TRACE_HEADER = re.compile(
+    rb"^(received|x-received|return-path|delivered-to|x-original-to|envelope-to|x-envelope-to|"
+    rb"authentication-results|arc-[a-z-]+|x-spam-[a-z-]+|x-virus-[a-z-]+|x-ms-exchange-organization-[a-z-]+)"
+    rb"\s*:",
+    re.I,
+)
+
+
+def content_hash(mail: ParsedMail) -> str:
+    """SHA-256 of the mail without its trace headers: equal for two copies of one mail."""
+    raw = re.sub(rb"\r\n?", b"\n", mail.raw)  # CRLF and old-Mac CR-only alike
+    head, _, body = raw.partition(b"\n\n")
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = bool(_TRACE_HEADER.match(line)) or line.startswith(b"From ")
+        if not skipping:
+            kept.append(line)
+    return hashlib.sha256(b"\n".join(kept) + b"\n\n" + body).hexdigest()
+
+
+def dedupe_key(mail: ParsedMail) -> str:
+    """The normalised Message-ID, else a hash of the mail without its trace headers."""
+    if mail.message_id:
+        return f"mid:{mail.message_id[:900]}"
+    return "sha256:" + content_hash(mail)
+
+
+def earlier_copy(session: Session, mail: ParsedMail) -> tuple[str, int | None, bool]:
+    """(key to store `mail` under, ticket number of the earlier copy, whether there is one).
+
+    A Message-ID seen before from another sender or with another Date is not a copy but a
+    different mail reusing the ID (broken scripts do this): it gets a longer key and is kept,
+    never dropped as a duplicate.
+    """
+    key = dedupe_key(mail)
+    while True:
+        row = session.execute(
+            select(Message.from_addr, Message.date, Ticket.number)
+            .outerjoin(Ticket, Ticket.id == Message.ticket_id)
+            .where(Message.dedupe_key == key)
+        ).first()
+        if row is None:
+            return key, None, False
+        same_mail = (row.from_addr, row.date) == (mail.from_addr, mail.date)
+        if same_mail or not key.startswith("mid:") or "#" in key:
+            return key, row.number, True
+        log.warning("msgid=<%s> reused by a different mail from %s: kept as well", mail.message_id, mail.from_addr)
+        key = f"{key}#{content_hash(mail)}"

@@ -1,0 +1,55 @@
+"""Store an incoming mail: the message row with its raw bytes, and its attachments."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy.orm import Session
+
+from mailgate.ingest.attachments import AttachmentStore
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.text import extract_reply
+from mailgate.models import Attachment, Message, MessageKind, Ticket
+
+
+def store_message(
+    session: Session, store: AttachmentStore, attachment_limit: int, item: Incoming, ticket: Ticket | None, kind: str
+) -> Message:
+    mail = item.mail
+    message = Message(
+        ticket_id=ticket.id if ticket else None,
+        direction="in",
+        kind=kind,
+        dedupe_key=item.key,
+        message_id=mail.message_id,
+        in_reply_to=" ".join(f"<{i}>" for i in mail.in_reply_to) or None,
+        refs=mail.references,
+        from_addr=mail.from_addr,
+        from_name=mail.from_name,
+        to_addrs=[a for _, a in mail.to],
+        cc_addrs=[a for _, a in mail.cc],
+        subject=mail.subject,
+        date=mail.date,
+        received_at=item.now,
+        source=item.source,
+        sender_id=item.sender.id,
+        # On a reply, the ticket shows what is new; the full text stays beside it.
+        text_new=extract_reply(mail.text) if kind == MessageKind.REPLY else mail.text,
+        text_full=mail.text,
+        auto_reasons=item.reasons,
+        trace=item.trace,
+        raw=mail.raw,
+    )
+    session.add(message)
+    for part in mail.attachments:
+        size = len(part.data)
+        row = Attachment(size=size, content_type=part.content_type, filename=part.filename)
+        if size > attachment_limit:
+            # Not kept, but never silently dropped: a note on the ticket, and the requester is told.
+            row.sha256, row.stored = hashlib.sha256(part.data).hexdigest(), False
+            row.note = f"{size} bytes, over the limit of {attachment_limit} (limits.max_attachment_bytes): not kept"
+        else:
+            row.sha256, row.stored = store.put(part.data), True
+        message.attachments.append(row)
+    session.flush()
+    return message

@@ -1,0 +1,28 @@
+"""People: the person behind an address, with role and team from the staff list in the config."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from mailgate import tickets
+from mailgate.config import Settings
+from mailgate.models import Person
+
+
+def person_for(session: Session, settings: Settings, address: str, name: str, now: datetime) -> Person:
+    person = tickets.find_or_create_person(session, address, name, now)
+    for member in settings.staff:
+        if member.address == person.address:
+            person.role, person.team = member.role, member.team
+            person.name = member.name or person.name
+    if person.address == settings.addresses.dispatcher:
+        person.role = "dispatcher"
+    return person
+
+
+def is_own_address(settings: Settings, address: str) -> bool:
+    """One of our addresses, including its plus variants (support+token@…)."""
+    local, _, domain = address.partition("@")
+    return f"{local.partition('+')[0]}@{domain}" in settings.addresses.all_own()
