@@ -280,20 +280,47 @@ def test_copies_without_message_id_are_deduplicated_by_content(app: App) -> None
     "headers",
     [
         {"Auto-Submitted": "auto-replied"},
-        {"Precedence": "bulk"},
-        {"Precedence": "junk"},
-        {"List-Id": "<it-news.example.com>"},
         {"X-Autoreply": "yes"},
         {"Return-Path": "<>"},
         {"X-Mailgate-Loop": "mailgate"},
     ],
     ids=lambda h: next(iter(h.items()))[0] + "=" + next(iter(h.items()))[1],
 )
-def test_auto_generated_mail_is_stored_but_never_acknowledged(app: App, headers: dict[str, str]) -> None:
-    result = ingest(app, mail(subject="Out of office", headers=headers), "smtp")
+def test_auto_replies_are_stored_but_get_no_ticket_and_no_answer(app: App, headers: dict[str, str]) -> None:
+    result = ingest(app, mail(subject="Re: printer", headers=headers), "smtp")
     assert result.outcome == "auto"
-    assert count(app, Message) == 1
+    assert count(app, Message) == 1 and count(app, Ticket) == 0
     assert outbox(app) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "sender"),
+    [
+        ({"Auto-Submitted": "auto-generated"}, "nagios@example.com"),
+        ({"Precedence": "bulk"}, "news@example.com"),
+        ({"Precedence": "junk"}, "x@example.com"),
+        ({"List-Id": "<it-news.example.com>"}, "list@example.com"),
+        ({}, "no-reply@monitoring.example.com"),
+    ],
+    ids=["auto-generated", "bulk", "junk", "list-id", "noreply"],
+)
+def test_generated_mail_gets_a_ticket_but_never_an_acknowledgement(
+    app: App, headers: dict[str, str], sender: str
+) -> None:
+    result = ingest(app, mail(sender=sender, subject="Disk /var 95% full on srv1", headers=headers), "smtp")
+    assert result.outcome == "new_ticket"
+    assert outbox(app, "ack") == []
+    notice = outbox(app, "dispatcher_new")[0]
+    assert "Automatic mail" in notice.body and "got no acknowledgement" in notice.body
+    assert any("automatic mail" in t["decision"] for t in result.trace)
+
+
+def test_generated_mail_on_a_ticket_changes_no_status(app: App, clock) -> None:
+    number = new_ticket(app)
+    _set_status(app, number, Status.RESOLVED, clock.now())
+    result = ingest(app, mail(subject=f"Re: [HD #{number}] x", headers={"Precedence": "bulk"}, body="digest\n"), "smtp")
+    assert (result.outcome, result.ticket_number) == ("auto", number)
+    assert ticket(app, number).status == Status.RESOLVED
 
 
 def test_mail_through_our_own_group_is_from_a_person(app: App, tmp_path) -> None:
@@ -303,7 +330,8 @@ def test_mail_through_our_own_group_is_from_a_person(app: App, tmp_path) -> None
     group = App.build(settings, clock=app.clock, engine=app.engine)
     headers = {"List-Id": "IT Support <support.example.com>", "Precedence": "list"}
     assert ingest(group, mail(headers=headers), "smtp").outcome == "new_ticket"
-    assert ingest(group, mail(headers={"List-Id": "<news.example.com>"}), "smtp").outcome == "auto"
+    other = ingest(group, mail(headers={"List-Id": "<news.example.com>"}), "smtp")
+    assert any("List-Id" in t["decision"] for t in other.trace)
 
 
 def test_a_different_mail_reusing_a_message_id_is_kept(app: App) -> None:

@@ -2,6 +2,10 @@
 
 Each rule is a small function returning a reason or None; the rules run in the order of RULES
 and every hit is kept, so "why did this mail get no acknowledgement?" has an answer.
+Rules come in two kinds. A *reaction* (out-of-office reply, bounce, our own mail coming back)
+answers earlier mail and is never a request: it gets no ticket of its own. Other automatic mail
+(a monitoring alert, a list post, a no-reply sender) may well be a request: it gets a ticket, but
+never an acknowledgement.
 Bounces (delivery status notifications) are also read for which address failed, how, and which
 of our mails they concern.
 """
@@ -18,6 +22,7 @@ from mailgate.ingest.parse import ParsedMail, message_ids
 LOOP_HEADER = "X-Mailgate-Loop"
 
 _ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.I)
+_NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
 # Subjects of auto-replies and bounces from systems that set no header at all.
 _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|automatische antwort|réponse automatique|"
@@ -44,13 +49,6 @@ class Context:
 
 
 Rule = Callable[[Context], str | None]
-
-
-def auto_submitted(ctx: Context) -> str | None:
-    value = ctx.mail.header("Auto-Submitted").strip().lower()
-    if value and not value.startswith("no"):
-        return f"Auto-Submitted: {value}"
-    return None
 
 
 def precedence(ctx: Context) -> str | None:
@@ -111,27 +109,59 @@ def auto_subject(ctx: Context) -> str | None:
     return f"subject {ctx.mail.subject!r}" if _AUTO_SUBJECT.match(ctx.mail.subject) else None
 
 
-RULES: tuple[Rule, ...] = (
-    own_loop_header,
-    own_address,
-    auto_submitted,
-    precedence,
-    mailing_list,
-    autoreply_headers,
-    delivery_report,
-    robot_sender,
-    empty_return_path,
-    failed_recipients,
-    auto_subject,
+def noreply_sender(ctx: Context) -> str | None:
+    local = ctx.mail.from_addr.partition("@")[0]
+    return f"no-reply sender {ctx.mail.from_addr}" if _NOREPLY_LOCALPARTS.match(local) else None
+
+
+def auto_replied(ctx: Context) -> str | None:
+    """RFC 3834 'auto-replied' (and Sieve's 'auto-notified'): a reaction to earlier mail."""
+    value = ctx.mail.header("Auto-Submitted").strip().lower()
+    return f"Auto-Submitted: {value}" if value.startswith(("auto-replied", "auto-notified")) else None
+
+
+def auto_generated(ctx: Context) -> str | None:
+    value = ctx.mail.header("Auto-Submitted").strip().lower()
+    if value and not value.startswith(("no", "auto-replied", "auto-notified")):
+        return f"Auto-Submitted: {value}"
+    return None
+
+
+# (rule, is_reaction), in the order their reasons are reported.
+RULES: tuple[tuple[Rule, bool], ...] = (
+    (own_loop_header, True),
+    (own_address, True),
+    (auto_replied, True),
+    (autoreply_headers, True),
+    (delivery_report, True),
+    (robot_sender, True),
+    (empty_return_path, True),
+    (failed_recipients, True),
+    (auto_subject, True),
+    (auto_generated, False),
+    (precedence, False),
+    (mailing_list, False),
+    (noreply_sender, False),
 )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reasons: list[str]  # empty: a person wrote it
+    reaction: bool  # answers earlier mail (auto-reply, bounce, loop): never a ticket of its own
+
+
+def classify(mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()) -> Verdict:
+    ctx = Context(mail, own_addresses, loop_id, own_list_ids)
+    hits = [(reason, reaction) for rule, reaction in RULES if (reason := rule(ctx))]
+    return Verdict([reason for reason, _ in hits], any(reaction for _, reaction in hits))
 
 
 def auto_reasons(
     mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()
 ) -> list[str]:
     """Every reason to treat `mail` as auto-generated; empty when a person wrote it."""
-    ctx = Context(mail, own_addresses, loop_id, own_list_ids)
-    return [reason for rule in RULES if (reason := rule(ctx))]
+    return classify(mail, own_addresses, loop_id, own_list_ids).reasons
 
 
 # Bounces ------------------------------------------------------------------------------------

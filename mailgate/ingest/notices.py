@@ -60,6 +60,7 @@ def queue_dispatcher_notice(
         "attachments": message.attachments,
         "linked": linked,
         "link_reason": why,
+        "automatic": item.reasons,
     }
     outgoing = Outgoing(
         "dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, dispatcher, "dispatcher_new", context

@@ -136,12 +136,11 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
     item.note("dedupe", key)
 
     addresses = settings.addresses
-    item.reasons = classify.auto_reasons(
-        mail, addresses.all_own(), settings.outgoing.loop_id, tuple(addresses.own_list_ids)
-    )
+    verdict = classify.classify(mail, addresses.all_own(), settings.outgoing.loop_id, tuple(addresses.own_list_ids))
+    item.reasons = verdict.reasons
     for reason in item.reasons:
         item.note("classify", reason)
-    bounce = classify.read_bounce(mail) if item.reasons else None
+    bounce = classify.read_bounce(mail) if verdict.reaction else None
 
     decision = thread.decide(
         session,
@@ -154,7 +153,8 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
     )
     item.trace += decision.trace
 
-    if item.reasons:
+    # Automatic mail never changes a ticket; a reaction (auto-reply, bounce) never opens one.
+    if verdict.reaction or (item.reasons and decision.ticket is not None):
         return _auto_generated(session, app, item, decision.ticket, bounce)
     ticket = decision.ticket
     if ticket is not None and tickets.is_past_reopen_window(ticket, now, settings.tickets.reopen_window_days):
@@ -231,7 +231,7 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
     message = store_message(
         session, app.store, settings.limits.max_attachment_bytes, item, ticket, MessageKind.NEW_TICKET
     )
-    reason = why_no_acknowledgement(session, app, item)
+    reason = "automatic mail" if item.reasons else why_no_acknowledgement(session, app, item)
     if reason:
         item.note("notify", f"no acknowledgement: {reason}")
     else:
