@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
@@ -55,20 +56,22 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_migrated() -> str:
+def pg_migrated() -> Iterator[str]:
+    """A PostgreSQL database of this test run's own, so parallel runs never meet; dropped after."""
     try:
-        engine = create_engine(PG_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"{make_url(PG_URL).database}_{os.getpid()}"
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        server_missing(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    upgrade(PG_URL)
-    return PG_URL
+        server_missing(f"PostgreSQL not usable at {PG_URL}: {type(exc).__name__}: {exc}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def _empty_pg(url: str) -> None:
