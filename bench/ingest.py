@@ -128,7 +128,7 @@ def bench_ingest(mails: list[bytes], folder: Path, url: str) -> tuple[float, dic
     settings = Settings(
         data_dir=folder / "data",
         database_url=url,
-        secret="bench",
+        secret="bench-secret-0123456789",
         addresses={"support": "support@example.com", "dispatcher": "dispatch@example.com"},
         limits={"acks_per_sender": 1000},
     )

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.clock import Clock, SystemClock
 from mailgate.config import Settings
 from mailgate.db import make_engine, make_sessionmaker
-from mailgate.ingest.attachments import AttachmentStore
 from mailgate.notify import Templates
+from mailgate.storage import AttachmentStore
 
 
 @dataclass

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from mailgate.app import App
 from mailgate.config import ConfigError, Settings, load_settings
+from mailgate.models import Status
 
 EX_OK = 0
 EX_DATAERR = 65
@@ -91,8 +92,11 @@ def _redact(url: str) -> str:
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True, path_type=Path))
 @click.option("--source", default="pipe", show_default=True, help="Where the mail came from (shown in history).")
 @click.option("--recipient", "recipients", multiple=True, help="Envelope recipient (as the MTA passes it).")
+@click.option("--sender", default=None, help="Envelope sender (MAIL FROM; '' for a bounce), e.g. Postfix's ${sender}.")
 @pass_ctx
-def ingest_cmd(ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...]) -> None:
+def ingest_cmd(
+    ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...], sender: str | None
+) -> None:
     """Store mail from FILES (or standard input, '-') for an MTA pipe.
 
     Exit status 0 when stored, duplicate or quarantined; 75 (EX_TEMPFAIL) on a temporary failure,
@@ -102,13 +106,18 @@ def ingest_cmd(ctx: Context, files: tuple[Path, ...], source: str, recipients: t
 
     try:
         app = ctx.app()
-    except (ConfigError, OperationalError) as exc:
-        _fail(f"cannot start, mail left with the MTA: {exc}", EX_TEMPFAIL)
+    except Exception as exc:  # whatever stops us, the MTA must keep the mail and retry, not bounce it
+        _fail(f"cannot start, mail left with the MTA: {type(exc).__name__}: {exc}", EX_TEMPFAIL)
     status = EX_OK
     for path in files or (Path("-"),):
-        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
         try:
-            result = ingest(app, raw, source, recipients)
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        except OSError as exc:
+            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
+            status = EX_TEMPFAIL
+            continue
+        try:
+            result = ingest(app, raw, source, recipients, sender)
         except TemporaryFailure as exc:
             click.echo(f"{path}: temporary failure, not stored: {exc}", err=True)
             status = EX_TEMPFAIL
@@ -120,7 +129,13 @@ def ingest_cmd(ctx: Context, files: tuple[Path, ...], source: str, recipients: t
 
 
 def _open_box(kind: str, path: Path) -> mailbox.Mailbox[Any]:
-    return mailbox.mbox(path, create=False) if kind == "mbox" else mailbox.Maildir(path, create=False)
+    if kind == "mbox":
+        if not path.is_file():
+            _fail(f"{path} is not a file; an mbox is one file (use `import maildir` for a folder)", EX_DATAERR)
+        return mailbox.mbox(path, create=False)
+    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+        _fail(f"{path} is not a Maildir (it has no cur/ or new/ folder)", EX_DATAERR)
+    return mailbox.Maildir(path, create=False)
 
 
 def _mails(box: mailbox.Mailbox[Any]) -> Iterator[bytes]:
@@ -144,6 +159,8 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     counts: Counter[str] = Counter()
     box = _open_box(kind, path)
     total = len(box)
+    if total == 0:
+        _fail(f"{path} holds no mail as {kind} (is it a{'n mbox file' if kind == 'mbox' else ' Maildir'}?)", EX_DATAERR)
     with click.progressbar(_mails(box), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
         for raw in bar:
             try:
@@ -174,7 +191,13 @@ def tickets() -> None:
 
 
 @tickets.command("list")
-@click.option("--status", "statuses", multiple=True, help="Only tickets with this status (repeatable).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only tickets with this status (repeatable).",
+)
 @pass_ctx
 def tickets_list(ctx: Context, statuses: tuple[str, ...]) -> None:
     """One line per ticket."""

@@ -6,9 +6,11 @@ per bad key ("key = value: what was expected") so a typo never surfaces as a tra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +24,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_PATHS = (Path("mailgate.toml"), Path("/etc/mailgate/mailgate.toml"))
+MIN_SECRET_CHARS = 16  # the reply tokens are only as unguessable as this key
 DEFAULT_CATEGORIES = ["incident", "service request", "problem", "change", "feature request"]
 
 
@@ -54,6 +57,10 @@ class Addresses(_Section):
 
     def all_own(self) -> set[str]:
         return {a.lower() for a in (self.support, self.dispatcher, *self.own)}
+
+    def our_senders(self) -> set[str]:
+        """Addresses mailgate's own mail comes from. Not the dispatcher: a person writes from it."""
+        return {a.lower() for a in (self.support, *self.own)}
 
 
 class Tickets(_Section):
@@ -143,6 +150,13 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: str) -> str:
+        if value and len(value) < MIN_SECRET_CHARS:
+            raise ValueError(f"at least {MIN_SECRET_CHARS} random characters (e.g. from `openssl rand -hex 32`)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _url_has_a_scheme(cls, value: str) -> str:
@@ -170,11 +184,24 @@ class Settings(BaseSettings):
             return self.secret.encode()
         path = self.data_dir / "secret"
         if not path.exists():
+            # Many pipe processes may start at once on a fresh install: write the key completely
+            # under a private name, then link it into place; whoever links first wins, and no
+            # process can ever read a half-written (empty) key.
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+            fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".secret-")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_hex(32))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        key = path.read_text().strip()
+        if len(key) < MIN_SECRET_CHARS:
+            raise ConfigError(f"{path} holds no usable key ({len(key)} characters); delete it to have one generated")
+        return key.encode()
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -213,4 +240,14 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         lines = [_describe(e) for e in exc.errors()]
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from None
-    return Settings.model_construct(**{k: getattr(loaded, k) for k in Settings.model_fields})
+    values = {k: getattr(loaded, k) for k in Settings.model_fields}
+    if path is not None:
+        # Relative paths mean "beside the config file", whatever directory mailgate runs in:
+        # an MTA pipe and a systemd unit start in different places.
+        base = path.resolve().parent
+        if not values["data_dir"].is_absolute():
+            values["data_dir"] = base / values["data_dir"]
+        maildir = values["outgoing"].maildir
+        if maildir is not None and not maildir.is_absolute():
+            values["outgoing"] = values["outgoing"].model_copy(update={"maildir": base / maildir})
+    return Settings.model_construct(**values)

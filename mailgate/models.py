@@ -114,9 +114,9 @@ class Person(Base):
     __tablename__ = "people"
     id: Mapped[int] = mapped_column(primary_key=True)
     address: Mapped[Address] = mapped_column(unique=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
-    department: Mapped[str] = mapped_column(String(200), default="")
-    location: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(Text, default="")
+    department: Mapped[str] = mapped_column(Text, default="")
+    location: Mapped[str] = mapped_column(Text, default="")
     manager_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     role: Mapped[str] = mapped_column(String(20), default="requester")
     team: Mapped[str] = mapped_column(String(100), default="")
@@ -133,7 +133,7 @@ class Person(Base):
 class Ticket(Base):
     __tablename__ = "tickets"
     id: Mapped[int] = mapped_column(primary_key=True)
-    number: Mapped[int] = mapped_column(unique=True)
+    number: Mapped[int] = mapped_column(BigInteger, unique=True)
     subject: Mapped[str] = mapped_column(Text)
     requester_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
     status: Mapped[str] = mapped_column(String(20), default=Status.NEW, index=True)
@@ -141,8 +141,8 @@ class Ticket(Base):
     category: Mapped[str | None] = mapped_column(String(100))
     team: Mapped[str | None] = mapped_column(String(100))
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
-    department: Mapped[str] = mapped_column(String(200), default="")
-    location: Mapped[str] = mapped_column(String(200), default="")
+    department: Mapped[str] = mapped_column(Text, default="")
+    location: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[Timestamp]
     first_response_due: Mapped[Timestamp | None]
     first_response_at: Mapped[Timestamp | None]
@@ -188,6 +188,8 @@ class Message(Base):
     # Unique per incoming mail: the normalised Message-ID, else a hash of the content.
     dedupe_key: Mapped[str | None] = mapped_column(String(1000), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(1000), index=True)
+    # SHA-256 of subject, text and attachments: tells a copy from another mail reusing a Message-ID.
+    content_sha256: Mapped[str] = mapped_column(String(64), default="")
     in_reply_to: Mapped[str | None] = mapped_column(Text)
     refs: Mapped[list[Any]] = mapped_column(default=list)
     from_addr: Mapped[Address] = mapped_column(default="")

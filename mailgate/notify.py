@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from mailgate import subject as subjects
 from mailgate import tokens
 from mailgate.config import Settings
-from mailgate.ingest.classify import LOOP_HEADER
+from mailgate.headers import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
 from mailgate.resources import templates_dir
 
@@ -102,6 +102,9 @@ def queue(
 ) -> Outbox | None:
     """Render `mail` and add it to the outbox; None if this occasion was already queued."""
     if session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)) is not None:
+        return None
+    if mail.to.undeliverable_since is not None:
+        log.info("not queuing %s for ticket %s: %s is undeliverable", mail.kind, mail.ticket.number, mail.to.address)
         return None
     if not mail.to.address.isascii():
         # An RFC 6532 address needs SMTPUTF8 end to end; we do not send it rather than mangle it.

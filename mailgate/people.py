@@ -13,12 +13,15 @@ from mailgate.models import Person
 
 def person_for(session: Session, settings: Settings, address: str, name: str, now: datetime) -> Person:
     person = tickets.find_or_create_person(session, address, name, now)
-    for member in settings.staff:
-        if member.address == person.address:
-            person.role, person.team = member.role, member.team
-            person.name = member.name or person.name
+    member = next((m for m in settings.staff if m.address == person.address), None)
     if person.address == settings.addresses.dispatcher:
         person.role = "dispatcher"
+    elif member is not None:
+        person.role, person.team = member.role, member.team
+        person.name = member.name or person.name
+    elif person.is_staff:
+        # Taken off the staff list: no more threading into any ticket by its tag alone.
+        person.role = "requester"
     return person
 
 

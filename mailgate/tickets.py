@@ -152,8 +152,14 @@ def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bo
     return now - closed > timedelta(days=window_days)
 
 
-def requester_replied(session: Session, ticket: Ticket, *, actor: str, channel: str, now: datetime) -> None:
-    """A reply from the requester's side: a resolved, closed or pending ticket needs us again."""
+def message_added(session: Session, ticket: Ticket, sender: Person, *, channel: str, now: datetime) -> None:
+    """Someone wrote on the ticket. Staff answering is the first response; the requester
+    answering a resolved, closed (within the window) or pending ticket needs us again.
+    A Cc's "thanks, works for me too" changes no status."""
     ticket.last_activity_at = now
-    if ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
-        set_status(session, ticket, Status.OPEN, actor=actor, channel=channel, now=now)
+    if sender.is_staff and sender.id != ticket.requester_id:
+        if ticket.first_response_at is None:
+            ticket.first_response_at = now
+        return
+    if sender.id == ticket.requester_id and ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
+        set_status(session, ticket, Status.OPEN, actor=sender.address, channel=channel, now=now)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "mailgate.toml").write_text(
-        f'data_dir = "{tmp_path / "data"}"\nsecret = "cli-test"\n'
+        f'data_dir = "{tmp_path / "data"}"\nsecret = "cli-test-secret-0123"\n'
         '[addresses]\nsupport = "support@example.com"\ndispatcher = "dispatch@example.com"\n'
     )
     assert run(tmp_path, "db", "upgrade").returncode == 0

@@ -20,8 +20,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_example_config_loads_and_equals_the_defaults(tmp_path: Path) -> None:
-    example = load_settings(REPO / "config" / "mailgate.example.toml")
-    defaults = load_settings(write(tmp_path, ""))
+    copy = tmp_path / "example.toml"
+    copy.write_text((REPO / "config" / "mailgate.example.toml").read_text())
+    example = load_settings(copy)
+    defaults = load_settings(write(tmp_path, ""))  # beside it: relative paths resolve alike
     assert example == defaults
     assert example.tickets.tag_prefix == "HD"
     assert example.effective_database_url.startswith("sqlite:///")
@@ -63,6 +65,21 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
         load_settings(write(tmp_path, ""))
 
 
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "mailgate.toml"
+    path.write_text('data_dir = "var"\n[outgoing]\nmaildir = "out"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("etc/mailgate.toml"))
+    assert settings.data_dir == tmp_path / "etc" / "var"
+    assert settings.outgoing_maildir == tmp_path / "etc" / "out"
+
+
+def test_a_short_secret_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="secret = 'x': expected at least 16"):
+        load_settings(write(tmp_path, 'secret = "x"\n'))
+
+
 def test_broken_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[limits\n"))
@@ -81,6 +98,16 @@ def test_cli_reports_a_bad_config_without_traceback(tmp_path: Path) -> None:
     assert run.returncode == 78
     assert "limits.acks_per_sender = -1" in run.stderr and "greater than or equal to 0" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_generated_secret_is_written_once_even_when_many_processes_start(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = load_settings(write(tmp_path, f'data_dir = "{tmp_path / "race"}"\n'))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keys = set(pool.map(lambda _: settings.secret_bytes(), range(64)))
+    assert len(keys) == 1 and len(next(iter(keys))) == 64
+    assert [p.name for p in (tmp_path / "race").iterdir()] == ["secret"]  # no temporary files left
 
 
 def test_generated_secret_is_kept_and_private(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:57:54.512814
+Create Date: 2026-11-26 13:21:42.390660
 """
 
 from collections.abc import Sequence
@@ -39,9 +39,9 @@ def upgrade() -> None:
         "people",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("address", sa.String(length=320), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("department", sa.String(length=200), nullable=False),
-        sa.Column("location", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("department", sa.Text(), nullable=False),
+        sa.Column("location", sa.Text(), nullable=False),
         sa.Column("manager_id", sa.Integer(), nullable=True),
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("team", sa.String(length=100), nullable=False),
@@ -66,7 +66,7 @@ def upgrade() -> None:
     op.create_table(
         "tickets",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("number", sa.BigInteger(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("requester_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
@@ -74,8 +74,8 @@ def upgrade() -> None:
         sa.Column("category", sa.String(length=100), nullable=True),
         sa.Column("team", sa.String(length=100), nullable=True),
         sa.Column("assignee_id", sa.Integer(), nullable=True),
-        sa.Column("department", sa.String(length=200), nullable=False),
-        sa.Column("location", sa.String(length=200), nullable=False),
+        sa.Column("department", sa.Text(), nullable=False),
+        sa.Column("location", sa.Text(), nullable=False),
         sa.Column("created_at", mailgate.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("first_response_due", mailgate.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("first_response_at", mailgate.models.UTCDateTime(timezone=True), nullable=True),
@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=20), nullable=False),
         sa.Column("dedupe_key", sa.String(length=1000), nullable=True),
         sa.Column("message_id", sa.String(length=1000), nullable=True),
+        sa.Column("content_sha256", sa.String(length=64), nullable=False),
         sa.Column("in_reply_to", sa.Text(), nullable=True),
         sa.Column("refs", sa.JSON(), nullable=False),
         sa.Column("from_addr", sa.String(length=320), nullable=False),

@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from email.message import Message
-from pathlib import Path
 
 from tnefparse import TNEF
 
@@ -51,6 +47,19 @@ def _payload_bytes(part: Message) -> bytes:
     return str(part.get_payload() or "").encode("utf-8", "surrogateescape")
 
 
+def _message_bytes(message: Message) -> bytes:
+    """A forwarded mail as bytes, even when its 8-bit headers make the generator give up."""
+    try:
+        return message.as_bytes()
+    except (UnicodeError, LookupError, ValueError):
+        pass
+    try:
+        return message.as_string().encode("utf-8", "surrogateescape")
+    except (UnicodeError, LookupError, ValueError):
+        head = "\n".join(f"{k}: {v}" for k, v in message.items())
+        return f"{head}\n\n{message.get_payload()}".encode("utf-8", "replace")
+
+
 def _unpack_tnef(data: bytes, fallback_name: str) -> tuple[list[MailAttachment], str]:
     """The files and text inside a winmail.dat; the file itself when it cannot be read."""
     try:
@@ -89,14 +98,14 @@ def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
             for sub in part.walk():
                 skip.add(id(sub))
             inner = part.get_payload()
-            body = inner[0].as_bytes() if isinstance(inner, list) and inner else _payload_bytes(part)
+            body = _message_bytes(inner[0]) if isinstance(inner, list) and inner else _payload_bytes(part)
             found.append(MailAttachment(_filename(part) or "forwarded.eml", "message/rfc822", body))
             continue
         if part.is_multipart() or _is_body_part(part):
             continue
         data = _payload_bytes(part)
         name = _filename(part)
-        ctype = part.get_content_type()
+        ctype = part.get_content_type()[:200]
         if ctype in _TNEF_TYPES or name.lower() == "winmail.dat":
             files, text = _unpack_tnef(data, name or "winmail.dat")
             found.extend(files)
@@ -111,33 +120,3 @@ def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
             continue  # a single-part text mail of another subtype: its text is the body
         found.append(MailAttachment(name or f"part-{len(found) + 1}", ctype, data))
     return found, extra_text
-
-
-class AttachmentStore:
-    """Files by SHA-256 under `root`: the same file sent twice is kept once."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path_for(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
-
-    def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        target = self.path_for(digest)
-        if target.exists():
-            return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: a crash never leaves a half file under the name.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return digest
-
-    def get(self, sha256: str) -> bytes:
-        return self.path_for(sha256).read_bytes()

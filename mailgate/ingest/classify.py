@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 
+from mailgate.headers import LOOP_HEADER
 from mailgate.ingest.parse import ParsedMail, message_ids
-
-LOOP_HEADER = "X-Mailgate-Loop"
 
 _ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.I)
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
@@ -137,7 +136,8 @@ RULES: tuple[tuple[Rule, bool], ...] = (
     (robot_sender, True),
     (empty_return_path, True),
     (failed_recipients, True),
-    (auto_subject, True),
+    # A subject alone is weak evidence ("Out of office assistant will not turn off" is a request).
+    (auto_subject, False),
     (auto_generated, False),
     (precedence, False),
     (mailing_list, False),
@@ -203,6 +203,17 @@ def _dsn_failures(report: Message) -> list[Failure]:
     return failures
 
 
+def _returned_headers(part: Message) -> str:
+    """The headers of our mail as the bounce returns them, as text."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        try:
+            return inner[0].as_string()
+        except (UnicodeError, LookupError, ValueError):  # 8-bit bytes the generator cannot encode
+            return "\n".join(f"{k}: {v}" for k, v in inner[0].items())
+    return str(part.get_payload(decode=True) or b"", "utf-8", "replace")
+
+
 def read_bounce(mail: ParsedMail) -> Bounce | None:
     """What a delivery status notification says, or None for mail that is not a bounce."""
     message = mail.message
@@ -218,12 +229,7 @@ def read_bounce(mail: ParsedMail) -> Bounce | None:
         if ctype in ("message/delivery-status", "message/global-delivery-status"):
             bounce.failures.extend(_dsn_failures(part))
         elif ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
-            headers = part.get_payload()
-            text = (
-                headers[0].as_string()
-                if isinstance(headers, list) and headers
-                else str(part.get_payload(decode=True) or b"", "utf-8", "replace")
-            )
+            text = _returned_headers(part)
             for name in ("Message-ID", "In-Reply-To", "References"):
                 for match in re.finditer(rf"^{name}:\s*((?:.*\n[ \t].*)*.*)$", text, re.I | re.M):
                     bounce.original_ids.extend(message_ids(match.group(1)))

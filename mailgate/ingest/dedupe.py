@@ -47,23 +47,36 @@ def dedupe_key(mail: ParsedMail) -> str:
     return "sha256:" + content_hash(mail)
 
 
+def fingerprint(mail: ParsedMail) -> str:
+    """SHA-256 of what a person reads: subject, text, attachments. Survives re-encoding in transit."""
+    digest = hashlib.sha256()
+    for piece in (mail.subject, mail.text):
+        digest.update(piece.encode("utf-8", "replace") + b"\0")
+    for attachment in mail.attachments:
+        digest.update(hashlib.sha256(attachment.data).digest())
+    return digest.hexdigest()
+
+
 def earlier_copy(session: Session, mail: ParsedMail) -> tuple[str, int | None, bool]:
     """(key to store `mail` under, ticket number of the earlier copy, whether there is one).
 
-    A Message-ID seen before from another sender or with another Date is not a copy but a
-    different mail reusing the ID (broken scripts do this): it gets a longer key and is kept,
-    never dropped as a duplicate.
+    A Message-ID seen before is a copy when the content is the same, or when sender and Date
+    are. Otherwise it is a different mail reusing the ID (monitoring scripts do this): it gets
+    a longer key and is kept, never dropped as a duplicate.
     """
     key = dedupe_key(mail)
+    content = fingerprint(mail)
     while True:
         row = session.execute(
-            select(Message.from_addr, Message.date, Ticket.number)
+            select(Message.from_addr, Message.date, Message.content_sha256, Ticket.number)
             .outerjoin(Ticket, Ticket.id == Message.ticket_id)
             .where(Message.dedupe_key == key)
         ).first()
         if row is None:
             return key, None, False
-        same_mail = (row.from_addr, row.date) == (mail.from_addr, mail.date)
+        same_mail = row.content_sha256 == content or (
+            mail.date is not None and (row.from_addr, row.date) == (mail.from_addr, mail.date)
+        )
         if same_mail or not key.startswith("mid:") or "#" in key:
             return key, row.number, True
         log.warning("msgid=<%s> reused by a different mail from %s: kept as well", mail.message_id, mail.from_addr)

@@ -19,6 +19,8 @@ class Incoming:
     reasons: list[str] = field(default_factory=list)  # why it is auto-generated, if it is
     # Why this mail landed where it did: [{"step": …, "decision": …}, …], kept on the message.
     trace: list[dict[str, str]] = field(default_factory=list)
+    # Attachment files this transaction created: removed again if it rolls back.
+    new_files: list[str] = field(default_factory=list)
 
     def note(self, step: str, decision: str) -> None:
         self.trace.append({"step": step, "decision": decision})

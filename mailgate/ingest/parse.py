@@ -7,6 +7,7 @@ it keeps (`.message`) is walked here for attachments, so their bytes come out ex
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ _HEADER_LINE = re.compile(rb"^(From |[!-9;-~]+[ \t]*:)")
 _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]*\r?\n)*")
 _ROBOT = re.compile(r"\b(mailer-daemon|postmaster|mail delivery)\b", re.I)
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+# Bounds that keep hostile input storable on every database (index entries, column sizes).
+MAX_ID_CHARS = 900
+MAX_ADDRESS_CHARS = 320
+MAX_NAME_CHARS = 500
+MAX_REFERENCES = 100
 
 
 class Unparseable(Exception):
@@ -66,17 +73,24 @@ class ParsedMail:
         return list(seen)
 
 
+def _clean_id(value: str) -> str:
+    """A Message-ID fit to store and to quote back: no controls or spaces, bounded length."""
+    value = "".join(_CONTROLS.sub("", value).split())
+    if len(value) > MAX_ID_CHARS:  # keep it unique without letting it overflow an index entry
+        value = value[: MAX_ID_CHARS - 17] + "~" + hashlib.sha256(value.encode()).hexdigest()[:16]
+    return value
+
+
 def normalise_message_id(value: str) -> str | None:
     """'<Abc@Host>' -> 'Abc@Host' (the local part is case-sensitive, RFC 5322 3.6.4)."""
     ids = message_ids(value)
     if ids:
         return ids[0]
-    value = value.strip()
-    return value or None
+    return _clean_id(value) or None
 
 
 def message_ids(value: str | None) -> list[str]:
-    return _MSGID.findall(value or "")
+    return [cleaned for found in _MSGID.findall(value or "") if (cleaned := _clean_id(found))]
 
 
 def raw_headers(message: Message, name: str) -> list[str]:
@@ -94,11 +108,12 @@ def _decode_header(value: object) -> str:
 
 
 def _addresses(values: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """(name, address) pairs with names on one line and only addresses a reply could reach."""
     out = []
     for name, addr in values or []:
-        addr = (addr or "").strip().lower()
-        if "@" in addr:
-            out.append((repair_text(name or "").strip(), addr))
+        addr = "".join(_CONTROLS.sub("", repair_text(addr or "")).split()).lower()
+        if "@" in addr and len(addr) <= MAX_ADDRESS_CHARS:
+            out.append((" ".join(repair_text(name or "").split())[:MAX_NAME_CHARS], addr))
     return out
 
 
@@ -166,7 +181,8 @@ def parse(raw: bytes, max_bytes: int) -> ParsedMail:
         message=message,
         message_id=normalise_message_id(str(message.get("Message-ID", "") or "")),
         in_reply_to=message_ids(str(message.get("In-Reply-To", "") or "")),
-        references=message_ids(" ".join(str(v) for v in message.get_all("References", []))),
+        # The newest references are the ones that thread; a mail quoting 10,000 is hostile.
+        references=message_ids(" ".join(str(v) for v in message.get_all("References", [])))[-MAX_REFERENCES:],
         from_addr=from_addr,
         from_name=from_name,
         to=_addresses(parsed.to),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mailgate import subject as subjects
@@ -26,7 +26,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notices import queue_acknowledgement, queue_dispatcher_notice, why_no_acknowledgement
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
 from mailgate.ingest.store import store_message
-from mailgate.models import MessageKind, Person, Quarantine, Ticket
+from mailgate.models import Attachment, MessageKind, Person, Quarantine, Ticket
 from mailgate.people import is_own_address, person_for
 
 __all__ = ["IngestResult", "TemporaryFailure", "dedupe_key", "ingest"]
@@ -61,27 +61,33 @@ def ingest(
     of bounces and auto-replies).
     """
     now = app.clock.now()
+    source = source[:100]
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes)
     except Unparseable as exc:
         return _quarantine(app, raw, source, str(exc), now)
+    except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
+        log.warning("parser failed on a mail from %s", source, exc_info=log.isEnabledFor(logging.DEBUG))
+        return _quarantine(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
         result = _apply_with_retry(app, mail, source, rcpts, now)
     except TemporaryFailure:
         raise
+    except DataError as exc:
+        # The database refuses a value of this mail (SQLSTATE class 22): retrying cannot help.
+        return _quarantine(app, raw, source, f"the database refused a value: {describe(exc)}", now)
     except Exception as exc:
         # One line for the operator (database down, disk full …); the traceback only with -v.
         log.error(
-            "ingest failed, rolled back, mail left with the sender: source=%s msgid=<%s>: %s: %s",
+            "ingest failed, rolled back, mail left with the sender: source=%s msgid=<%s>: %s",
             source,
             mail.message_id,
-            type(exc).__name__,
-            exc,
+            describe(exc),
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
-        raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
+        raise TemporaryFailure(describe(exc)) from exc
     evidence = [t["decision"] for t in result.trace if t["step"] in ("token", "references", "tag", "classify")]
     log.info(
         "ingest source=%s msgid=<%s> outcome=%s ticket=%s evidence=%s",
@@ -114,17 +120,60 @@ def _apply_with_retry(app: App, mail: ParsedMail, source: str, rcpts: list[str],
     Two daemons may store the same mail (-> duplicate) or create the same new person at once
     (-> the second run finds the person): neither is an error the sender should see.
     """
-    for attempt in range(3):
+    for attempt in range(1, 4):
+        new_files: list[str] = []
         try:
-            with app.sessions() as session, session.begin():
-                return _apply(session, app, mail, source, rcpts, now)
-        except IntegrityError as exc:
-            log.info("ingest msgid=<%s>: concurrent insert (%s), attempt %d", mail.message_id, exc.orig, attempt + 1)
+            try:
+                with app.sessions() as session, session.begin():
+                    return _apply(session, app, mail, source, rcpts, now, new_files)
+            except BaseException:
+                _discard_files(app, new_files)
+                raise
+        except (IntegrityError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not _is_conflict(exc):
+                raise
+            log.info(
+                "ingest msgid=<%s>: concurrent transaction (%s), attempt %d", mail.message_id, describe(exc), attempt
+            )
             last = exc
-    raise TemporaryFailure(f"database integrity error: {last.orig}") from last
+    raise TemporaryFailure(describe(last)) from last
 
 
-def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime) -> IngestResult:
+def _discard_files(app: App, digests: list[str]) -> None:
+    """Remove attachment files a rolled-back transaction wrote, unless a stored row uses them
+    (the same file may have been committed by a concurrent mail in the meantime)."""
+    if not digests:
+        return
+    try:
+        with app.sessions() as session:
+            used = set(session.scalars(select(Attachment.sha256).where(Attachment.sha256.in_(digests))))
+    except Exception:  # the database is the reason we are here; leave the files for later
+        return
+    for digest in set(digests) - used:
+        app.store.discard(digest)
+
+
+def _is_conflict(exc: OperationalError) -> bool:
+    """A deadlock or serialization failure on PostgreSQL: running the transaction again is the cure."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a failure, without the SQL statement and the mail's data it carries."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if str(exc.orig) else ''}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _apply(
+    session: Session,
+    app: App,
+    mail: ParsedMail,
+    source: str,
+    rcpts: list[str],
+    now: datetime,
+    new_files: list[str],
+) -> IngestResult:
     settings = app.settings
     key, earlier_ticket, seen = earlier_copy(session, mail)
     if seen:
@@ -132,11 +181,11 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
             "duplicate", earlier_ticket, mail.message_id, [{"step": "dedupe", "decision": f"already stored as {key}"}]
         )
     sender = person_for(session, settings, mail.from_addr, mail.from_name, now)
-    item = Incoming(mail, key, source, now, sender)
+    item = Incoming(mail, key, source, now, sender, new_files=new_files)
     item.note("dedupe", key)
 
     addresses = settings.addresses
-    verdict = classify.classify(mail, addresses.all_own(), settings.outgoing.loop_id, tuple(addresses.own_list_ids))
+    verdict = classify.classify(mail, addresses.our_senders(), settings.outgoing.loop_id, tuple(addresses.own_list_ids))
     item.reasons = verdict.reasons
     for reason in item.reasons:
         item.note("classify", reason)
@@ -155,7 +204,7 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
 
     # Automatic mail never changes a ticket; a reaction (auto-reply, bounce) never opens one.
     if verdict.reaction or (item.reasons and decision.ticket is not None):
-        return _auto_generated(session, app, item, decision.ticket, bounce)
+        return _auto_generated(session, app, item, decision, bounce)
     ticket = decision.ticket
     if ticket is not None and tickets.is_past_reopen_window(ticket, now, settings.tickets.reopen_window_days):
         item.note("apply", f"ticket {ticket.number} closed beyond the reopen window: follow-up")
@@ -166,9 +215,10 @@ def _apply(session: Session, app: App, mail: ParsedMail, source: str, rcpts: lis
 
 
 def _auto_generated(
-    session: Session, app: App, item: Incoming, ticket: Ticket | None, bounce: classify.Bounce | None
+    session: Session, app: App, item: Incoming, decision: thread.ThreadDecision, bounce: classify.Bounce | None
 ) -> IngestResult:
     """Stored (on its ticket when it threads), never answered, never changing a status."""
+    ticket = decision.ticket
     kind = MessageKind.BOUNCE if bounce else MessageKind.AUTO
     message = store_message(session, app.store, app.settings.limits.max_attachment_bytes, item, ticket, kind)
     if ticket is not None:
@@ -182,9 +232,10 @@ def _auto_generated(
             message_id=message.id,
             new="; ".join(item.reasons),
         )
-        if bounce:
-            # Only a bounce tied to our own mail (a verified token or reference) may do this.
-            _mark_undeliverable(session, ticket, bounce, item)
+        if bounce and decision.token is not None:
+            # Only a bounce quoting our signed token, and only for the person that mail went to:
+            # anyone can forge a DSN naming any address, but not our signature.
+            _mark_undeliverable(session, ticket, bounce, item, decision.token.person_id)
     return IngestResult(kind.value, ticket.number if ticket else None, item.mail.message_id, item.trace)
 
 
@@ -197,18 +248,20 @@ def _reply(session: Session, app: App, item: Incoming, ticket: Ticket) -> Ingest
     tickets.record(
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
     )
-    if sender.is_staff:
-        ticket.last_activity_at = item.now
-        if ticket.first_response_at is None and sender.id != ticket.requester_id:
-            ticket.first_response_at = item.now
-    else:
-        tickets.requester_replied(session, ticket, actor=sender.address, channel=item.source, now=item.now)
+    tickets.message_added(session, ticket, sender, channel=item.source, now=item.now)
     return IngestResult("reply", ticket.number, item.mail.message_id, item.trace)
 
 
 def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | None) -> IngestResult:
     settings, mail, sender, now = app.settings, item.mail, item.sender, item.now
     priority = settings.tickets.default_priority
+    # People first, the ticket number last: the counter row stays locked until commit, and two
+    # transactions that each wait for a person the other inserts would deadlock.
+    copied = [
+        person_for(session, settings, address, name, now)
+        for name, address in mail.to + mail.cc
+        if address != sender.address and not is_own_address(settings, address)
+    ]
     ticket = tickets.create_ticket(
         session,
         subject=subjects.clean_subject(settings.tickets.tag_prefix, mail.subject),
@@ -218,9 +271,8 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
         now=now,
         first_response_due=now + timedelta(hours=settings.tickets.first_response_hours[priority]),
     )
-    for _, address in mail.to + mail.cc:
-        if address != sender.address and not is_own_address(settings, address):
-            tickets.add_participant(session, ticket, person_for(session, settings, address, "", now), "cc")
+    for person in copied:
+        tickets.add_participant(session, ticket, person, "cc")
     why_linked = ""
     if linked is not None:
         follow_up = linked.requester_id == sender.id
@@ -241,23 +293,25 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
     return IngestResult("new_ticket", ticket.number, mail.message_id, item.trace, linked_ticket=number)
 
 
-def _mark_undeliverable(session: Session, ticket: Ticket, bounce: classify.Bounce, item: Incoming) -> None:
-    """A permanent failure of our own mail: stop mailing that address."""
+def _mark_undeliverable(
+    session: Session, ticket: Ticket, bounce: classify.Bounce, item: Incoming, person_id: int
+) -> None:
+    """A permanent failure of our mail to `person_id`: stop mailing that address."""
+    person = session.get(Person, person_id)
+    if person is None or person.undeliverable_since is not None:
+        return
     for failure in bounce.failures:
-        if not failure.permanent:
-            continue
-        person = session.scalar(select(Person).where(Person.address == failure.address))
-        if person is None or person.undeliverable_since is not None:
-            continue
-        person.undeliverable_since = item.now
-        person.undeliverable_reason = f"{failure.status} {failure.diagnostic}".strip()[:2000]
-        tickets.record(
-            session,
-            ticket,
-            actor="mailgate",
-            action="undeliverable",
-            channel=item.source,
-            at=item.now,
-            field="address",
-            new=f"{failure.address}: {person.undeliverable_reason}",
-        )
+        if failure.permanent and failure.address == person.address:
+            person.undeliverable_since = item.now
+            person.undeliverable_reason = f"{failure.status} {failure.diagnostic}".strip()[:2000]
+            tickets.record(
+                session,
+                ticket,
+                actor="mailgate",
+                action="undeliverable",
+                channel=item.source,
+                at=item.now,
+                field="address",
+                new=f"{failure.address}: {person.undeliverable_reason}",
+            )
+            return

@@ -6,10 +6,11 @@ import hashlib
 
 from sqlalchemy.orm import Session
 
-from mailgate.ingest.attachments import AttachmentStore
+from mailgate.ingest.dedupe import fingerprint
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.text import extract_reply
 from mailgate.models import Attachment, Message, MessageKind, Ticket
+from mailgate.storage import AttachmentStore
 
 
 def store_message(
@@ -21,6 +22,7 @@ def store_message(
         direction="in",
         kind=kind,
         dedupe_key=item.key,
+        content_sha256=fingerprint(mail),
         message_id=mail.message_id,
         in_reply_to=" ".join(f"<{i}>" for i in mail.in_reply_to) or None,
         refs=mail.references,
@@ -49,7 +51,10 @@ def store_message(
             row.sha256, row.stored = hashlib.sha256(part.data).hexdigest(), False
             row.note = f"{size} bytes, over the limit of {attachment_limit} (limits.max_attachment_bytes): not kept"
         else:
-            row.sha256, row.stored = store.put(part.data), True
+            row.sha256, created = store.put(part.data)
+            row.stored = True
+            if created:
+                item.new_files.append(row.sha256)
         message.attachments.append(row)
     session.flush()
     return message
