@@ -127,7 +127,15 @@ def _attempt(
 ) -> None:
     row.attempts += 1
     try:
-        transport.deliver(row.mail_from, list(row.recipients), render(row))
+        data = render(row)
+    except (ValueError, TypeError, UnicodeError) as exc:
+        # A header that cannot be a header (a line break in it): no retry can fix this row, and
+        # it must not stay first in the queue, blocking every mail behind it.
+        _dead(session, row, now, f"cannot be rendered as a mail: {exc}")
+        report.dead += 1
+        return
+    try:
+        transport.deliver(row.mail_from, list(row.recipients), data)
     except PermanentFailure as exc:
         _dead(session, row, now, f"refused: {exc}")
         report.dead += 1

@@ -69,6 +69,21 @@ def test_ingest_exits_75_when_the_database_is_unreachable(workdir: Path) -> None
     assert b"Traceback" not in result.stderr and b"temporary failure" in result.stderr
 
 
+def test_ingest_exits_75_when_it_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    result = run(tmp_path, "ingest", "-", stdin=mail(), env={"MAILGATE_DATA_DIR": str(tmp_path / "afile")})
+    assert result.returncode == 75 and b"mail left with the MTA" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_import_refuses_what_is_not_a_mailbox(workdir: Path) -> None:
+    (workdir / "notes.txt").write_text("hello\n")
+    result = run(workdir, "import", "mbox", str(workdir / "notes.txt"))
+    assert result.returncode == 65 and b"holds no mail as mbox" in result.stderr
+    result = run(workdir, "import", "maildir", str(workdir))
+    assert result.returncode == 65 and b"not a Maildir" in result.stderr
+
+
 def test_a_database_without_schema_is_explained(tmp_path: Path) -> None:
     result = run(tmp_path, "tickets", "list", env={"MAILGATE_DATA_DIR": str(tmp_path / "empty")})
     assert result.returncode == 78

@@ -225,6 +225,14 @@ def test_requester_reply_reopens_a_resolved_ticket(app: App, clock) -> None:
         assert (event.old, event.new, event.actor) == ("resolved", "open", "dana@example.com")
 
 
+def test_a_cc_saying_thanks_does_not_reopen_a_resolved_ticket(app: App, clock) -> None:
+    number = new_ticket(app, headers={"Cc": "bob@example.com"})
+    _set_status(app, number, Status.RESOLVED, clock.now())
+    result = ingest(app, mail(sender="bob@example.com", subject=f"Re: [HD #{number}] x", body="Thanks!\n"), "smtp")
+    assert result.outcome == "reply"
+    assert ticket(app, number).status == Status.RESOLVED
+
+
 def test_reply_to_a_long_closed_ticket_opens_a_follow_up(app: App, clock) -> None:
     number = new_ticket(app)
     _set_status(app, number, Status.CLOSED, clock.now())
@@ -351,6 +359,53 @@ def test_internationalised_sender_address_gets_a_ticket_without_a_crash(app: App
     assert [o.kind for o in outbox(app)] == ["dispatcher_new"]
 
 
+def test_a_request_whose_subject_sounds_automatic_still_gets_a_ticket(app: App) -> None:
+    result = ingest(app, mail(subject="Out of office assistant will not turn off"), "smtp")
+    assert result.outcome == "new_ticket"
+    assert outbox(app, "dispatcher_new")  # a person sees it
+
+
+def test_the_dispatcher_writes_as_a_person(app: App, clock) -> None:
+    own = ingest(app, mail(sender="Dispatcher <dispatch@example.com>", subject="New laptop for Bob"), "smtp")
+    assert own.outcome == "new_ticket"
+    number = new_ticket(app)
+    notice_id = outbox(app, "dispatcher_new")[-1].message_id
+    clock.advance(timedelta(minutes=5))
+    reply = ingest(
+        app, mail(sender="dispatch@example.com", subject="Re: x", headers={"In-Reply-To": notice_id}), "smtp"
+    )
+    assert (reply.outcome, reply.ticket_number) == ("reply", number)
+    assert ticket(app, number).first_response_at == clock.now()
+
+
+def test_same_message_id_without_date_but_other_content_is_kept(app: App) -> None:
+    ingest(app, _raw("From: mon@example.com\nSubject: srv7 is UP\nMessage-ID: <alert@mon>\n", b"up\r\n"), "smtp")
+    down = ingest(
+        app, _raw("From: mon@example.com\nSubject: srv7 is DOWN\nMessage-ID: <alert@mon>\n", b"x\r\n"), "smtp"
+    )
+    assert down.outcome == "new_ticket"
+
+
+def test_the_same_mail_with_a_rewritten_from_is_still_a_copy(app: App) -> None:
+    # A group that rewrites From ("Dana via Support") delivers a second copy of the same mail.
+    original = mail(message_id="<group@client.example.org>")
+    rewritten = original.replace(
+        b"From: Dana Smith <dana@example.com>", b"From: Dana via Support <it-group@example.com>"
+    )
+    assert ingest(app, original, "smtp").outcome == "new_ticket"
+    assert ingest(app, rewritten, "smtp").outcome == "duplicate"
+
+
+def test_someone_taken_off_the_staff_list_loses_the_staff_role(app: App) -> None:
+    number = new_ticket(app)
+    assert ingest(app, mail(sender="alice@example.com", subject=f"Re: [HD #{number}] x"), "smtp").outcome == "reply"
+    former = App.build(app.settings.model_copy(update={"staff": []}), clock=app.clock, engine=app.engine)
+    result = ingest(former, mail(sender="alice@example.com", subject=f"Re: [HD #{number + 5}] y"), "smtp")
+    with app.sessions() as s:
+        assert s.scalar(select(Person.role).where(Person.address == "alice@example.com")) == "requester"
+    assert result.outcome == "new_ticket"
+
+
 def test_auto_submitted_no_is_a_person(app: App) -> None:
     assert ingest(app, mail(headers={"Auto-Submitted": "no"}), "smtp").outcome == "new_ticket"
 
@@ -409,6 +464,24 @@ def test_dsn_of_our_ack_is_attached_and_marks_the_address_undeliverable(app: App
     again = ingest(app, mail(subject="another problem"), "smtp")
     assert again.outcome == "new_ticket" and len(outbox(app, "ack")) == 1
     assert any("undeliverable" in t["decision"] for t in again.trace)
+
+
+def test_forged_dsn_threaded_by_a_chosen_message_id_marks_nobody(app: App) -> None:
+    # Mallory opens a ticket with a Message-ID of her choosing, then "bounces" it for the CEO.
+    ingest(app, mail(sender="mallory@evil.example", message_id="<chosen@evil.example>"), "smtp")
+    ingest(app, mail(sender="ceo@example.com", subject="budget"), "smtp")
+    result = ingest(app, _dsn("<chosen@evil.example>", "ceo@example.com"), "smtp")
+    assert result.outcome == "bounce" and result.ticket_number == 1
+    with app.sessions() as s:
+        assert s.scalar(select(Person).where(Person.address == "ceo@example.com")).undeliverable_since is None
+
+
+def test_dsn_with_our_token_marks_only_the_person_that_mail_went_to(app: App) -> None:
+    new_ticket(app, headers={"Cc": "bob@example.com"})
+    ack_id = outbox(app, "ack")[0].message_id  # sent to Dana
+    ingest(app, _dsn(ack_id, "bob@example.com"), "smtp")
+    with app.sessions() as s:
+        assert s.scalar(select(Person).where(Person.address == "bob@example.com")).undeliverable_since is None
 
 
 def test_temporary_dsn_does_not_mark_undeliverable(app: App) -> None:
@@ -594,8 +667,10 @@ def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: py
     raw = mail(attachments=[("a.txt", "text/plain", b"attached")])
     with pytest.raises(TemporaryFailure, match="disk full"):
         ingest(app, raw, "smtp")
-    for model in (Ticket, Message, Outbox, Event, Attachment, Quarantine):
+    for model in (Ticket, Message, Outbox, Event, Attachment, Quarantine, Person):
         assert count(app, model) == 0, model.__name__
+    files = [p for p in app.store.root.rglob("*") if p.is_file()] if app.store.root.exists() else []
+    assert files == []  # the attachment written during the transaction went with it
     monkeypatch.undo()
     # Offered again after the fault is gone, the same mail is stored normally.
     assert ingest(app, raw, "smtp").outcome == "new_ticket"

@@ -113,7 +113,8 @@ def _addresses(values: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
     for name, addr in values or []:
         addr = "".join(_CONTROLS.sub("", repair_text(addr or "")).split()).lower()
         if "@" in addr and len(addr) <= MAX_ADDRESS_CHARS:
-            out.append((" ".join(repair_text(name or "").split())[:MAX_NAME_CHARS], addr))
+            # decode_words also puts a name on one line: a decoded line break must not reach a header.
+            out.append((decode_words(repair_text(name or ""))[:MAX_NAME_CHARS], addr))
     return out
 
 

@@ -47,7 +47,7 @@ def decode_words(text: str) -> str:
             out.append(chunk.decode(charset or "ascii"))
         except (LookupError, UnicodeDecodeError):
             out.append(repair_text(chunk.decode("ascii", "surrogateescape")))
-    return repair_text("".join(out))
+    return " ".join(repair_text("".join(out)).split())
 
 
 def html_to_text(html: str) -> str:
