@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from mailgate.app import App
 from mailgate.config import ConfigError, Settings, load_settings
-from mailgate.models import Status
+from mailgate.models import MessageKind, Status
 
 EX_OK = 0
 EX_DATAERR = 65
@@ -219,6 +219,43 @@ def tickets_show(ctx: Context, number: int) -> None:
         lines = views.ticket_thread(session, ctx.settings.tickets.tag_prefix, number)
         if lines is None:
             _fail(f"there is no ticket #{number}")
+        _print(lines)
+
+    _with_session(ctx, show)
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def messages() -> None:
+    """Stored mail, including mail that opened no ticket (auto-replies, bounces)."""
+
+
+@messages.command("list")
+@click.option("--no-ticket", "without_ticket", is_flag=True, help="Only mail not attached to any ticket.")
+@click.option("--kind", type=click.Choice([k.value for k in MessageKind]))
+@pass_ctx
+def messages_list(ctx: Context, without_ticket: bool, kind: str | None) -> None:
+    from mailgate import views
+
+    prefix = ctx.settings.tickets.tag_prefix
+    _with_session(
+        ctx, lambda s: _print(views.message_list(s, prefix, without_ticket=without_ticket, kind=kind) or ["none"])
+    )
+
+
+@messages.command("show")
+@click.argument("mid", type=int)
+@pass_ctx
+def messages_show(ctx: Context, mid: int) -> None:
+    """Stored mail MID with every decision mailgate took on it."""
+    from mailgate import views
+
+    def show(session: Any) -> None:
+        lines = views.message_detail(session, mid)
+        if lines is None:
+            _fail(f"there is no stored message {mid}")
         _print(lines)
 
     _with_session(ctx, show)

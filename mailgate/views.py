@@ -92,3 +92,35 @@ def quarantine_list(session: Session) -> list[str]:
         + (f"released as {q.released_as}" if q.released_at else q.reason)
         for q in session.scalars(select(Quarantine).order_by(Quarantine.id))
     ]
+
+
+def message_list(session: Session, prefix: str, *, without_ticket: bool, kind: str | None) -> list[str]:
+    query = select(Message, Ticket.number).outerjoin(Ticket, Ticket.id == Message.ticket_id).order_by(Message.id)
+    if without_ticket:
+        query = query.where(Message.ticket_id.is_(None))
+    if kind:
+        query = query.where(Message.kind == kind)
+    return [
+        f"{m.id:<7} {_when(m.received_at)} {m.kind:<10} {f'{prefix} #{number}' if number else '-':<10} "
+        f"{m.from_addr:<30} {m.subject}"
+        for m, number in session.execute(query)
+    ]
+
+
+def message_detail(session: Session, message_id: int) -> list[str] | None:
+    """One stored mail with the decisions mailgate took on it (why no ticket, why no answer …)."""
+    m = session.get(Message, message_id)
+    if m is None:
+        return None
+    number = session.scalar(select(Ticket.number).where(Ticket.id == m.ticket_id)) if m.ticket_id else None
+    lines = [
+        f"message {m.id}: {m.kind}, ticket {number or '-'}, received {_when(m.received_at)} by {m.source}",
+        f"  From: {m.from_name} <{m.from_addr}>",
+        f"  Subject: {m.subject}",
+        f"  Message-ID: <{m.message_id}>" if m.message_id else "  Message-ID: (none)",
+        "  decisions:",
+        *(f"    {step['step']}: {step['decision']}" for step in m.trace),
+        "",
+        *(m.text_full or "(no text)").splitlines(),
+    ]
+    return lines

@@ -57,6 +57,14 @@ def test_ingest_from_a_pipe_then_show_the_ticket(workdir: Path) -> None:
     assert missing.returncode == 1 and b"no ticket #99" in missing.stderr
 
 
+def test_mail_without_a_ticket_can_be_found_with_its_reasons(workdir: Path) -> None:
+    run(workdir, "ingest", "-", stdin=mail(subject="Automatic reply: away", headers={"Auto-Submitted": "auto-replied"}))
+    listing = out(run(workdir, "messages", "list", "--no-ticket"))
+    assert "auto" in listing and "Automatic reply: away" in listing
+    detail = out(run(workdir, "messages", "show", "1"))
+    assert "classify: Auto-Submitted: auto-replied" in detail and "ticket -" in detail
+
+
 def test_ingest_exits_75_when_the_database_is_unreachable(workdir: Path) -> None:
     result = run(
         workdir,
