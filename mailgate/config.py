@@ -107,6 +107,48 @@ class Outgoing(_Section):
     loop_id: str = "mailgate"
 
 
+class Smtp(_Section):
+    """The SMTP (or LMTP) listener that MTAs and mail clients deliver to."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    # LMTP instead of SMTP, for sitting behind Postfix (lmtp:inet:127.0.0.1:2525).
+    lmtp: bool = False
+    max_connections: int = Field(default=100, ge=1)
+    # Seconds a client may stay silent before it is disconnected.
+    timeout_seconds: int = Field(default=300, ge=5)
+    # STARTTLS when both are set (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # For a submission port: AUTH PLAIN/LOGIN against these users (require_auth refuses others).
+    auth_users: dict[str, str] = Field(default_factory=dict)
+    require_auth: bool = False
+
+
+class ImapMailbox(_Section):
+    """One mailbox the IMAP poller reads new mail from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    host: str
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    user: str
+    password: str = ""
+    password_file: Path | None = None
+    # A command printing an OAuth2 access token (XOAUTH2: Microsoft 365 and Gmail need it).
+    oauth2_command: str = ""
+    folder: str = "INBOX"
+    # After a mail is stored: move it to `move_to`, or just flag it \Seen.
+    after: Literal["move", "flag"] = "move"
+    move_to: str = "mailgate/done"
+    # A mail that fails this many times is moved here and reported, never deleted.
+    failure_folder: str = "mailgate/failed"
+    max_failures: int = Field(default=5, ge=1)
+    poll_seconds: int = Field(default=60, ge=1)
+    idle: bool = True
+
+
 class Limits(_Section):
     max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
@@ -133,6 +175,8 @@ class Settings(BaseSettings):
     tickets: Tickets = Tickets()
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
+    smtp: Smtp = Smtp()
+    imap: list[ImapMailbox] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
 
     @classmethod
