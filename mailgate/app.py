@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -23,6 +24,8 @@ class App:
     secret: bytes
     store: AttachmentStore
     templates: Templates
+    # Called after a transaction queued outgoing mail; the daemon wakes its sender with it.
+    outbox_hook: Callable[[], None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, engine: Engine | None = None) -> App:
@@ -36,6 +39,10 @@ class App:
             store=AttachmentStore(settings.attachments_dir),
             templates=Templates(),
         )
+
+    def outbox_changed(self) -> None:
+        if self.outbox_hook is not None:
+            self.outbox_hook()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -52,11 +52,14 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
     """mailgate: turn a support mailbox into a help desk."""
+    # One line per event on stderr; journald adds the time and the unit.
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if verbose:
+        logging.getLogger("mailgate").setLevel(logging.DEBUG)
     ctx.obj = Context(config)
 
 
@@ -83,6 +86,37 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+# -- daemon -----------------------------------------------------------------------------------
+
+
+@cli.command("run")
+@pass_ctx
+def run_cmd(ctx: Context) -> None:
+    """Run the daemon: SMTP listener, IMAP pollers, outbox sender and scheduler."""
+    from mailgate.daemon import run
+
+    if logging.getLogger("mailgate").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("mailgate").setLevel(logging.INFO)  # the daemon logs every event
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per SMTP command
+    app = ctx.app()
+    try:
+        run(app)
+    finally:
+        app.close()
+
+
+@cli.command("check-config")
+@pass_ctx
+def check_config_cmd(ctx: Context) -> None:
+    """Check the configuration: the database, each IMAP mailbox and the relay, one line each."""
+    from mailgate.checks import run_checks
+
+    results = run_checks(ctx.settings)
+    for name, problem in results:
+        click.echo(f"{'OK  ' if problem is None else 'FAIL'} {name}{'' if problem is None else ': ' + problem}")
+    sys.exit(0 if all(problem is None for _, problem in results) else 1)
 
 
 # -- ingest -----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class MaildirSink:
         self.path = path
 
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir creates only its last level
         box = mailbox.Maildir(self.path, create=True)
         box.add(data)
 

@@ -88,6 +88,8 @@ def ingest(
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         raise TemporaryFailure(describe(exc)) from exc
+    if result.outcome == "new_ticket":
+        app.outbox_changed()  # an acknowledgement and a notice wait: let the sender know now
     evidence = [t["decision"] for t in result.trace if t["step"] in ("token", "references", "tag", "classify")]
     log.info(
         "ingest source=%s msgid=<%s> outcome=%s ticket=%s evidence=%s",

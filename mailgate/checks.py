@@ -1,0 +1,91 @@
+"""`mailgate check-config`: try every outside party once and say, per item, OK or what is wrong."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable
+
+from sqlalchemy import select, text
+
+from mailgate.config import ImapMailbox, Settings
+from mailgate.db import make_engine
+from mailgate.models import Counter
+
+Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
+
+
+def _database(settings: Settings) -> str | None:
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            try:
+                conn.execute(select(Counter.value).where(Counter.name == "ticket"))
+            except Exception:
+                return "reachable, but without mailgate's schema: run `mailgate db upgrade`"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def _relay(settings: Settings) -> str | None:
+    out = settings.outgoing
+    try:
+        context = ssl.create_default_context()
+        if out.relay_security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(out.relay_host, out.relay_port, timeout=15, context=context)
+        else:
+            client = smtplib.SMTP(out.relay_host, out.relay_port, timeout=15)
+        with client:
+            client.ehlo()
+            if out.relay_security == "starttls":
+                client.starttls(context=context)
+                client.ehlo()
+            if out.relay_user:
+                client.login(out.relay_user, out.relay_password)
+            client.noop()
+    except (OSError, smtplib.SMTPException) as exc:
+        return f"{out.relay_host}:{out.relay_port}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _maildir(settings: Settings) -> str | None:
+    path = settings.outgoing_maildir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mailgate-check"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return None
+
+
+def _imap(mailbox: ImapMailbox) -> str | None:
+    from mailgate.transports.imap import check_mailbox
+
+    return check_mailbox(mailbox)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[tuple[str, Callable[[], str | None]]] = [("database", lambda: _database(settings))]
+    if settings.outgoing.relay_host:
+        checks.append(
+            (f"relay {settings.outgoing.relay_host}:{settings.outgoing.relay_port}", lambda: _relay(settings))
+        )
+    else:
+        checks.append((f"outgoing Maildir {settings.outgoing_maildir}", lambda: _maildir(settings)))
+    for mailbox in settings.imap:
+        checks.append(
+            (f"imap {mailbox.name} ({mailbox.user}@{mailbox.host}:{mailbox.port})", lambda m=mailbox: _imap(m))
+        )
+    results = []
+    for name, check in checks:
+        try:
+            results.append((name, check()))
+        except Exception as exc:  # a check must report, never crash the report
+            results.append((name, f"{type(exc).__name__}: {exc}"))
+    return results

@@ -1,0 +1,82 @@
+"""The outbox sender: delivers queued mail as soon as it is queued, and retries what is due.
+
+It sleeps until woken (ingest() queued something) or until the next retry is due, so an
+acknowledgement leaves within a second, not at the next minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from mailgate.app import App
+from mailgate.models import Outbox, OutboxState
+from mailgate.outbox import FlushReport, Transport, deliver_due
+
+log = logging.getLogger("mailgate.sender")
+
+IDLE_SECONDS = 30.0  # look again at least this often (another daemon may have queued mail)
+
+
+class Sender:
+    def __init__(self, app: App, transport: Transport, executor: Executor) -> None:
+        self.app = app
+        self.transport = transport
+        self.executor = executor
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_up(self) -> None:
+        """Deliver now. Safe from any thread (IMAP pollers run in their own)."""
+        if self._loop is None:
+            return
+        if self._loop_thread_is_current():
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _loop_thread_is_current(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                report, next_due = await self._loop.run_in_executor(self.executor, self._deliver)
+            except Exception as exc:  # the database is down: keep the loop alive, try again later
+                log.warning("outbox delivery failed: %s: %s", type(exc).__name__, exc)
+                report, next_due = FlushReport(), None
+            if report.sent + report.retried + report.dead:
+                continue  # there may be more due right away
+            delay = IDLE_SECONDS
+            if next_due is not None:
+                delay = min(delay, max((next_due - self.app.clock.now()).total_seconds(), 0.05))
+            await _first_of(self._wake, stop, timeout=delay)
+
+    def _deliver(self) -> tuple[FlushReport, datetime | None]:
+        settings = self.app.settings
+        with self.app.sessions() as session:
+            report = deliver_due(
+                session, self.transport, self.app.clock.now(), settings.outgoing.max_attempts, limit=50
+            )
+            next_due = session.scalar(
+                select(func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.QUEUED)
+            )
+        return report, next_due
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,1 @@
+"""Ways mail comes in: thin callers of ingest() that acknowledge only after it committed."""

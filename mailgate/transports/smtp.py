@@ -1,0 +1,171 @@
+"""The SMTP (or LMTP) listener: aiosmtpd hands each mail to ingest() and answers after the commit.
+
+A page, not a subsystem: the protocol stays in aiosmtpd. This module decides which recipients
+we accept (our addresses and their signed plus addresses: never an open relay), how many
+clients may talk at once, and which reply code a stored or failed mail gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailgate import tokens
+from mailgate.app import App
+from mailgate.config import Smtp as SmtpSettings
+from mailgate.ingest.pipeline import TemporaryFailure, ingest
+
+log = logging.getLogger("mailgate.smtp")
+
+STORED = "250 2.0.0 Stored"
+NO_SUCH_MAILBOX = "550 5.1.1 No such mailbox here"
+TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+TOO_BIG = "552 5.3.4 Message too big for this system"
+BUSY = "421 4.7.0 Too many connections, try again later"
+
+
+class Listener:
+    """State shared by all connections: the app, the worker threads, the connection count."""
+
+    def __init__(self, app: App, executor: Executor) -> None:
+        self.app = app
+        self.executor = executor
+        self.connections = 0
+        self.in_flight = 0
+
+    def accepts(self, address: str) -> bool:
+        """One of our addresses, or one with a plus part that is a token we signed."""
+        local, _, domain = address.lower().partition("@")
+        base, plus, tag = local.partition("+")
+        if f"{base}@{domain}" not in self.app.settings.addresses.all_own():
+            return False
+        return not plus or tokens.verify(self.app.secret, tag) is not None
+
+    # aiosmtpd handler hooks ---------------------------------------------------------------
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.accepts(address):
+            log.info("refused recipient %s from %s", address, session.peer)
+            return f"{NO_SUCH_MAILBOX}: {address}"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        assert isinstance(raw, bytes)
+        loop = asyncio.get_running_loop()
+        self.in_flight += 1
+        try:
+            # ingest() blocks on the database: run it on a worker thread, answer after the commit.
+            result = await loop.run_in_executor(
+                self.executor, ingest, self.app, raw, "smtp", envelope.rcpt_tos, envelope.mail_from or ""
+            )
+        except TemporaryFailure as exc:
+            log.warning("451 to %s: %s", session.peer, exc)
+            return self._per_recipient(server, envelope, TEMPORARY)
+        finally:
+            self.in_flight -= 1
+        number = f" as {self.app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
+        return self._per_recipient(server, envelope, f"{STORED} ({result.outcome}{number})")
+
+    @staticmethod
+    def _per_recipient(server: SMTP, envelope: Envelope, reply: str) -> str:
+        # LMTP answers DATA once per recipient; the mail is stored once for all of them.
+        return "\r\n".join([reply] * len(envelope.rcpt_tos)) if isinstance(server, LMTP) else reply
+
+    def authenticator(self, users: dict[str, str]) -> Callable[..., AuthResult]:
+        def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+            if not isinstance(data, LoginPassword):
+                return AuthResult(success=False, handled=False)
+            user, password = data.login.decode(), data.password.decode()
+            expected = users.get(user)
+            ok = expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+            return AuthResult(success=ok, handled=False)
+
+        return check
+
+
+def _protocol_class(lmtp: bool) -> type[SMTP]:
+    base: type[SMTP] = LMTP if lmtp else SMTP
+
+    class Protocol(base):  # type: ignore[valid-type, misc]
+        """aiosmtpd with our connection limit and RFC 3463 codes on its size refusals."""
+
+        listener: Listener
+        max_connections: int
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            if self.listener.connections >= self.max_connections:
+                transport.write((BUSY + "\r\n").encode())  # type: ignore[attr-defined]
+                transport.close()
+                self._refused = True
+                return
+            self._refused = False
+            self.listener.connections += 1
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            if getattr(self, "_refused", True):
+                return
+            self.listener.connections -= 1
+            super().connection_lost(error)
+
+        async def push(self, status: Any) -> None:
+            if isinstance(status, str) and status.startswith("552 Error"):
+                status = TOO_BIG  # aiosmtpd's own wording carries no enhanced status code
+            await super().push(status)
+
+    return Protocol
+
+
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    if not (settings.tls_cert and settings.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def protocol_factory(listener: Listener, settings: SmtpSettings, max_message_bytes: int) -> Callable[[], SMTP]:
+    """A factory for loop.create_server: one protocol object per client connection."""
+    cls = _protocol_class(settings.lmtp)
+    cls.listener, cls.max_connections = listener, settings.max_connections
+    context = tls_context(settings)
+    kwargs: dict[str, Any] = {
+        "data_size_limit": max_message_bytes,
+        "decode_data": False,
+        "enable_SMTPUTF8": True,
+        "timeout": settings.timeout_seconds,
+        "ident": "mailgate ESMTP",
+    }
+    if context is not None:
+        kwargs["tls_context"] = context
+    if settings.auth_users:
+        kwargs["authenticator"] = listener.authenticator(settings.auth_users)
+        kwargs["auth_required"] = settings.require_auth
+        kwargs["auth_require_tls"] = context is not None
+    return lambda: cls(listener, **kwargs)
+
+
+async def start(
+    listener: Listener, settings: SmtpSettings, max_message_bytes: int, host: str | None = None, port: int | None = None
+) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        protocol_factory(listener, settings, max_message_bytes),
+        host if host is not None else settings.host,
+        port if port is not None else settings.port,
+    )
+    where = ", ".join(str(s.getsockname()) for s in server.sockets)
+    log.info("%s listener on %s", "LMTP" if settings.lmtp else "SMTP", where)
+    return server

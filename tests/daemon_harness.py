@@ -1,0 +1,59 @@
+"""Run the daemon's serve() in a background thread with its own event loop, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from mailgate.app import App
+from mailgate.daemon import Running, serve
+
+
+@contextmanager
+def running_daemon(app: App) -> Iterator[Running]:
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready = threading.Event()
+    holder: dict[str, Running] = {}
+    failure: list[BaseException] = []
+
+    def on_ready(running: Running) -> None:
+        holder["running"] = running
+        ready.set()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve(app, stop, on_ready))
+        except BaseException as exc:  # surfaced to the test below
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="daemon-under-test", daemon=True)
+    thread.start()
+    assert ready.wait(15), "daemon did not start"
+    if failure:
+        raise failure[0]
+    try:
+        yield holder["running"]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        assert not thread.is_alive(), "daemon did not stop within 15 s"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll `condition` until it is truthy; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,196 @@
+"""The SMTP listener end to end, with real clients (smtplib, swaks) and a real relay on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email
+import mailbox
+import shutil
+import smtplib
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from email.policy import default
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from mailgate import tokens
+from mailgate.app import App
+from mailgate.models import Message, Outbox, OutboxState, Ticket
+from tests.conftest import make_settings
+from tests.daemon_harness import running_daemon, wait_for
+from tests.mails import mail
+from tests.smtp_peers import relay
+
+
+def _app(tmp_path: Path, db_url: str, clock, **overrides: object) -> App:
+    smtp = {"host": "127.0.0.1", "port": 0, **overrides.pop("smtp", {})}  # port 0: the OS picks a free one
+    return App.build(make_settings(tmp_path, db_url, smtp=smtp, **overrides), clock=clock)
+
+
+@pytest.fixture
+def daemon_app(tmp_path: Path, db_url: str, clock):
+    app = _app(tmp_path, db_url, clock)
+    yield app
+    app.close()
+
+
+def _count(app: App, model: type) -> int:
+    with app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def _send(port: int, raw: bytes, to: list[str] | None = None, sender: str = "dana@example.com") -> dict:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, to or ["support@example.com"], raw)
+
+
+def test_smtplib_mail_becomes_a_ticket_and_the_ack_lands_in_the_maildir(daemon_app: App) -> None:
+    with running_daemon(daemon_app) as running:
+        with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=30) as client:
+            code, _ = client.ehlo()
+            assert code == 250 and client.has_extn("size")
+            client.sendmail("dana@example.com", ["support@example.com"], mail(body="Printer jams.\n"))
+        assert _count(daemon_app, Ticket) == 1
+        sink = daemon_app.settings.outgoing_maildir
+        wait_for(lambda: (sink / "new").is_dir() and len(list((sink / "new").iterdir())) == 2, timeout=5)
+    subjects = sorted(str(m["Subject"]) for m in mailbox.Maildir(sink, create=False))
+    assert subjects[1] == "[HD #1] Printer on 3rd floor jams"
+
+
+def test_swaks_mail_is_acknowledged_through_the_relay(tmp_path: Path, db_url: str, clock) -> None:
+    if shutil.which("swaks") is None:
+        from tests.conftest import server_missing
+
+        server_missing("swaks is not installed (apt-get install swaks)")
+    with relay() as (captured, relay_port):
+        app = _app(tmp_path, db_url, clock, outgoing={"relay_host": "127.0.0.1", "relay_port": relay_port})
+        with running_daemon(app) as running:
+            result = subprocess.run(
+                [
+                    "swaks",
+                    "--server",
+                    f"127.0.0.1:{running.smtp_port}",
+                    "--to",
+                    "support@example.com",
+                    "--from",
+                    "erin@example.com",
+                    "--header",
+                    "Subject: VPN drops every hour",
+                    "--body",
+                    "Since Monday the VPN drops every hour.",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "<-  250 2.0.0 Stored (new_ticket as HD #1)" in result.stdout
+            wait_for(lambda: len(captured.received) == 2, timeout=5)
+        app.close()
+    ack = next(e for e in captured.received if e.rcpt_tos == ["erin@example.com"])
+    parsed = email.message_from_bytes(ack.content, policy=default)
+    assert parsed["Subject"] == "[HD #1] VPN drops every hour" and parsed["Auto-Submitted"] == "auto-replied"
+
+
+def test_unknown_recipients_are_refused_never_relayed(daemon_app: App) -> None:
+    with running_daemon(daemon_app) as running, smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+        client.ehlo()
+        client.mail("dana@example.com")
+        code, message = client.rcpt("someone@elsewhere.example")
+        assert (code, message[:5]) == (550, b"5.1.1")
+        code, _ = client.rcpt("support+1-1-aaaaaaaaaaaaaaaa@example.com")  # a token we never signed
+        assert code == 550
+        good = tokens.plus_address("support@example.com", tokens.make_token(daemon_app.secret, 1, 1))
+        assert client.rcpt(good)[0] == 250
+        assert client.rcpt("Dispatch@Example.com")[0] == 250
+
+
+def test_mail_over_the_size_limit_is_refused_with_552(tmp_path: Path, db_url: str, clock) -> None:
+    app = _app(tmp_path, db_url, clock, limits={"max_message_bytes": 20_000})
+    with running_daemon(app) as running:
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+            client.ehlo()
+            assert client.esmtp_features["size"] == "20000"
+            code, message = client.mail("dana@example.com", ["SIZE=50000"])
+            assert (code, message[:5]) == (552, b"5.3.4")
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:  # a client that ignores SIZE
+            client.ehlo()
+            client.mail("dana@example.com")
+            client.rcpt("support@example.com")
+            code, message = client.data(mail(body="x" * 30_000))
+            assert (code, message[:5]) == (552, b"5.3.4")
+    assert _count(app, Message) == 0
+    app.close()
+
+
+def test_too_many_connections_get_421(tmp_path: Path, db_url: str, clock) -> None:
+    app = _app(tmp_path, db_url, clock, smtp={"host": "127.0.0.1", "port": 0, "max_connections": 2})
+    with running_daemon(app) as running:
+        first, second = smtplib.SMTP("127.0.0.1", running.smtp_port), smtplib.SMTP("127.0.0.1", running.smtp_port)
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            smtplib.SMTP("127.0.0.1", running.smtp_port)
+        assert info.value.smtp_code == 421
+        first.quit()
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as third:  # a slot is free again
+            assert third.noop()[0] == 250
+        second.quit()
+    app.close()
+
+
+def test_lmtp_answers_once_per_recipient_and_stores_once(tmp_path: Path, db_url: str, clock) -> None:
+    app = _app(tmp_path, db_url, clock, smtp={"host": "127.0.0.1", "port": 0, "lmtp": True})
+    with running_daemon(app) as running, smtplib.LMTP("127.0.0.1", running.smtp_port) as client:
+        client.ehlo()  # LHLO
+        client.mail("dana@example.com")
+        assert client.rcpt("support@example.com")[0] == 250
+        assert client.rcpt("dispatch@example.com")[0] == 250
+        # smtplib reads one DATA reply; LMTP sends one per recipient (RFC 2033 4.2).
+        first, second = client.data(mail()), client.getreply()
+        assert first[0] == second[0] == 250
+    assert _count(app, Message) == 1
+    app.close()
+
+
+def test_database_down_gives_451_and_the_mail_is_stored_once_it_is_back(
+    pg_migrated: str, tmp_path: Path, clock
+) -> None:
+    from tests.conftest import _empty_pg
+
+    _empty_pg(pg_migrated)
+    name = make_url(pg_migrated).database
+    admin = create_engine(make_url(pg_migrated).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    app = _app(tmp_path, pg_migrated, clock)
+    raw = mail(message_id="<outage@client.example.org>")
+    try:
+        with running_daemon(app) as running:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                _send(running.smtp_port, raw)
+            assert (info.value.smtp_code, info.value.smtp_error[:5]) == (451, b"4.3.0")
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            assert _send(running.smtp_port, raw) == {}  # the sending MTA's retry
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    assert _count(app, Message) == 1 and _count(app, Ticket) == 1
+    app.close()
+
+
+def test_concurrent_clients_all_get_stored(daemon_app: App) -> None:
+    mails = [mail(subject=f"problem {i}", sender=f"user{i}@example.com") for i in range(40)]
+    with running_daemon(daemon_app) as running, ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda raw: _send(running.smtp_port, raw), mails))
+        wait_for(lambda: _count_sent(daemon_app) == 80, timeout=20)
+    assert results == [{}] * 40
+    assert _count(daemon_app, Ticket) == 40
+
+
+def _count_sent(app: App) -> int:
+    with app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == OutboxState.SENT))
