@@ -659,6 +659,13 @@ def test_unparseable_input_lands_in_quarantine_with_its_bytes(app: App, raw: byt
     assert count(app, Ticket) == 0 and count(app, Message) == 0
 
 
+def test_a_mail_without_from_takes_the_envelope_sender(app: App) -> None:
+    raw = b"Subject: scan from the 3rd floor\r\n\r\nsee attachment\r\n"
+    result = ingest(app, raw, "smtp", ["support@example.com"], "scanner@example.com")
+    assert result.outcome == "new_ticket"
+    assert outbox(app, "ack")[0].recipients == ["scanner@example.com"]
+
+
 def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full while rendering the notice")

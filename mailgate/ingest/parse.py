@@ -131,7 +131,7 @@ def _date(message: Message) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _sender(parsed: mailparser.MailParser, message: Message) -> tuple[str, str]:
+def _sender(parsed: mailparser.MailParser, message: Message, envelope_sender: str | None) -> tuple[str, str]:
     """From, else Sender, else Reply-To, else Return-Path: who a reply should go to."""
     for header in ("from", "sender", "reply-to"):
         found = _addresses(email.utils.getaddresses([str(v) for v in message.get_all(header, [])]))
@@ -142,6 +142,8 @@ def _sender(parsed: mailparser.MailParser, message: Message) -> tuple[str, str]:
     return_path = message_ids(str(message.get("Return-Path", "")))
     if return_path and "@" in return_path[0]:
         return "", return_path[0].lower()
+    if envelope_sender and "@" in envelope_sender and len(envelope_sender) <= MAX_ADDRESS_CHARS:
+        return "", envelope_sender.strip("<> ").lower()  # a script or scanner that wrote no From
     robot = _ROBOT.search(" ".join(str(v) for v in message.get_all("from", [])))
     if robot or str(message.get("Return-Path", "")).strip() == "<>":
         # A bounce from "MAILER-DAEMON <>" or an unqualified <MAILER-DAEMON>: keep it as a bounce
@@ -150,7 +152,7 @@ def _sender(parsed: mailparser.MailParser, message: Message) -> tuple[str, str]:
     return "", ""
 
 
-def parse(raw: bytes, max_bytes: int) -> ParsedMail:
+def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> ParsedMail:
     """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail."""
     if not raw.strip():
         raise Unparseable("empty input")
@@ -167,9 +169,9 @@ def parse(raw: bytes, max_bytes: int) -> ParsedMail:
     except Exception as exc:  # mail-parser raises many types on hostile input
         raise Unparseable(f"MIME parser failed: {type(exc).__name__}: {exc}") from exc
     message = parsed.message
-    from_name, from_addr = _sender(parsed, message)
+    from_name, from_addr = _sender(parsed, message, envelope_sender)
     if not from_addr:
-        raise Unparseable("no sender address in From, Sender, Reply-To or Return-Path")
+        raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
     plain = [t for t in parsed.text_plain if t and t.strip()]
     text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(parsed.text_html))

@@ -63,7 +63,7 @@ def ingest(
     now = app.clock.now()
     source = source[:100]
     try:
-        mail = parse(raw, app.settings.limits.max_message_bytes)
+        mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
     except Unparseable as exc:
         return _quarantine(app, raw, source, str(exc), now)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop

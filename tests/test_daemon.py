@@ -1,0 +1,101 @@
+"""`mailgate run` as a real process: SIGTERM in the middle of a burst of SMTP deliveries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, select
+
+from mailgate.db import upgrade
+from mailgate.models import Message
+from tests.mails import mail
+from tests.smtp_peers import free_port
+
+
+def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "daemon exited before listening"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("daemon did not start listening")
+
+
+def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "mailgate.db"
+    (tmp_path / "mailgate.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "sigterm-test-secret"\n'
+        f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    upgrade(f"sqlite:///{db}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    log = (tmp_path / "daemon.log").open("wb")  # a file, not a pipe: a full pipe would stall the daemon
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "run"],
+        stderr=log,
+        env=env,
+    )
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop_sending = threading.Event()
+
+    def client(worker: int) -> None:
+        for i in range(1000):
+            if stop_sending.is_set():
+                return
+            message_id = f"burst-{worker}-{i}@client.example.org"
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:
+                    smtp.sendmail(
+                        "user@example.com",
+                        ["support@example.com"],
+                        mail(sender=f"user{worker}@example.com", subject=f"burst {i}", message_id=f"<{message_id}>"),
+                    )
+            except (OSError, smtplib.SMTPException):
+                continue  # refused or cut off: not accepted, the client would retry later
+            with lock:
+                accepted.append(message_id)
+
+    try:
+        _wait_listening(port, process)
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(accepted) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        stop_sending.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    for t in threads:
+        t.join(30)
+    output = (tmp_path / "daemon.log").read_text()
+    assert code == 0, output
+    assert "stopping: no new connections" in output and "INFO mailgate.daemon: stopped" in output
+    assert elapsed < 10
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        stored = set(conn.scalars(select(Message.message_id)))
+    engine.dispose()
+    assert len(accepted) >= 40
+    missing = [m for m in accepted if m not in stored]
+    assert missing == [], f"{len(missing)} mails got 250 but are not stored"
