@@ -1,0 +1,186 @@
+"""A private Dovecot IMAP server on 127.0.0.1 for the poller's tests (see ../shared/RECIPES.md).
+
+Everything lives under one scratch folder of its own: config, a passwd-file user, the Maildir, the
+log. Not under pytest's tmp_path: Dovecot's processes (users dovecot and 65534) must traverse the
+path, which pytest creates private to root, and Unix socket paths must stay short. Dovecot runs in
+the foreground as our child process, so stopping it is a plain terminate().
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from imapclient import IMAPClient
+
+from mailgate.config import ImapMailbox
+from tests.conftest import server_missing
+from tests.smtp_peers import free_port
+
+USER = "support"
+PASSWORD = "secret"
+MAIL_UID = 65534  # Dovecot refuses system uids for mail; "nobody" is fine
+
+CONFIG = """\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {run}
+state_dir = {state}
+instance_name = mailgate-test-{port}
+log_path = {log}
+info_log_path = {log}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{mail}/%u/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+class Dovecot:
+    """One running Dovecot with the user `support`/`secret`; `client()` logs in."""
+
+    def __init__(self) -> None:
+        self.root = root = Path(tempfile.mkdtemp(prefix="dovecot-"))
+        root.chmod(0o755)
+        self.port = free_port()
+        self.run_dir = root / "run"
+        self.log = root / "dovecot.log"
+        self.conf = root / "dovecot.conf"
+        mail = root / "mail"
+        for folder in (self.run_dir, root / "state"):
+            folder.mkdir(mode=0o755)
+        (mail / USER).mkdir(parents=True, exist_ok=True)
+        users = root / "users"
+        users.write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{MAIL_UID}:{MAIL_UID}::{mail / USER}\n")
+        for path in (mail, mail / USER):
+            os.chown(path, MAIL_UID, MAIL_UID)
+        self.conf.write_text(
+            CONFIG.format(run=self.run_dir, state=root / "state", log=self.log, mail=mail, users=users, port=self.port)
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dovecot exited with {self.process.returncode}: {self._log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(100).startswith(b"* OK"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"dovecot did not answer on port {self.port}: {self._log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server; its imap processes go with it, dropping every client connection."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(no log)"
+
+    # A second, independent client: what a person or an MTA would do to the mailbox. -------------
+
+    @contextmanager
+    def client(self) -> Iterator[IMAPClient]:
+        client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=30)
+        client.login(USER, PASSWORD)
+        try:
+            yield client
+        finally:
+            client.logout()
+
+    def append(self, folder: str, mails: Iterable[bytes], flags: Sequence[bytes] = ()) -> None:
+        """APPEND mails in order (MULTIAPPEND, 100 per command, where the server has it)."""
+        batch = list(mails)
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+            if client.has_capability("MULTIAPPEND"):
+                for start in range(0, len(batch), 100):
+                    chunk = batch[start : start + 100]
+                    client.multiappend(folder, [{"msg": m, "flags": flags} for m in chunk])
+            else:
+                for m in batch:
+                    client.append(folder, m, flags=flags)
+
+    def uids(self, folder: str, criteria: str | list[str] = "ALL") -> list[int]:
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                return []
+            client.select_folder(folder, readonly=True)
+            return sorted(client.search(criteria))
+
+    def folder_name(self, name: str) -> str:
+        """`name` written with '/' as mailgate's config does, in this server's own delimiter."""
+        with self.client() as client:
+            delimiter = client.list_folders("", "")[0][1] or b"/"
+        return name.replace("/", delimiter.decode())
+
+    def mailbox(self, **overrides: object) -> ImapMailbox:
+        values: dict[str, object] = {
+            "name": "support",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "security": "none",
+            "user": USER,
+            "password": PASSWORD,
+            "poll_seconds": 30,
+        }
+        values.update(overrides)
+        return ImapMailbox(**values)
+
+
+@contextmanager
+def running_dovecot() -> Iterator[Dovecot]:
+    if shutil.which("dovecot") is None:
+        server_missing("dovecot is not installed (apt-get install dovecot-imapd)")
+    if os.geteuid() != 0:
+        server_missing("the test Dovecot needs root (it switches to the mail user 65534)")
+    server = Dovecot()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
