@@ -66,10 +66,12 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
     settings = app.settings
     running = Running()
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mailgate")
+    sender_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sender")
     stop_threads = threading.Event()
     sender_task: asyncio.Task[None] | None = None
     try:
-        running.sender = Sender(app, transport_for(settings.outgoing, settings.outgoing_maildir), executor)
+        # The sender has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
+        running.sender = Sender(app, transport_for(settings.outgoing, settings.outgoing_maildir), sender_thread)
         app.outbox_hook = running.sender.wake_up
         sender_task = asyncio.create_task(running.sender.run(stop), name="sender")
         if settings.smtp.enabled:
@@ -90,6 +92,7 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         log.info("stopping: no new connections; finishing the mail in flight")
     finally:
         await _shutdown(running, stop, stop_threads, sender_task, executor)
+        sender_thread.shutdown(wait=False, cancel_futures=True)
         app.outbox_hook = None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -22,7 +23,7 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        _WriterQueue().attach(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -39,11 +40,46 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> No
     dbapi_connection.isolation_level = None
 
 
-def _sqlite_begin_immediate(connection: Connection) -> None:
-    # Take the write lock at BEGIN: a transaction that read first and wrote later could
-    # otherwise fail with SQLITE_BUSY when another writer committed in between (the busy
-    # timeout does not apply to that case). Writers queue instead.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+class _WriterQueue:
+    """One transaction at a time per SQLite engine, queued in Python.
+
+    Every transaction takes the write lock at BEGIN (BEGIN IMMEDIATE): one that read first and
+    wrote later could otherwise fail with SQLITE_BUSY when another writer committed in between
+    (the busy timeout does not cover that case). Threads of this process wait on a Python lock
+    rather than in SQLite's busy handler, which sleeps in steps of up to 100 ms and would let
+    the lock stand idle while writers sleep. Other processes still meet the busy timeout.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "begin", self.begin)
+        event.listen(engine, "commit", self.end)
+        event.listen(engine, "rollback", self.end)
+        event.listen(engine.pool, "reset", self.on_reset)
+
+    def begin(self, connection: Connection) -> None:
+        self.lock.acquire()
+        connection.info[_HOLDS_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.end(connection)
+            raise
+
+    def end(self, connection: Connection) -> None:
+        if connection.info.pop(_HOLDS_LOCK, False):
+            self.lock.release()
+
+    def on_reset(self, _dbapi_connection: object, record: object, _state: object = None) -> None:
+        # A connection returned to the pool without commit or rollback events: never keep the lock.
+        info = getattr(record, "info", {})
+        if info.pop(_HOLDS_LOCK, False):
+            self.lock.release()
+
+
+_HOLDS_LOCK = "mailgate_holds_write_lock"
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -6,14 +6,14 @@ attempts marks the row dead and writes an event, so nothing fails silently.
 
 from __future__ import annotations
 
+import email.header
 import logging
 import mailbox
+import quopri
 import smtplib
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from typing import Protocol
 
@@ -35,13 +35,32 @@ class Transport(Protocol):
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None: ...
 
 
+def _header(name: str, value: str) -> bytes:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} contains a line break")
+    if value.isascii() and len(value) < 900:
+        return f"{name}: {value}\r\n".encode("ascii")
+    # RFC 2047 words for non-ASCII text (addresses were encoded when queued), folded.
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n".encode("ascii")
+
+
 def render(row: Outbox) -> bytes:
-    """The outbox row as RFC 5322 bytes, CRLF line ends."""
-    message = EmailMessage(policy=SMTP)
-    for name, value in row.headers.items():
-        message[name] = value
-    message.set_content(row.body)
-    return message.as_bytes()
+    """The outbox row as RFC 5322 bytes, CRLF line ends.
+
+    Written out directly: the stdlib's EmailMessage would parse every header again, which cost
+    more than delivering the mail.
+    """
+    body = row.body.replace("\r\n", "\n").replace("\n", "\r\n")
+    if body.isascii() and all(len(line) < 990 for line in body.split("\r\n")):
+        encoding, payload = "7bit", body.encode("ascii")
+    else:
+        encoding = "quoted-printable"
+        payload = quopri.encodestring(body.encode("utf-8")).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    head = b"".join(_header(name, str(value)) for name, value in row.headers.items())
+    head += b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    head += f"Content-Transfer-Encoding: {encoding}\r\n".encode()
+    return head + b"\r\n" + payload
 
 
 class MaildirSink:
@@ -57,33 +76,75 @@ class MaildirSink:
 
 
 class SmtpRelay:
+    """Delivers through the configured relay, keeping one connection open for a batch."""
+
     def __init__(self, settings: OutgoingSettings, timeout: float = 30) -> None:
         self.settings = settings
         self.timeout = timeout
+        self._client: smtplib.SMTP | None = None
 
-    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
+    def _connect(self) -> smtplib.SMTP:
         s = self.settings
         context = ssl.create_default_context()
-        client_class = smtplib.SMTP_SSL if s.relay_security == "tls" else smtplib.SMTP
-        kwargs = {"context": context} if s.relay_security == "tls" else {}
+        client: smtplib.SMTP
+        if s.relay_security == "tls":
+            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=context)
+        else:
+            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=self.timeout)
         try:
-            with client_class(s.relay_host, s.relay_port, timeout=self.timeout, **kwargs) as client:
-                if s.relay_security == "starttls":
-                    client.starttls(context=context)
-                if s.relay_user:
-                    client.login(s.relay_user, s.relay_password)
-                refused = client.sendmail(mail_from, recipients, data)
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            if all(code >= 500 for code in codes):
-                raise PermanentFailure(f"all recipients refused: {exc.recipients}") from exc
+            client.ehlo()
+            if s.relay_security == "starttls":
+                client.starttls(context=context)
+                client.ehlo()
+            if s.relay_user:
+                client.login(s.relay_user, s.relay_password)
+        except BaseException:
+            client.close()
             raise
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code >= 500:
-                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-            raise
+        return client
+
+    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
+        for attempt in (1, 2):
+            if self._client is None:
+                self._client = self._connect()
+            try:
+                refused = self._client.sendmail(mail_from, recipients, data)
+                break
+            except smtplib.SMTPServerDisconnected:
+                self.close()  # the relay dropped the idle connection: reconnect once
+                if attempt == 2:
+                    raise
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._reset()
+                codes = [code for code, _ in exc.recipients.values()]
+                if all(code >= 500 for code in codes):
+                    raise PermanentFailure(f"all recipients refused: {exc.recipients}") from exc
+                raise
+            except smtplib.SMTPResponseException as exc:
+                self._reset()
+                if exc.smtp_code >= 500:
+                    raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+                raise
+            except OSError:
+                self.close()
+                raise
         if refused:
             log.warning("relay refused some recipients: %s", refused)
+
+    def _reset(self) -> None:
+        try:
+            if self._client is not None:
+                self._client.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
 
 
 def transport_for(settings: OutgoingSettings, maildir: Path) -> Transport:
@@ -102,31 +163,50 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(minutes=min(2 ** max(attempts - 1, 0), 360))
 
 
-def deliver_due(
-    session: Session, transport: Transport, now: datetime, max_attempts: int, limit: int = 100
-) -> FlushReport:
-    """Deliver up to `limit` rows that are due; one commit per row so a crash repeats at most one."""
-    report = FlushReport()
-    while True:
-        row = session.scalar(
+# A claimed row is not due again before this: time enough to deliver it. If the sender dies
+# while delivering, the row comes back after it (a mail may then go out twice: never zero times).
+CLAIM_SECONDS = 600
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> list[Outbox]:
+    """Take up to `limit` due rows for this sender and commit at once, so no transaction (and, on
+    SQLite, no write lock) stays open while mail travels. SKIP LOCKED: on PostgreSQL two senders
+    never take the same row."""
+    rows = list(
+        session.scalars(
             select(Outbox)
             .where(Outbox.state == OutboxState.QUEUED, Outbox.next_attempt_at <= now)
             .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(1)
-            # Two senders on PostgreSQL never take the same row (ignored by SQLite's single writer).
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        if row is None or report.sent + report.retried + report.dead >= limit:
-            session.rollback()
-            return report
-        _attempt(session, transport, row, now, max_attempts, report)
-        session.commit()
+    )
+    for row in rows:
+        row.attempts += 1
+        row.next_attempt_at = now + timedelta(seconds=CLAIM_SECONDS)
+    session.commit()
+    return rows
+
+
+def deliver_due(
+    session: Session, transport: Transport, now: datetime, max_attempts: int, limit: int = 100
+) -> FlushReport:
+    """Deliver up to `limit` due rows; the outcome of each is committed as soon as it is known."""
+    report = FlushReport()
+    try:
+        for row in claim_due(session, now, limit):
+            _attempt(session, transport, row, now, max_attempts, report)
+            session.commit()
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
+    return report
 
 
 def _attempt(
     session: Session, transport: Transport, row: Outbox, now: datetime, max_attempts: int, report: FlushReport
 ) -> None:
-    row.attempts += 1
     try:
         data = render(row)
     except (ValueError, TypeError, UnicodeError) as exc:

@@ -1,0 +1,228 @@
+"""Mails per second through mailgate's SMTP listener, beside a do-nothing aiosmtpd server, and the
+acknowledgement latency (from the client's 250 to the relay receiving the ack).
+
+    python bench/smtp.py [--mails 1500] [--postgres postgresql+psycopg:///mailgate_bench]
+
+Both servers run as separate processes (`mailgate run`, and this file with --serve-null), the
+clients are threads here, the capturing relay is an aiosmtpd server here. Same clients, same
+mails, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import os
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from email.policy import SMTP, default
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_mails(n: int, tag: str) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        msg = EmailMessage(policy=SMTP)
+        msg["From"] = f"User {i % 300} <user{i % 300}@corp.example>"
+        msg["To"] = "support@example.com"
+        msg["Subject"] = f"Laptop {i} does not boot after the update"
+        msg["Message-ID"] = mid = f"<{tag}-{i}@corp.example>"
+        msg["Date"] = "Mon, 23 Nov 2026 09:00:00 +0000"
+        msg.set_content("Hello,\n\nmy laptop shows a blue screen after the update.\n" * 5)
+        out.append((mid, msg.as_bytes()))
+    return out
+
+
+class NullHandler:
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 OK"
+
+
+def serve_null(port: int) -> None:
+    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        controller.stop()
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def send_all(
+    port: int, mails: list[tuple[str, bytes]], connections: int, per_mail: bool = False, pace: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    """Send `mails` from `connections` client threads; return seconds and each mail's 250 time.
+
+    per_mail: a new SMTP connection for every mail (as an MTA delivers single messages);
+    otherwise one connection per thread for all its mails. pace: seconds between mails.
+    """
+    accepted: dict[str, float] = {}
+    chunks = [mails[i::connections] for i in range(connections)]
+
+    def one(smtp: smtplib.SMTP, mid: str, raw: bytes) -> None:
+        smtp.sendmail("user@corp.example", ["support@example.com"], raw)
+        accepted[mid] = time.monotonic()
+        if pace:
+            time.sleep(pace)
+
+    def client(chunk: list[tuple[str, bytes]]) -> None:
+        if per_mail:
+            for mid, raw in chunk:
+                with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+                    one(smtp, mid, raw)
+            return
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            for mid, raw in chunk:
+                one(smtp, mid, raw)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in chunks]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - start, accepted
+
+
+MODES = (("persistent", False), ("conn/mail", True))
+
+
+class Relay:
+    """Receives the acknowledgements and notes when each arrived, by the mail it answers."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=default)  # type: ignore[attr-defined]
+        if msg["Auto-Submitted"] and msg["In-Reply-To"]:
+            self.arrived[str(msg["In-Reply-To"])] = time.monotonic()
+        return "250 OK"
+
+
+def line(name: str, count: int, seconds: float) -> str:
+    return f"{name:<44} {count / seconds:7.0f} mails/s  ({count} in {seconds:.2f} s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mails", type=int, default=1500, help="mails per measurement")
+    parser.add_argument("--postgres", help="database URL for mailgate (default: SQLite in a temp dir)")
+    parser.add_argument("--serve-null", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_null:
+        serve_null(args.serve_null)
+        return
+
+    print(f"{args.mails} mails per measurement, {os.cpu_count()} cores")
+    null_port = free_port()
+    null = subprocess.Popen([sys.executable, __file__, "--serve-null", str(null_port)], stdin=subprocess.PIPE)
+    null_rates = {}
+    try:
+        wait_listening(null_port)
+        for mode, per_mail in MODES:
+            for conns in (1, 8):
+                seconds, _ = send_all(null_port, make_mails(args.mails, f"null{mode}{conns}"), conns, per_mail)
+                null_rates[mode, conns] = args.mails / seconds
+                print(line(f"do-nothing aiosmtpd, {mode}, {conns} client(s)", args.mails, seconds))
+    finally:
+        null.stdin.close()  # type: ignore[union-attr]
+        null.wait(10)
+
+    relay = Relay()
+    relay_port = free_port()
+    controller = Controller(relay, hostname="127.0.0.1", port=relay_port)
+    controller.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        port = free_port()
+        url = args.postgres or f"sqlite:///{folder / 'mailgate.db'}"
+        (folder / "mailgate.toml").write_text(
+            f'data_dir = "{folder / "data"}"\ndatabase_url = "{url}"\nsecret = "bench-secret-0123456789"\n'
+            '[addresses]\nsupport = "support@example.com"\ndispatcher = "dispatch@example.com"\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+            f'[outgoing]\nrelay_host = "127.0.0.1"\nrelay_port = {relay_port}\n'
+            "[limits]\nacks_per_sender = 100000\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+        env["MAILGATE_CONFIG"] = str(folder / "mailgate.toml")
+        if args.postgres:
+            from sqlalchemy import create_engine, text
+
+            engine = create_engine(args.postgres)
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+        subprocess.run([sys.executable, "-m", "mailgate", "db", "upgrade"], env=env, check=True, capture_output=True)
+        backend = url.split(":")[0].split("+")[0]
+        with (folder / "daemon.log").open("wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "mailgate", "run"], env=env, stderr=log)
+            try:
+                wait_listening(port)
+                burst: list[float] = []
+                for mode, per_mail in MODES:
+                    for conns in (1, 8):
+                        mails = make_mails(args.mails, f"mg{mode}{conns}")
+                        seconds, accepted = send_all(port, mails, conns, per_mail)
+                        share = args.mails / seconds / null_rates[mode, conns]
+                        print(
+                            line(f"mailgate ({backend}), {mode}, {conns} client(s)", args.mails, seconds)
+                            + f"  = {share:.0%} of do-nothing"
+                        )
+                        burst += latencies(relay, accepted)
+                # Latency when mail arrives at a steady pace instead of in a flood.
+                paced = make_mails(300, "paced")
+                _, accepted = send_all(port, paced, 1, per_mail=True, pace=0.05)
+                steady = latencies(relay, accepted)
+            finally:
+                daemon.terminate()
+                daemon.wait(15)
+        controller.stop()
+    print(summary("acknowledgement latency, 250 -> relay, during the bursts above", burst))
+    print(summary("acknowledgement latency, 250 -> relay, ~20 mails/s steady", steady))
+
+
+def latencies(relay: Relay, accepted: dict[str, float], timeout: float = 120) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(m in relay.arrived for m in accepted):
+        time.sleep(0.05)
+    missing = [m for m in accepted if m not in relay.arrived]
+    if missing:
+        print(f"  {len(missing)} acknowledgements did not arrive within {timeout:.0f} s")
+    return [relay.arrived[m] - t for m, t in accepted.items() if m in relay.arrived]
+
+
+def summary(title: str, values: list[float]) -> str:
+    values = sorted(values)
+    p50 = statistics.median(values)
+    p95 = values[max(int(len(values) * 0.95) - 1, 0)]
+    return f"{title}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms ({len(values)})"
+
+
+if __name__ == "__main__":
+    main()
