@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from mailgate import tickets
@@ -176,7 +176,8 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[Outbox]:
         session.scalars(
             select(Outbox)
             .where(Outbox.state == OutboxState.QUEUED, Outbox.next_attempt_at <= now)
-            .order_by(Outbox.next_attempt_at, Outbox.id)
+            # Requesters first: under a burst, acknowledgements overtake the dispatcher's notices.
+            .order_by(case((Outbox.kind == "ack", 0), else_=1), Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

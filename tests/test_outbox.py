@@ -88,3 +88,24 @@ def test_maildir_sink_without_relay(app: App, tmp_path) -> None:
     with app.sessions() as session:
         assert deliver_due(session, MaildirSink(tmp_path / "out"), app.clock.now(), 5).sent == 2
     assert len(list((tmp_path / "out" / "new").iterdir())) == 2
+
+
+def test_acknowledgements_are_delivered_before_dispatcher_notices(app: App, tmp_path) -> None:
+    from mailgate.outbox import claim_due
+
+    for i in range(3):
+        ingest(app, mail(subject=f"problem {i}"), "smtp")
+    with app.sessions() as session:
+        kinds = [row.kind for row in claim_due(session, app.clock.now(), limit=10)]
+    assert kinds == ["ack"] * 3 + ["dispatcher_new"] * 3
+
+
+def test_a_claimed_row_is_not_taken_by_a_second_sender(app: App, clock) -> None:
+    from mailgate.outbox import CLAIM_SECONDS, claim_due
+
+    ingest(app, mail(), "smtp")
+    with app.sessions() as first, app.sessions() as second:
+        assert len(claim_due(first, clock.now(), limit=10)) == 2
+        assert claim_due(second, clock.now(), limit=10) == []
+        clock.advance(timedelta(seconds=CLAIM_SECONDS + 1))  # the first sender died mid-delivery
+        assert len(claim_due(second, clock.now(), limit=10)) == 2
