@@ -92,6 +92,26 @@ def test_import_refuses_what_is_not_a_mailbox(workdir: Path) -> None:
     assert result.returncode == 65 and b"not a Maildir" in result.stderr
 
 
+def test_check_config_says_per_item_what_is_wrong(workdir: Path) -> None:
+    from tests.smtp_peers import free_port, relay
+
+    ok = run(workdir, "check-config")
+    assert ok.returncode == 0 and out(ok).splitlines()[0] == "OK   database"
+    down = run(
+        workdir,
+        "check-config",
+        env={"MAILGATE_OUTGOING__RELAY_HOST": "127.0.0.1", "MAILGATE_OUTGOING__RELAY_PORT": str(free_port())},
+    )
+    assert down.returncode == 1 and "FAIL relay 127.0.0.1:" in out(down) and "Connection refused" in out(down)
+    with relay() as (_, port):
+        up = run(
+            workdir,
+            "check-config",
+            env={"MAILGATE_OUTGOING__RELAY_HOST": "127.0.0.1", "MAILGATE_OUTGOING__RELAY_PORT": str(port)},
+        )
+    assert up.returncode == 0 and f"OK   relay 127.0.0.1:{port}" in out(up)
+
+
 def test_a_database_without_schema_is_explained(tmp_path: Path) -> None:
     result = run(tmp_path, "tickets", "list", env={"MAILGATE_DATA_DIR": str(tmp_path / "empty")})
     assert result.returncode == 78
