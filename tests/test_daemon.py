@@ -99,3 +99,25 @@ def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: 
     assert len(accepted) >= 40
     missing = [m for m in accepted if m not in stored]
     assert missing == [], f"{len(missing)} mails got 250 but are not stored"
+
+
+def test_the_daemon_polls_imap_and_the_ack_leaves_at_once(tmp_path: Path, db_url: str, clock) -> None:
+    """A mail dropped into the IMAP mailbox becomes a ticket, and its acknowledgement reaches the
+    Maildir sink, with every part running in one daemon."""
+    from mailgate.app import App
+    from tests.conftest import make_settings
+    from tests.daemon_harness import running_daemon, wait_for
+    from tests.dovecot import running_dovecot
+
+    with running_dovecot() as dovecot:
+        settings = make_settings(tmp_path, db_url, smtp={"enabled": False}, imap=[dovecot.mailbox().model_dump()])
+        app = App.build(settings, clock=clock)
+        with running_daemon(app) as running:
+            assert running.smtp_server is None and len(running.poller_threads) == 1
+            dovecot.append("INBOX", [mail(subject="Monitor flickers", message_id="<imap-1@client.example.org>")])
+            sink = settings.outgoing_maildir / "new"
+            wait_for(lambda: sink.is_dir() and len(list(sink.iterdir())) == 2, timeout=10)
+        with app.sessions() as s:
+            assert s.scalar(select(Message.source)) == "imap:support"
+        app.close()
+        assert dovecot.uids("INBOX") == []  # moved away after the commit
