@@ -8,8 +8,11 @@ the foreground as our child process, so stopping it is a plain terminate().
 
 from __future__ import annotations
 
+import contextlib
+import email
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +40,7 @@ instance_name = mailgate-test-{port}
 log_path = {log}
 info_log_path = {log}
 ssl = no
+auth_failure_delay = 0
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:{mail}/%u/Maildir
@@ -97,11 +101,40 @@ class Dovecot:
                 time.sleep(0.05)
         raise RuntimeError(f"dovecot did not answer on port {self.port}: {self._log_tail()}")
 
+    def _children(self) -> list[tuple[int, str]]:
+        """(pid, name) of the processes our Dovecot master started."""
+        if self.process is None:
+            return []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid, rest = stat.read_text().split(" ", 1)
+            except OSError:  # gone meanwhile
+                continue
+            name, _, fields = rest.rpartition(") ")
+            if int(fields.split()[1]) == self.process.pid:
+                found.append((int(pid), name.removeprefix("(")))
+        return found
+
+    def _kill(self, pids: list[int], sig: signal.Signals = signal.SIGKILL) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def kill_connections(self) -> int:
+        """End the imap processes serving clients: every connection drops at once, whatever it was
+        doing. (A stopping Dovecot master lets busy ones finish.) SIGTERM, not SIGKILL: a killed
+        process leaves its Maildir locks behind, and the next one waits for them for minutes."""
+        pids = [pid for pid, name in self._children() if name == "imap"]
+        self._kill(pids, signal.SIGTERM)
+        return len(pids)
+
     def stop(self) -> None:
-        """Stop the server; its imap processes go with it, dropping every client connection."""
+        """Stop the server; the connections it serves drop at once."""
         if self.process is None:
             return
-        self.process.terminate()
+        self.kill_connections()
+        self.process.terminate()  # the master waits about a second for its other processes
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -114,7 +147,16 @@ class Dovecot:
         self.start()
 
     def close(self) -> None:
-        self.stop()
+        """At the end of a test: kill everything at once (no restart follows), then clean up."""
+        if self.process is not None:
+            children = [pid for pid, _ in self._children()]
+            self._kill(children)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            deadline = time.monotonic() + 10
+            while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.01)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _log_tail(self) -> str:
@@ -151,6 +193,16 @@ class Dovecot:
                 return []
             client.select_folder(folder, readonly=True)
             return sorted(client.search(criteria))
+
+    def message_ids(self, folder: str) -> list[str]:
+        """The Message-ID of every mail in `folder` (one entry per copy)."""
+        with self.client() as client:
+            client.select_folder(folder, readonly=True)
+            fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        return [
+            email.message_from_bytes(data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"])["Message-ID"]
+            for data in fetched.values()
+        ]
 
     def folder_name(self, name: str) -> str:
         """`name` written with '/' as mailgate's config does, in this server's own delimiter."""

@@ -32,12 +32,13 @@ import email.policy
 import logging
 import random
 import select
+import socket
 import ssl
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -58,8 +59,9 @@ log = logging.getLogger("mailgate.imap")
 BATCH_MESSAGES = 100
 BATCH_BYTES = 64 * 1024 * 1024  # a batch of big mails is cut short to bound memory
 SIZE_QUERY_UIDS = 1000  # UIDs per FETCH RFC822.SIZE: keeps command lines short
-CONNECT_TIMEOUT = 30.0
-READ_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0  # also for the greeting; nothing is in flight then, so stop may wait for it
+READ_TIMEOUT = 120.0  # per read: a slow link may take long for a batch, but must not go silent
+STOP_GRACE_SECONDS = 3.0  # after stop, how long the mail in flight may take before the connection is cut
 IDLE_MAX_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 WAKE_SECONDS = 0.5  # how often a wait looks at the stop event
 TOKEN_COMMAND_TIMEOUT = 60.0
@@ -118,7 +120,8 @@ class ImapPoller:
         # What the poller is doing: starting, standby, polling, idle, waiting, backoff, stopped.
         self.state = "starting"
         self.totals: Counter[str] = Counter()  # ingest() outcomes since start
-        self._client: IMAPClient | None = None
+        self._client: IMAPClient | None = None  # connected, logged in, folders in place
+        self._open: IMAPClient | None = None  # the connection in use or being set up (for stop)
         self._delimiter: str | None = "/"
         self._failures: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> failed attempts
         self._flagged: set[tuple[int, int]] = set()  # flagged by us, above the stored position
@@ -140,6 +143,10 @@ class ImapPoller:
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; returns within about a second of it (after the mail in flight)."""
         backoff = self.backoff_start
+        finished = threading.Event()
+        threading.Thread(
+            target=self._unblock_on_stop, args=(stop, finished), name=f"imap-{self.mailbox.name}-stop", daemon=True
+        ).start()
         try:
             while not stop.is_set():
                 try:
@@ -169,7 +176,25 @@ class ImapPoller:
                     backoff = min(backoff * 2, self.backoff_cap)
         finally:
             self.close()
+            finished.set()
             self.state = "stopped"
+
+    def _unblock_on_stop(self, stop: threading.Event, finished: threading.Event) -> None:
+        """A server that stops answering would hold run() in a socket read for READ_TIMEOUT. Once
+        `stop` is set and the mail in flight had STOP_GRACE_SECONDS to finish, cut the connection:
+        run() then returns (a mail stored but not yet acknowledged comes again as a duplicate)."""
+        while not stop.wait(1.0):
+            if finished.is_set():
+                return
+        if finished.wait(STOP_GRACE_SECONDS):
+            return
+        client = self._open
+        if client is not None:
+            log.warning(
+                "imap mailbox=%s: the server does not answer; cutting the connection to stop", self.mailbox.name
+            )
+            with contextlib.suppress(Exception):
+                client.socket().shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._disconnect(clean=True)
@@ -346,7 +371,7 @@ class ImapPoller:
     def _connected(self) -> IMAPClient:
         if self._client is None:
             box = self.mailbox
-            client, self._delimiter = connect(box)
+            client, self._delimiter = connect(box, on_open=self._opened)
             try:
                 needed = [box.failure_folder] + ([box.move_to] if box.after == "move" else [])
                 for folder in needed:
@@ -361,8 +386,11 @@ class ImapPoller:
             self._client = client
         return self._client
 
+    def _opened(self, client: IMAPClient) -> None:
+        self._open = client
+
     def _disconnect(self, clean: bool) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._open = self._client, None, None
         if client is None:
             return
         try:
@@ -424,8 +452,10 @@ class ImapPoller:
         return self.app.clock.now()
 
 
-def connect(box: ImapMailbox) -> tuple[IMAPClient, str | None]:
-    """A logged-in client for `box` and the server's hierarchy delimiter (None: a flat namespace)."""
+def connect(box: ImapMailbox, on_open: Callable[[IMAPClient], None] | None = None) -> tuple[IMAPClient, str | None]:
+    """A logged-in client for `box` and the server's hierarchy delimiter (None: a flat namespace).
+
+    `on_open` gets the client as soon as the server greeted, before the login."""
     context = ssl.create_default_context() if box.security != "none" else None
     client = IMAPClient(
         box.host,
@@ -434,6 +464,8 @@ def connect(box: ImapMailbox) -> tuple[IMAPClient, str | None]:
         ssl_context=context,
         timeout=SocketTimeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
     )
+    if on_open is not None:
+        on_open(client)
     try:
         if box.security == "starttls":
             client.starttls(context)
