@@ -194,3 +194,58 @@ def test_concurrent_clients_all_get_stored(daemon_app: App) -> None:
 def _count_sent(app: App) -> int:
     with app.sessions() as s:
         return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == OutboxState.SENT))
+
+
+def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    smtp = {
+        "tls_cert": str(cert),
+        "tls_key": str(key),
+        "auth_users": {"scanner": "scan-password-123"},
+        "require_auth": True,
+    }
+    app = _app(tmp_path, db_url, clock, smtp=smtp)
+    context = __import__("ssl").create_default_context(cafile=str(cert))
+    with running_daemon(app) as running:
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+            client.ehlo()
+            assert client.has_extn("starttls") and not client.has_extn("auth")  # no AUTH in the clear
+            client.mail("scanner@example.com")
+            assert client.rcpt("support@example.com")[0] == 530  # authentication required
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+            client.starttls(context=context)
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("scanner", "wrong")
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+            client.starttls(context=context)
+            client.login("scanner", "scan-password-123")
+            assert (
+                client.sendmail("scanner@example.com", ["support@example.com"], mail(sender="scanner@example.com"))
+                == {}
+            )
+    assert _count(app, Ticket) == 1
+    app.close()
