@@ -39,7 +39,7 @@ state_dir = {state}
 instance_name = mailgate-test-{port}
 log_path = {log}
 info_log_path = {log}
-ssl = no
+{ssl}
 auth_failure_delay = 0
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -58,7 +58,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 """
@@ -67,10 +68,23 @@ service imap-login {{
 class Dovecot:
     """One running Dovecot with the user `support`/`secret`; `client()` logs in."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         self.root = root = Path(tempfile.mkdtemp(prefix="dovecot-"))
         root.chmod(0o755)
         self.port = free_port()
+        # With tls: IMAPS on tls_port and STARTTLS on port, with a self-signed certificate for
+        # 127.0.0.1 in `certificate` (clients trust it through SSL_CERT_FILE).
+        self.tls_port = free_port() if tls else 0
+        self.certificate = root / "cert.pem"
+        ssl = "ssl = no"
+        if tls:
+            key = root / "key.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.certificate)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            ssl = f"ssl = yes\nssl_cert = <{self.certificate}\nssl_key = <{key}"
         self.run_dir = root / "run"
         self.log = root / "dovecot.log"
         self.conf = root / "dovecot.conf"
@@ -83,7 +97,16 @@ class Dovecot:
         for path in (mail, mail / USER):
             os.chown(path, MAIL_UID, MAIL_UID)
         self.conf.write_text(
-            CONFIG.format(run=self.run_dir, state=root / "state", log=self.log, mail=mail, users=users, port=self.port)
+            CONFIG.format(
+                run=self.run_dir,
+                state=root / "state",
+                log=self.log,
+                mail=mail,
+                users=users,
+                port=self.port,
+                tls_port=self.tls_port,
+                ssl=ssl,
+            )
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -225,12 +248,12 @@ class Dovecot:
 
 
 @contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
+def running_dovecot(tls: bool = False) -> Iterator[Dovecot]:
     if shutil.which("dovecot") is None:
         server_missing("dovecot is not installed (apt-get install dovecot-imapd)")
     if os.geteuid() != 0:
         server_missing("the test Dovecot needs root (it switches to the mail user 65534)")
-    server = Dovecot()
+    server = Dovecot(tls)
     try:
         server.start()
         yield server

@@ -477,3 +477,17 @@ def test_stop_returns_even_when_the_server_stops_answering(app: App) -> None:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_tls_and_starttls_verify_the_certificate(app: App, security: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_dovecot(tls=True) as server:
+        port = server.tls_port if security == "tls" else server.port
+        box = server.mailbox(security=security, port=port)
+        assert "CERTIFICATE_VERIFY_FAILED" in (check_mailbox(box) or "")  # not trusted yet
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.certificate))  # how a private CA is trusted
+        assert check_mailbox(box) is None
+        server.append("INBOX", [mail()])
+        with ImapPoller(app, box) as poller:
+            assert poller.poll_once().outcomes == {"new_ticket": 1}

@@ -125,8 +125,9 @@ class ImapPoller:
         self._delimiter: str | None = "/"
         self._failures: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> failed attempts
         self._flagged: set[tuple[int, int]] = set()  # flagged by us, above the stored position
-        self._server = _Outage(mailbox.name, "IMAP server")
-        self._database = _Outage(mailbox.name, "database")
+        self._server = _Outage(mailbox.name, "IMAP server", "unavailable")
+        self._database = _Outage(mailbox.name, "database", "unavailable")
+        self._bug = _Outage(mailbox.name, "poller", "failed unexpectedly", traceback=True)
 
     # Public API -------------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class ImapPoller:
                     backoff = self.backoff_start
                     while not stop.is_set():
                         report = self._round(client, stop)
+                        self._bug.over()
                         if report.handled == 0 and not _new_mail_reported(client):
                             self._wait_for_mail(client, stop)
                         if not self.lease.held():
@@ -169,8 +171,9 @@ class ImapPoller:
                     self.state = "standby"
                 except Exception as exc:
                     self._disconnect(clean=False)
-                    outage = self._database if isinstance(exc, DatabaseUnavailable | SQLAlchemyError) else self._server
-                    outage.begin(exc, expected=_expected(exc))
+                    if stop.is_set():  # e.g. the connection cut to stop: no outage to report
+                        break
+                    self._outage_for(exc).begin(exc)
                     self.state = "backoff"
                     stop.wait(backoff * random.uniform(0.8, 1.0))
                     backoff = min(backoff * 2, self.backoff_cap)
@@ -178,6 +181,13 @@ class ImapPoller:
             self.close()
             finished.set()
             self.state = "stopped"
+
+    def _outage_for(self, exc: Exception) -> _Outage:
+        if isinstance(exc, DatabaseUnavailable | SQLAlchemyError):
+            return self._database
+        if isinstance(exc, IMAPClientError | OSError | LoginFailed):
+            return self._server
+        return self._bug  # a bug: logged with its traceback, retried with back-off
 
     def _unblock_on_stop(self, stop: threading.Event, finished: threading.Event) -> None:
         """A server that stops answering would hold run() in a socket read for READ_TIMEOUT. Once
@@ -491,8 +501,6 @@ def check_mailbox(box: ImapMailbox) -> str | None:
         return _reason(exc)
     try:
         client.select_folder(_folder(box.folder, delimiter), readonly=True)
-        if box.idle and not client.has_capability("IDLE"):
-            return f"works, but the server has no IDLE: mail is polled every {box.poll_seconds}s"
         return None
     except (IMAPClientError, OSError) as exc:
         return _reason(exc)
@@ -536,32 +544,28 @@ def _folder(name: str, delimiter: str | None) -> str:
 class _Outage:
     """Logs a problem once when it starts (WARNING) and once when it is over (INFO)."""
 
-    def __init__(self, mailbox: str, what: str) -> None:
-        self.mailbox, self.what = mailbox, what
+    def __init__(self, mailbox: str, what: str, problem: str, traceback: bool = False) -> None:
+        self.mailbox, self.what, self.problem, self.traceback = mailbox, what, problem, traceback
         self.since: float | None = None
 
-    def begin(self, exc: BaseException, expected: bool = True) -> None:
+    def begin(self, exc: BaseException) -> None:
         if self.since is not None:
-            log.debug("imap mailbox=%s: %s still unavailable: %s", self.mailbox, self.what, _reason(exc))
+            log.debug("imap mailbox=%s: %s still %s: %s", self.mailbox, self.what, self.problem, _reason(exc))
             return
         self.since = time.monotonic()
         log.warning(
-            "imap mailbox=%s: %s unavailable: %s; retrying with back-off, quiet until it is back",
+            "imap mailbox=%s: %s %s: %s; retrying with back-off, quiet until it is back",
             self.mailbox,
             self.what,
+            self.problem,
             _reason(exc),
-            exc_info=not expected,
+            exc_info=self.traceback,
         )
 
     def over(self) -> None:
         if self.since is not None:
             log.info("imap mailbox=%s: %s is back after %.0fs", self.mailbox, self.what, time.monotonic() - self.since)
             self.since = None
-
-
-def _expected(exc: BaseException) -> bool:
-    """Network, server, credential and database trouble; anything else is a bug (logged with traceback)."""
-    return isinstance(exc, IMAPClientError | OSError | LoginFailed | DatabaseUnavailable | SQLAlchemyError)
 
 
 def _reason(exc: BaseException) -> str:
