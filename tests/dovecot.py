@@ -52,6 +52,12 @@ userdb {{
   driver = passwd-file
   args = username_format=%u {users}
 }}
+# No growing delay after failed logins (Dovecot's auth penalty): tests log in wrongly on purpose.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -251,6 +257,8 @@ class Dovecot:
 def running_dovecot(tls: bool = False) -> Iterator[Dovecot]:
     if shutil.which("dovecot") is None:
         server_missing("dovecot is not installed (apt-get install dovecot-imapd)")
+    if tls and shutil.which("openssl") is None:
+        server_missing("openssl is not installed (it makes the test certificate)")
     if os.geteuid() != 0:
         server_missing("the test Dovecot needs root (it switches to the mail user 65534)")
     server = Dovecot(tls)
