@@ -26,7 +26,8 @@ from mailgate.clock import FixedClock
 from mailgate.config import ImapMailbox
 from mailgate.ingest.pipeline import TemporaryFailure
 from mailgate.models import MailboxState, Message, Ticket
-from mailgate.transports.imap import ImapPoller, LoginFailed, _oauth2_token, check_mailbox
+from mailgate.transports.imap import ImapPoller, check_mailbox
+from mailgate.transports.imap_connect import LoginFailed, oauth2_token
 from mailgate.transports.lease import PgAdvisoryLease
 from tests.dovecot import Dovecot, running_dovecot
 from tests.mails import mail
@@ -424,11 +425,11 @@ def test_the_password_file_is_read_at_every_connect(
 
 
 def test_the_oauth2_command_prints_the_token() -> None:
-    assert _oauth2_token("printf 'ya29.token\\n'") == "ya29.token"
+    assert oauth2_token("printf 'ya29.token\\n'") == "ya29.token"
     with pytest.raises(LoginFailed, match="exited with 3: no token for you"):
-        _oauth2_token("echo 'no token for you' >&2; exit 3")
+        oauth2_token("echo 'no token for you' >&2; exit 3")
     with pytest.raises(LoginFailed, match="exited with 0: no output"):
-        _oauth2_token("true")
+        oauth2_token("true")
 
 
 def test_stop_during_a_backlog_finishes_the_mail_in_flight(app: App, dovecot: Dovecot) -> None:

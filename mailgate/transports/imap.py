@@ -33,18 +33,15 @@ import logging
 import random
 import select
 import socket
-import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from imapclient import DELETED, SEEN, IMAPClient
 from imapclient.exceptions import IMAPClientError
-from imapclient.imapclient import SocketTimeout
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -52,19 +49,27 @@ from mailgate.app import App
 from mailgate.config import ImapMailbox
 from mailgate.ingest.pipeline import TemporaryFailure, describe, ingest
 from mailgate.models import MailboxState
+from mailgate.transports.imap_connect import (
+    LoginFailed,
+    check_mailbox,
+    connect,
+    folder_name,
+    input_already_buffered,
+    new_mail_reported,
+    reason,
+)
 from mailgate.transports.lease import Lease, make_lease
+
+__all__ = ["ImapPoller", "PollReport", "check_mailbox"]
 
 log = logging.getLogger("mailgate.imap")
 
 BATCH_MESSAGES = 100
 BATCH_BYTES = 64 * 1024 * 1024  # a batch of big mails is cut short to bound memory
 SIZE_QUERY_UIDS = 1000  # UIDs per FETCH RFC822.SIZE: keeps command lines short
-CONNECT_TIMEOUT = 10.0  # also for the greeting; nothing is in flight then, so stop may wait for it
-READ_TIMEOUT = 120.0  # per read: a slow link may take long for a batch, but must not go silent
 STOP_GRACE_SECONDS = 3.0  # after stop, how long the mail in flight may take before the connection is cut
 IDLE_MAX_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 WAKE_SECONDS = 0.5  # how often a wait looks at the stop event
-TOKEN_COMMAND_TIMEOUT = 60.0
 
 
 class DatabaseUnavailable(Exception):
@@ -73,10 +78,6 @@ class DatabaseUnavailable(Exception):
 
 class LeaseLost(Exception):
     """Another daemon may now own this mailbox: stop working on it."""
-
-
-class LoginFailed(Exception):
-    """No credentials could be obtained (password file unreadable, token command failed)."""
 
 
 @dataclass
@@ -159,7 +160,7 @@ class ImapPoller:
                     while not stop.is_set():
                         report = self._round(client, stop)
                         self._bug.over()
-                        if report.handled == 0 and not _new_mail_reported(client):
+                        if report.handled == 0 and not new_mail_reported(client):
                             self._wait_for_mail(client, stop)
                         if not self.lease.held():
                             raise LeaseLost
@@ -340,7 +341,7 @@ class ImapPoller:
         next_lease_check = now + self.lease_check_seconds
         client.idle()
         self.state = "idle"
-        woken = _input_already_buffered(client)
+        woken = input_already_buffered(client)
         while not woken and not stop.is_set():
             now = time.monotonic()
             if now >= deadline:
@@ -385,7 +386,7 @@ class ImapPoller:
             try:
                 needed = [box.failure_folder] + ([box.move_to] if box.after == "move" else [])
                 for folder in needed:
-                    name = _folder(folder, self._delimiter)
+                    name = folder_name(folder, self._delimiter)
                     if not client.folder_exists(name):
                         client.create_folder(name)
                         log.info("imap mailbox=%s: created folder %s", box.name, name)
@@ -413,7 +414,7 @@ class ImapPoller:
                 client.shutdown()
 
     def _folder(self, name: str) -> str:
-        return _folder(name, self._delimiter)
+        return folder_name(name, self._delimiter)
 
     # Stored position -----------------------------------------------------------------------------
 
@@ -462,85 +463,6 @@ class ImapPoller:
         return self.app.clock.now()
 
 
-def connect(box: ImapMailbox, on_open: Callable[[IMAPClient], None] | None = None) -> tuple[IMAPClient, str | None]:
-    """A logged-in client for `box` and the server's hierarchy delimiter (None: a flat namespace).
-
-    `on_open` gets the client as soon as the server greeted, before the login."""
-    context = ssl.create_default_context() if box.security != "none" else None
-    client = IMAPClient(
-        box.host,
-        port=box.port,
-        ssl=box.security == "tls",
-        ssl_context=context,
-        timeout=SocketTimeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
-    )
-    if on_open is not None:
-        on_open(client)
-    try:
-        if box.security == "starttls":
-            client.starttls(context)
-        if box.oauth2_command:
-            client.oauth2_login(box.user, _oauth2_token(box.oauth2_command))
-        else:
-            client.login(box.user, _password(box))
-        folders = client.list_folders("", "")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.shutdown()
-        raise
-    delimiter = _text(folders[0][1]) if folders and folders[0][1] else None
-    log.debug("imap mailbox=%s: connected to %s:%d", box.name, box.host, box.port)
-    return client, delimiter
-
-
-def check_mailbox(box: ImapMailbox) -> str | None:
-    """For `mailgate check-config`: log in and open the folder; None when OK, else what is wrong."""
-    try:
-        client, delimiter = connect(box)
-    except (IMAPClientError, OSError, LoginFailed) as exc:
-        return _reason(exc)
-    try:
-        client.select_folder(_folder(box.folder, delimiter), readonly=True)
-        return None
-    except (IMAPClientError, OSError) as exc:
-        return _reason(exc)
-    finally:
-        with contextlib.suppress(Exception):
-            client.logout()
-
-
-def _password(box: ImapMailbox) -> str:
-    if box.password_file is None:
-        return box.password
-    try:  # read at every connect: a changed password needs no restart
-        return box.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise LoginFailed(f"password_file {box.password_file}: {exc.strerror}") from exc
-
-
-def _oauth2_token(command: str) -> str:
-    """Run the configured command; its output is the XOAUTH2 access token (never logged)."""
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=TOKEN_COMMAND_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LoginFailed(f"oauth2_command did not finish within {TOKEN_COMMAND_TIMEOUT:.0f}s") from exc
-    token = done.stdout.strip()
-    if done.returncode != 0 or not token:
-        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LoginFailed(f"oauth2_command exited with {done.returncode}: {why}")
-    return token
-
-
-def _folder(name: str, delimiter: str | None) -> str:
-    """A configured folder name ('/' between levels) in the server's own delimiter."""
-    return name.replace("/", delimiter) if delimiter else name
-
-
-# Helpers ----------------------------------------------------------------------------------------
-
-
 class _Outage:
     """Logs a problem once when it starts (WARNING) and once when it is over (INFO)."""
 
@@ -550,7 +472,7 @@ class _Outage:
 
     def begin(self, exc: BaseException) -> None:
         if self.since is not None:
-            log.debug("imap mailbox=%s: %s still %s: %s", self.mailbox, self.what, self.problem, _reason(exc))
+            log.debug("imap mailbox=%s: %s still %s: %s", self.mailbox, self.what, self.problem, reason(exc))
             return
         self.since = time.monotonic()
         log.warning(
@@ -558,7 +480,7 @@ class _Outage:
             self.mailbox,
             self.what,
             self.problem,
-            _reason(exc),
+            reason(exc),
             exc_info=self.traceback,
         )
 
@@ -566,17 +488,6 @@ class _Outage:
         if self.since is not None:
             log.info("imap mailbox=%s: %s is back after %.0fs", self.mailbox, self.what, time.monotonic() - self.since)
             self.since = None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DatabaseUnavailable | LoginFailed):
-        return str(exc)
-    text = exc.args[0] if len(exc.args) == 1 else str(exc)
-    return f"{type(exc).__name__}: {_text(text) if isinstance(text, bytes | str) else text}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _batches(client: IMAPClient, uids: Sequence[int]) -> Iterator[list[int]]:
@@ -607,32 +518,3 @@ def _message_id(raw: bytes) -> str:
     except Exception:
         return "-"
     return str(value).strip() if value else "-"
-
-
-def _new_mail_reported(client: IMAPClient) -> bool:
-    """Did the server announce new mail (EXISTS) after this round's SELECT?
-
-    Such an announcement rides on the answer to some command of the round and is not repeated
-    when IDLE starts; without this look, that mail would wait for the next `poll_seconds`.
-    imaplib keeps untagged responses since the last SELECT (which answered with one EXISTS).
-    """
-    responses = getattr(getattr(client, "_imap", None), "untagged_responses", None) or {}
-    return len(responses.get("EXISTS", ())) > 1
-
-
-def _input_already_buffered(client: IMAPClient) -> bool:
-    """Whether the server sent more right behind its "+ idling" (imaplib read it into its buffer).
-
-    Waiting on the socket would not see those bytes; treat them as "something happened".
-    """
-    reader = getattr(getattr(client, "_imap", None), "file", None)
-    if reader is None or not hasattr(reader, "peek"):
-        return False
-    sock = client.socket()
-    sock.setblocking(False)
-    try:
-        return bool(reader.peek(1))
-    except OSError:  # nothing there (EAGAIN, SSL want-read)
-        return False
-    finally:
-        sock.settimeout(READ_TIMEOUT)
