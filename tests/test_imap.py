@@ -277,6 +277,30 @@ def test_a_mail_that_keeps_failing_goes_to_the_failure_folder_and_the_rest_is_pr
     assert len(errors) == 1 and "failed 3 times, moved to mailgate/failed" in errors[0]
 
 
+def test_a_failed_mail_waits_poll_seconds_however_much_new_mail_arrives(
+    app: App, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_ingest = imap_module.ingest
+    attempts = 0
+
+    def ingest_failing_on_poison(app_: App, raw: bytes, source: str, *args: object, **kwargs: object) -> object:
+        nonlocal attempts
+        if b"<poison@client.example.org>" in raw:
+            attempts += 1
+            raise TemporaryFailure("simulated")
+        return real_ingest(app_, raw, source, *args, **kwargs)
+
+    monkeypatch.setattr(imap_module, "ingest", ingest_failing_on_poison)
+    dovecot.append("INBOX", [mail(message_id="<poison@client.example.org>")])
+    poller = ImapPoller(app, dovecot.mailbox(max_failures=2, poll_seconds=60), **FAST)
+    with running(poller):
+        for i in range(4):  # a burst of rounds, each woken by new mail through IDLE
+            dovecot.append("INBOX", [mail(message_id=f"<burst-{i}@client.example.org>")])
+            wait_for(lambda i=i: poller.totals["new_ticket"] == i + 1, 10, f"burst mail {i} stored")
+    assert attempts == 1
+    assert dovecot.uids("INBOX") == [1] and dovecot.uids(dovecot.folder_name("mailgate/failed")) == []
+
+
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_while_the_database_is_down_nothing_is_counted_against_the_mail(
     app: App, db_url: str, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -11,8 +11,9 @@ The daemon runs one `ImapPoller(app, mailbox).run(stop)` thread per configured m
    a person opened in a client before we fetched it is not skipped.
 3. Fetch in batches (BODY.PEEK[]: reading flags nothing), ingest() each mail, and only after its
    commit move it to `move_to` or flag it \\Seen. A TemporaryFailure leaves the mail in place for
-   the next round; after `max_failures` failures it is moved to `failure_folder` (never deleted).
-   Failures are counted in memory: a restart gives a failing mail `max_failures` new attempts.
+   a retry after `poll_seconds`; after `max_failures` failures it is moved to `failure_folder`
+   (never deleted). Failures are counted in memory: a restart gives a failing mail
+   `max_failures` new attempts.
    While the database itself is unreachable, failures are not counted against the mail.
 4. Store UIDVALIDITY and the position (the highest UID below which everything is done) after
    each batch.
@@ -124,7 +125,8 @@ class ImapPoller:
         self._client: IMAPClient | None = None  # connected, logged in, folders in place
         self._open: IMAPClient | None = None  # the connection in use or being set up (for stop)
         self._delimiter: str | None = "/"
-        self._failures: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> failed attempts
+        # (uidvalidity, uid) -> failed attempts, and when (time.monotonic()) it may be tried again
+        self._failures: dict[tuple[int, int], tuple[int, float]] = {}
         self._flagged: set[tuple[int, int]] = set()  # flagged by us, above the stored position
         self._server = _Outage(mailbox.name, "IMAP server", "unavailable")
         self._database = _Outage(mailbox.name, "database", "unavailable")
@@ -137,7 +139,7 @@ class ImapPoller:
         if not self.lease.acquire():
             return PollReport(self.mailbox.name, standby=True)
         try:
-            return self._round(self._connected(), threading.Event())
+            return self._round(self._connected(), threading.Event(), retry_now=True)
         except (IMAPClientError, OSError):
             self._disconnect(clean=False)
             raise
@@ -158,7 +160,7 @@ class ImapPoller:
                     self._server.over()
                     backoff = self.backoff_start
                     while not stop.is_set():
-                        report = self._round(client, stop)
+                        report = self._round(client, stop, retry_now=False)
                         self._bug.over()
                         if report.handled == 0 and not new_mail_reported(client):
                             self._wait_for_mail(client, stop)
@@ -219,7 +221,9 @@ class ImapPoller:
 
     # One round --------------------------------------------------------------------------------
 
-    def _round(self, client: IMAPClient, stop: threading.Event) -> PollReport:
+    def _round(self, client: IMAPClient, stop: threading.Event, retry_now: bool) -> PollReport:
+        """Handle the candidates. A mail that failed is tried again after `poll_seconds` (or at
+        once with `retry_now`), not in every round a burst of new mail brings."""
         box = self.mailbox
         report = PollReport(box.name)
         self.state = "polling"
@@ -228,8 +232,18 @@ class ImapPoller:
         position = self._load_position(uidvalidity, report)
         self._database.over()
         uids = self._candidates(client, uidvalidity, position)
+        present = set(uids)  # forget failures of mail that is gone (moved away by a person)
+        self._failures = {k: v for k, v in self._failures.items() if k[0] == uidvalidity and k[1] in present}
+        if not retry_now:
+            now = time.monotonic()
+            later = {uid for uid in uids if self._failures.get((uidvalidity, uid), (0, 0.0))[1] > now}
+            uids = [uid for uid in uids if uid not in later]
+        else:
+            later = set()
         report.candidates = len(uids)
-        blocked = False  # a mail above the position failed: the position stops below it
+        # The position never passes a mail that failed: it stops below the first one.
+        blocked = False
+        cap = min((uid for uid in later if uid > position), default=None)
         for batch in _batches(client, uids):
             fetched = client.fetch(batch, ["BODY.PEEK[]"])
             for uid in batch:
@@ -240,7 +254,7 @@ class ImapPoller:
                 if raw is None:  # expunged by someone else in the meantime
                     continue
                 if self._handle(client, uidvalidity, uid, raw, report):
-                    if not blocked:
+                    if not blocked and (cap is None or uid < cap):
                         position = max(position, uid)
                 elif uid > position:
                     blocked = True
@@ -268,7 +282,8 @@ class ImapPoller:
         except TemporaryFailure as exc:
             self._check_database()  # raises when the database is down: not this mail's fault
             key = (uidvalidity, uid)
-            count = self._failures[key] = self._failures.get(key, 0) + 1
+            count = self._failures.get(key, (0, 0.0))[0] + 1
+            self._failures[key] = (count, time.monotonic() + box.poll_seconds)
             report.failed += 1
             if count < box.max_failures:
                 log.warning(
