@@ -121,3 +121,26 @@ def test_the_daemon_polls_imap_and_the_ack_leaves_at_once(tmp_path: Path, db_url
             assert s.scalar(select(Message.source)) == "imap:support"
         app.close()
         assert dovecot.uids("INBOX") == []  # moved away after the commit
+
+
+def test_imap_poll_reads_a_mailbox_once_from_the_command_line(tmp_path: Path) -> None:
+    from tests.dovecot import running_dovecot
+
+    with running_dovecot() as dovecot:
+        box = dovecot.mailbox()
+        (tmp_path / "mailgate.toml").write_text(
+            f'data_dir = "{tmp_path / "data"}"\nsecret = "imap-poll-test-secret"\n'
+            f'[[imap]]\nname = "support"\nhost = "127.0.0.1"\nport = {box.port}\nsecurity = "none"\n'
+            f'user = "{box.user}"\npassword = "{box.password}"\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+        command = [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml")]
+        subprocess.run([*command, "db", "upgrade"], check=True, capture_output=True, env=env)
+        dovecot.append("INBOX", [mail(subject=f"printer {i}") for i in range(3)])
+        first = subprocess.run([*command, "imap", "poll"], capture_output=True, text=True, env=env)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == "support: 3 new_ticket; 0 failed, 0 to the failure folder"
+        again = subprocess.run([*command, "imap", "poll", "support"], capture_output=True, text=True, env=env)
+        assert "support: no new mail" in again.stdout
+        wrong = subprocess.run([*command, "imap", "poll", "sales"], capture_output=True, text=True, env=env)
+        assert wrong.returncode == 1 and "no [[imap]] mailbox named sales" in wrong.stderr
