@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 from collections.abc import Callable
 
 from sqlalchemy import select, text
@@ -11,6 +10,7 @@ from sqlalchemy import select, text
 from mailgate.config import ImapMailbox, Settings
 from mailgate.db import make_engine
 from mailgate.models import Counter
+from mailgate.outbox import SmtpRelay
 
 Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
 
@@ -34,18 +34,8 @@ def _database(settings: Settings) -> str | None:
 def _relay(settings: Settings) -> str | None:
     out = settings.outgoing
     try:
-        context = ssl.create_default_context()
-        if out.relay_security == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(out.relay_host, out.relay_port, timeout=15, context=context)
-        else:
-            client = smtplib.SMTP(out.relay_host, out.relay_port, timeout=15)
-        with client:
-            client.ehlo()
-            if out.relay_security == "starttls":
-                client.starttls(context=context)
-                client.ehlo()
-            if out.relay_user:
-                client.login(out.relay_user, out.relay_password)
+        # The sender's own way of connecting (TLS, STARTTLS, login), so the check proves it.
+        with SmtpRelay(out, timeout=15).connect() as client:
             client.noop()
     except (OSError, smtplib.SMTPException) as exc:
         return f"{out.relay_host}:{out.relay_port}: {type(exc).__name__}: {exc}"

@@ -83,7 +83,8 @@ class SmtpRelay:
         self.timeout = timeout
         self._client: smtplib.SMTP | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def connect(self) -> smtplib.SMTP:
+        """A logged-in connection to the relay (also used by check-config)."""
         s = self.settings
         context = ssl.create_default_context()
         client: smtplib.SMTP
@@ -106,7 +107,7 @@ class SmtpRelay:
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
         for attempt in (1, 2):
             if self._client is None:
-                self._client = self._connect()
+                self._client = self.connect()
             try:
                 refused = self._client.sendmail(mail_from, recipients, data)
                 break
