@@ -57,15 +57,15 @@ def fingerprint(mail: ParsedMail) -> str:
     return digest.hexdigest()
 
 
-def earlier_copy(session: Session, mail: ParsedMail) -> tuple[str, int | None, bool]:
+def earlier_copy(session: Session, mail: ParsedMail, content: str) -> tuple[str, int | None, bool]:
     """(key to store `mail` under, ticket number of the earlier copy, whether there is one).
+    `content` is the mail's fingerprint().
 
     A Message-ID seen before is a copy when the content is the same, or when sender and Date
     are. Otherwise it is a different mail reusing the ID (monitoring scripts do this): it gets
     a longer key and is kept, never dropped as a duplicate.
     """
     key = dedupe_key(mail)
-    content = fingerprint(mail)
     while True:
         row = session.execute(
             select(Message.from_addr, Message.date, Message.content_sha256, Ticket.number)

@@ -13,6 +13,7 @@ from mailgate.models import Person
 class Incoming:
     mail: ParsedMail
     key: str  # the dedupe key it is stored under
+    content_sha256: str  # dedupe.fingerprint(): what a person reads, hashed once
     source: str
     now: datetime
     sender: Person

@@ -21,7 +21,7 @@ from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.app import App
 from mailgate.ingest import classify, thread
-from mailgate.ingest.dedupe import dedupe_key, earlier_copy
+from mailgate.ingest.dedupe import dedupe_key, earlier_copy, fingerprint
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notices import queue_acknowledgement, queue_dispatcher_notice, why_no_acknowledgement
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
@@ -177,13 +177,14 @@ def _apply(
     new_files: list[str],
 ) -> IngestResult:
     settings = app.settings
-    key, earlier_ticket, seen = earlier_copy(session, mail)
+    content = fingerprint(mail)
+    key, earlier_ticket, seen = earlier_copy(session, mail, content)
     if seen:
         return IngestResult(
             "duplicate", earlier_ticket, mail.message_id, [{"step": "dedupe", "decision": f"already stored as {key}"}]
         )
     sender = person_for(session, settings, mail.from_addr, mail.from_name, now)
-    item = Incoming(mail, key, source, now, sender, new_files=new_files)
+    item = Incoming(mail, key, content, source, now, sender, new_files=new_files)
     item.note("dedupe", key)
 
     addresses = settings.addresses

@@ -6,7 +6,6 @@ import hashlib
 
 from sqlalchemy.orm import Session
 
-from mailgate.ingest.dedupe import fingerprint
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.text import extract_reply
 from mailgate.models import Attachment, Message, MessageKind, Ticket
@@ -22,7 +21,7 @@ def store_message(
         direction="in",
         kind=kind,
         dedupe_key=item.key,
-        content_sha256=fingerprint(mail),
+        content_sha256=item.content_sha256,
         message_id=mail.message_id,
         in_reply_to=" ".join(f"<{i}>" for i in mail.in_reply_to) or None,
         refs=mail.references,
