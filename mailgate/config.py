@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
 
 DEFAULT_CONFIG_PATHS = (Path("mailgate.toml"), Path("/etc/mailgate/mailgate.toml"))
 MIN_SECRET_CHARS = 16  # the reply tokens are only as unguessable as this key
@@ -213,6 +214,19 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mailgate.db').resolve()}"
+
+    @property
+    def spool_database_url(self) -> str:
+        """Where the SMTP listener queues accepted mail: the database itself on PostgreSQL; on
+        SQLite a file of its own beside it, so accepting a mail never waits for SQLite's one
+        write lock, which an ingest transaction holds for milliseconds."""
+        url = make_url(self.effective_database_url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return url.render_as_string(hide_password=False)
+        path = Path(url.database)
+        return url.set(database=str(path.with_name(path.stem + "-spool" + path.suffix))).render_as_string(
+            hide_password=False
+        )
 
     @property
     def outgoing_maildir(self) -> Path:

@@ -1,5 +1,6 @@
-"""`mailgate run`: the SMTP listener, the IMAP pollers, the outbox sender and the scheduler in
-one process. SIGTERM stops accepting, lets the mail in flight finish, and exits within seconds.
+"""`mailgate run`: the SMTP listener (a process of its own, see transports/listener_process.py),
+and in this process the spool's ingest worker, the IMAP pollers, the outbox sender and the
+scheduler. SIGTERM stops accepting, lets the mail in flight finish, and exits within seconds.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from datetime import UTC
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailgate.app import App
+from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outbox import transport_for
 from mailgate.sender import Sender
-from mailgate.transports import smtp
+from mailgate.spool import Spool
+from mailgate.transports.listener_process import ListenerProcess
 
 log = logging.getLogger("mailgate.daemon")
 
@@ -30,16 +33,16 @@ GRACE_SECONDS = 8.0  # SIGTERM to exit: systemd waits 10 s before it kills
 class Running:
     """What a started daemon consists of; tests read the listener's address from it."""
 
-    smtp_server: asyncio.AbstractServer | None = None
-    listener: smtp.Listener | None = None
+    listener: ListenerProcess | None = None
+    spool_worker: SpoolWorker | None = None
     sender: Sender | None = None
     scheduler: AsyncIOScheduler | None = None
     poller_threads: list[threading.Thread] = field(default_factory=list)
 
     @property
     def smtp_port(self) -> int:
-        assert self.smtp_server is not None
-        return int(self.smtp_server.sockets[0].getsockname()[1])
+        assert self.listener is not None
+        return self.listener.port
 
 
 def _start_pollers(app: App, stop: threading.Event) -> list[threading.Thread]:
@@ -65,24 +68,30 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
             loop.add_signal_handler(sig, stop.set)
     settings = app.settings
     running = Running()
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mailgate")
+    # Each loop has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
+    ingest_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-ingest")
     sender_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sender")
     stop_threads = threading.Event()
-    sender_task: asyncio.Task[None] | None = None
+    tasks: dict[str, asyncio.Task[None]] = {}
+    failure: list[str] = []
+    spool: Spool | None = None
     try:
-        # The sender has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
         running.sender = Sender(app, transport_for(settings.outgoing, settings.outgoing_maildir), sender_thread)
         app.outbox_hook = running.sender.wake_up
-        sender_task = asyncio.create_task(running.sender.run(stop), name="sender")
+        tasks["sender"] = asyncio.create_task(running.sender.run(stop), name="sender")
         if settings.smtp.enabled:
-            running.listener = smtp.Listener(app, executor)
-            running.smtp_server = await smtp.start(running.listener, settings.smtp, settings.limits.max_message_bytes)
+            spool = Spool.open(settings.spool_database_url)
+            running.spool_worker = SpoolWorker(app, spool, ingest_thread)
+            tasks["spool"] = asyncio.create_task(running.spool_worker.run(stop), name="spool")
+            running.listener = ListenerProcess(settings, app.secret)
+            await loop.run_in_executor(None, running.listener.wait_ready)
+            running.listener.watch(running.spool_worker.wake_up, _on_listener_exit(loop, stop, failure))
         running.poller_threads = _start_pollers(app, stop_threads)
         running.scheduler = AsyncIOScheduler(timezone=UTC)
         running.scheduler.start()  # its jobs (reminders, escalations) arrive with the SLA issue
         log.info(
             "mailgate running: smtp=%s imap=%d outgoing=%s",
-            f"{settings.smtp.host}:{running.smtp_port}" if running.smtp_server else "off",
+            f"{settings.smtp.host}:{running.smtp_port}" if running.listener else "off",
             len(running.poller_threads),
             settings.outgoing.relay_host or settings.outgoing_maildir,
         )
@@ -91,37 +100,64 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         await stop.wait()
         log.info("stopping: no new connections; finishing the mail in flight")
     finally:
-        await _shutdown(running, stop, stop_threads, sender_task, executor)
-        sender_thread.shutdown(wait=False, cancel_futures=True)
+        await _shutdown(running, stop, stop_threads, tasks)
+        for pool in (ingest_thread, sender_thread):
+            pool.shutdown(wait=False, cancel_futures=True)
+        if spool is not None:
+            spool.close()
         app.outbox_hook = None
+    if failure:
+        raise RuntimeError(failure[0])
+
+
+def _on_listener_exit(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, failure: list[str]) -> Callable[[], None]:
+    """The listener process went away: expected at shutdown, otherwise the daemon stops too
+    (systemd restarts it) rather than run on without taking mail."""
+
+    def gone() -> None:
+        if not stop.is_set():
+            failure.append("the SMTP listener process exited unexpectedly")
+            log.error("the SMTP listener process exited unexpectedly: stopping")
+            stop.set()
+
+    def from_thread() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(gone)
+
+    return from_thread
 
 
 async def _shutdown(
-    running: Running,
-    stop: asyncio.Event,
-    stop_threads: threading.Event,
-    sender_task: asyncio.Task[None] | None,
-    executor: ThreadPoolExecutor,
+    running: Running, stop: asyncio.Event, stop_threads: threading.Event, tasks: dict[str, asyncio.Task[None]]
 ) -> None:
     stop.set()
     stop_threads.set()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GRACE_SECONDS
-    if running.smtp_server is not None:
-        running.smtp_server.close()  # no new connections; open ones may finish their DATA
-    # A mail that got no 250 is still the client's to retry: waiting for those in flight is enough.
-    while running.listener is not None and running.listener.in_flight and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    if sender_task is not None:
+    if running.listener is not None:
+        # No new connections; the mail in flight is spooled (250) or refused (the client retries).
+        code = await loop.run_in_executor(None, running.listener.stop)
+        if code:
+            log.warning("SMTP listener exited with code %s", code)
+
+    async def settle(name: str, task: asyncio.Task[None], until: float) -> None:
         try:
-            await asyncio.wait_for(sender_task, timeout=max(deadline - loop.time(), 0.1))
+            await asyncio.wait_for(task, timeout=max(until - loop.time(), 0.1))
         except (TimeoutError, asyncio.CancelledError):
-            log.warning("sender still busy at shutdown; its row stays queued for next time")
+            log.warning("%s still busy at shutdown; its work stays queued for next time", name)
+
+    if "spool" in tasks and running.spool_worker is not None:
+        await settle("ingest worker", tasks["spool"], deadline - 1)
+        # Use the time left to ingest what is spooled; the rest waits safely for the next start.
+        left = await running.spool_worker.finish(deadline - 1.5)
+        if left:
+            log.info("%s spooled mails left for the next start", left)
+    if "sender" in tasks:
+        await settle("sender", tasks["sender"], deadline)
     for thread in running.poller_threads:
         thread.join(timeout=max(deadline - loop.time(), 0.1))
     if running.scheduler is not None and running.scheduler.running:
         running.scheduler.shutdown(wait=False)
-    executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
 
 

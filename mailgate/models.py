@@ -285,6 +285,27 @@ class Quarantine(Base):
     released_as: Mapped[str | None] = mapped_column(Text)
 
 
+class SpoolEntry(Base):
+    """A mail the SMTP listener accepted and ingest() has not yet taken: its durable queue.
+
+    The listener answers 250 once the row is committed; the ingest worker removes the row after
+    ingest() committed the mail (a crash in between re-offers it, and dedupe makes that a no-op).
+    """
+
+    __tablename__ = "spool"
+    __table_args__ = (Index("ix_spool_due", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(100))
+    envelope_sender: Mapped[str] = mapped_column(Text)
+    envelope_recipients: Mapped[list[Any]]
+    received_at: Mapped[Timestamp]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Also the claim: a worker taking the row moves it into the future while it ingests.
+    next_attempt_at: Mapped[Timestamp]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
 class MailboxState(Base):
     """Where the IMAP poller left off in each mailbox."""
 

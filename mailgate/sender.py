@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from mailgate.app import App
 from mailgate.models import Outbox, OutboxState
 from mailgate.outbox import FlushReport, Transport, deliver_due
+from mailgate.wakeup import Wakeup
 
 log = logging.getLogger("mailgate.sender")
 
@@ -27,30 +28,16 @@ class Sender:
         self.app = app
         self.transport = transport
         self.executor = executor
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def wake_up(self) -> None:
-        """Deliver now. Safe from any thread (IMAP pollers run in their own)."""
-        if self._loop is None:
-            return
-        if self._loop_thread_is_current():
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    def _loop_thread_is_current(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
+        self.wake_up = Wakeup()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.wake_up.bind()
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            self._wake.clear()
+            self.wake_up.clear()
             try:
-                report, next_due = await self._loop.run_in_executor(self.executor, self._deliver)
+                report, next_due = await loop.run_in_executor(self.executor, self._deliver)
             except Exception as exc:  # the database is down: keep the loop alive, try again later
                 log.warning("outbox delivery failed: %s: %s", type(exc).__name__, exc)
                 report, next_due = FlushReport(), None
@@ -59,7 +46,7 @@ class Sender:
             delay = IDLE_SECONDS
             if next_due is not None:
                 delay = min(delay, max((next_due - self.app.clock.now()).total_seconds(), 0.05))
-            await _first_of(self._wake, stop, timeout=delay)
+            await self.wake_up.wait(stop, timeout=delay)
 
     def _deliver(self) -> tuple[FlushReport, datetime | None]:
         settings = self.app.settings
@@ -71,12 +58,3 @@ class Sender:
                 select(func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.QUEUED)
             )
         return report, next_due
-
-
-async def _first_of(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -52,7 +52,7 @@ def test_smtplib_mail_becomes_a_ticket_and_the_ack_lands_in_the_maildir(daemon_a
             code, _ = client.ehlo()
             assert code == 250 and client.has_extn("size")
             client.sendmail("dana@example.com", ["support@example.com"], mail(body="Printer jams.\n"))
-        assert _count(daemon_app, Ticket) == 1
+        wait_for(lambda: _count(daemon_app, Ticket) == 1, timeout=5)
         sink = daemon_app.settings.outgoing_maildir
         wait_for(lambda: (sink / "new").is_dir() and len(list((sink / "new").iterdir())) == 2, timeout=5)
     subjects = sorted(str(m["Subject"]) for m in mailbox.Maildir(sink, create=False))
@@ -86,7 +86,7 @@ def test_swaks_mail_is_acknowledged_through_the_relay(tmp_path: Path, db_url: st
                 timeout=60,
             )
             assert result.returncode == 0, result.stdout + result.stderr
-            assert "<-  250 2.0.0 Stored (new_ticket as HD #1)" in result.stdout
+            assert "<-  250 2.0.0 Queued as 1" in result.stdout
             wait_for(lambda: len(captured.received) == 2, timeout=5)
         app.close()
     ack = next(e for e in captured.received if e.rcpt_tos == ["erin@example.com"])
@@ -149,6 +149,7 @@ def test_lmtp_answers_once_per_recipient_and_stores_once(tmp_path: Path, db_url:
         # smtplib reads one DATA reply; LMTP sends one per recipient (RFC 2033 4.2).
         first, second = client.data(mail()), client.getreply()
         assert first[0] == second[0] == 250
+        wait_for(lambda: _count(app, Message) == 1, timeout=5)
     assert _count(app, Message) == 1
     app.close()
 
@@ -174,6 +175,7 @@ def test_database_down_gives_451_and_the_mail_is_stored_once_it_is_back(
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
             assert _send(running.smtp_port, raw) == {}  # the sending MTA's retry
+            wait_for(lambda: _count(app, Message) == 1, timeout=10)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
@@ -247,5 +249,5 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
                 client.sendmail("scanner@example.com", ["support@example.com"], mail(sender="scanner@example.com"))
                 == {}
             )
-    assert _count(app, Ticket) == 1
+        wait_for(lambda: _count(app, Ticket) == 1, timeout=5)
     app.close()

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.app import App
+from mailgate.db import describe
 from mailgate.ingest import classify, thread
 from mailgate.ingest.dedupe import dedupe_key, earlier_copy, fingerprint
 from mailgate.ingest.incoming import Incoming
@@ -29,7 +30,7 @@ from mailgate.ingest.store import store_message
 from mailgate.models import Attachment, MessageKind, Person, Quarantine, Ticket
 from mailgate.people import is_own_address, person_for
 
-__all__ = ["IngestResult", "TemporaryFailure", "dedupe_key", "ingest"]
+__all__ = ["IngestResult", "TemporaryFailure", "dedupe_key", "describe", "ingest", "quarantine"]
 
 log = logging.getLogger("mailgate.ingest")
 
@@ -65,10 +66,10 @@ def ingest(
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
     except Unparseable as exc:
-        return _quarantine(app, raw, source, str(exc), now)
+        return quarantine(app, raw, source, str(exc), now)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
         log.warning("parser failed on a mail from %s", source, exc_info=log.isEnabledFor(logging.DEBUG))
-        return _quarantine(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
+        return quarantine(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
@@ -77,7 +78,7 @@ def ingest(
         raise
     except DataError as exc:
         # The database refuses a value of this mail (SQLSTATE class 22): retrying cannot help.
-        return _quarantine(app, raw, source, f"the database refused a value: {describe(exc)}", now)
+        return quarantine(app, raw, source, f"the database refused a value: {describe(exc)}", now)
     except Exception as exc:
         # One line for the operator (database down, disk full …); the traceback only with -v.
         log.error(
@@ -102,7 +103,7 @@ def ingest(
     return result
 
 
-def _quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) -> IngestResult:
+def quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) -> IngestResult:
     try:
         with app.sessions() as session, session.begin():
             row = Quarantine(raw=raw, reason=reason, source=source, received_at=now)
@@ -158,13 +159,6 @@ def _discard_files(app: App, digests: list[str]) -> None:
 def _is_conflict(exc: OperationalError) -> bool:
     """A deadlock or serialization failure on PostgreSQL: running the transaction again is the cure."""
     return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
-
-
-def describe(exc: BaseException) -> str:
-    """One line about a failure, without the SQL statement and the mail's data it carries."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if str(exc.orig) else ''}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _apply(

@@ -1,8 +1,9 @@
-"""The SMTP (or LMTP) listener: aiosmtpd hands each mail to ingest() and answers after the commit.
+"""The SMTP (or LMTP) listener: aiosmtpd puts each mail into the spool and answers after the commit.
 
 A page, not a subsystem: the protocol stays in aiosmtpd. This module decides which recipients
 we accept (our addresses and their signed plus addresses: never an open relay), how many
-clients may talk at once, and which reply code a stored or failed mail gets.
+clients may talk at once, and which reply code a spooled or failed mail gets. ingest() takes
+the mail from the spool in the daemon's other process (see listener_process.py and why there).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate import tokens
-from mailgate.app import App
+from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
-from mailgate.ingest.pipeline import TemporaryFailure, ingest
+from mailgate.db import describe
+from mailgate.spool import Spool
 
 log = logging.getLogger("mailgate.smtp")
 
-STORED = "250 2.0.0 Stored"
+QUEUED = "250 2.0.0 Queued"
 NO_SUCH_MAILBOX = "550 5.1.1 No such mailbox here"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 TOO_BIG = "552 5.3.4 Message too big for this system"
@@ -33,11 +35,21 @@ BUSY = "421 4.7.0 Too many connections, try again later"
 
 
 class Listener:
-    """State shared by all connections: the app, the worker threads, the connection count."""
+    """State shared by all connections: settings, the spool, its thread, the connection count."""
 
-    def __init__(self, app: App, executor: Executor) -> None:
-        self.app = app
+    def __init__(
+        self,
+        settings: Settings,
+        secret: bytes,
+        spool: Spool,
+        executor: Executor,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.secret = secret
+        self.spool = spool
         self.executor = executor
+        self.on_queued = on_queued  # tells the ingest worker there is mail
         self.connections = 0
         self.in_flight = 0
 
@@ -45,9 +57,9 @@ class Listener:
         """One of our addresses, or one with a plus part that is a token we signed."""
         local, _, domain = address.lower().partition("@")
         base, plus, tag = local.partition("+")
-        if f"{base}@{domain}" not in self.app.settings.addresses.all_own():
+        if f"{base}@{domain}" not in self.settings.addresses.all_own():
             return False
-        return not plus or tokens.verify(self.app.secret, tag) is not None
+        return not plus or tokens.verify(self.secret, tag) is not None
 
     # aiosmtpd handler hooks ---------------------------------------------------------------
 
@@ -66,17 +78,18 @@ class Listener:
         loop = asyncio.get_running_loop()
         self.in_flight += 1
         try:
-            # ingest() blocks on the database: run it on a worker thread, answer after the commit.
-            result = await loop.run_in_executor(
-                self.executor, ingest, self.app, raw, "smtp", envelope.rcpt_tos, envelope.mail_from or ""
+            # The insert blocks on the database: run it on a thread, answer after the commit.
+            spool_id = await loop.run_in_executor(
+                self.executor, self.spool.put, raw, "smtp", envelope.mail_from or "", envelope.rcpt_tos
             )
-        except TemporaryFailure as exc:
-            log.warning("451 to %s: %s", session.peer, exc)
+        except Exception as exc:  # database down or locked, disk full: the client keeps the mail
+            log.warning("451 to %s: %s", session.peer, describe(exc))
             return self._per_recipient(server, envelope, TEMPORARY)
         finally:
             self.in_flight -= 1
-        number = f" as {self.app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
-        return self._per_recipient(server, envelope, f"{STORED} ({result.outcome}{number})")
+        self.on_queued()
+        log.info("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
+        return self._per_recipient(server, envelope, f"{QUEUED} as {spool_id}")
 
     @staticmethod
     def _per_recipient(server: SMTP, envelope: Envelope, reply: str) -> str:

@@ -1,0 +1,115 @@
+"""Mail the SMTP listener spooled goes through ingest() here, one row at a time.
+
+Each row is deleted only after ingest() committed it. A temporary failure (the database is
+down) offers the row again with back-off; a mail that keeps failing goes to quarantine with its
+raw bytes and the last error, where `mailgate quarantine retry` can take it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from mailgate.app import App
+from mailgate.db import describe
+from mailgate.ingest.pipeline import TemporaryFailure, ingest, quarantine
+from mailgate.spool import Spool, Taken
+from mailgate.wakeup import Wakeup
+
+log = logging.getLogger("mailgate.spool")
+
+# Temporary failures before the mail goes to quarantine: with the spool's back-off (at most an
+# hour between attempts) about a day, longer than a database outage should last.
+MAX_ATTEMPTS = 36
+
+
+@dataclass
+class DrainReport:
+    stored: int = 0
+    retried: int = 0
+    quarantined: int = 0
+
+    @property
+    def taken(self) -> int:
+        return self.stored + self.retried + self.quarantined
+
+
+def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
+    """Ingest up to `limit` due spooled mails, oldest first."""
+    report = DrainReport()
+    for entry in spool.take(limit):
+        try:
+            ingest(app, entry.raw, entry.source, entry.envelope_recipients, entry.envelope_sender)
+        except TemporaryFailure as exc:
+            if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
+                report.quarantined += 1
+                continue
+            due = spool.failed(entry, str(exc))
+            log.warning(
+                "spool id=%s not stored yet (%s); again at %s", entry.id, exc, due.isoformat(timespec="seconds")
+            )
+            report.retried += 1
+            continue
+        spool.done(entry.id)
+        report.stored += 1
+    return report
+
+
+def _give_up(app: App, spool: Spool, entry: Taken, error: str) -> bool:
+    reason = f"could not be stored after {entry.attempts + 1} attempts: {error}"
+    try:
+        quarantine(app, entry.raw, entry.source, reason, app.clock.now())
+    except TemporaryFailure:
+        return False  # the quarantine lives in the same database: the row waits in the spool
+    spool.done(entry.id)
+    log.error("spool id=%s quarantined: %s", entry.id, reason)
+    return True
+
+
+class SpoolWorker:
+    """Drains the spool on its own thread: woken by the listener for each mail, and at least
+    every IDLE_SECONDS (another daemon's listener may share a PostgreSQL spool)."""
+
+    IDLE_SECONDS = 10.0
+
+    def __init__(self, app: App, spool: Spool, executor: Executor) -> None:
+        self.app = app
+        self.spool = spool
+        self.executor = executor
+        self.wake_up = Wakeup()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.wake_up.bind()
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            self.wake_up.clear()
+            next_due = None
+            try:
+                report = await loop.run_in_executor(self.executor, drain, self.app, self.spool)
+                if report.stored or report.quarantined:
+                    continue  # there may be more waiting
+                next_due = await loop.run_in_executor(self.executor, self.spool.next_due)
+            except Exception as exc:  # the spool's database is down: keep the loop alive
+                log.warning("spool: %s", describe(exc))
+            delay = self.IDLE_SECONDS
+            if next_due is not None:
+                delay = min(delay, max((next_due - self.spool.clock.now()).total_seconds(), 0.05))
+            await self.wake_up.wait(stop, timeout=delay)
+
+    async def finish(self, deadline: float) -> int:
+        """At shutdown: ingest what is spooled until `deadline` (loop time); returns what is left.
+        What is left is safe in the spool and taken at the next start."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            try:
+                report = await loop.run_in_executor(self.executor, drain, self.app, self.spool, 5)
+            except Exception:
+                break
+            if not report.stored:
+                break
+        try:
+            return await loop.run_in_executor(self.executor, self.spool.count)
+        except Exception:
+            return -1

@@ -1,0 +1,126 @@
+"""The SMTP listener's spool: accepted mail waits here, durable, until ingest() has taken it.
+
+The listener answers 250 as soon as the row is committed, the way an MTA answers once the mail
+is in its queue; a worker then runs ingest() on each row and deletes it after ingest() committed.
+A crash between the two offers the mail again, and dedupe makes that a no-op: never lost, never
+twice. A row whose ingest fails temporarily (the database is down) is retried with back-off; one
+that keeps failing goes to quarantine with its raw bytes and the last error.
+
+On PostgreSQL the spool is a table of the database (any daemon may take the rows); on SQLite it
+is a file of its own beside the database (see Settings.spool_database_url). The spool keeps its
+own wall-clock time: the listener and the worker run in different processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.engine import make_url
+
+from mailgate.clock import Clock, SystemClock
+from mailgate.db import make_engine
+from mailgate.models import SpoolEntry
+
+# A worker that took a row and died gives it back after this long.
+CLAIM_SECONDS = 600
+TABLE = SpoolEntry.__table__
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """1, 2, 4 … seconds, at most an hour: a database outage of minutes costs minutes, not hours."""
+    return timedelta(seconds=min(2 ** max(attempts - 1, 0), 3600))
+
+
+@dataclass
+class Taken:
+    id: int
+    raw: bytes
+    source: str
+    envelope_sender: str
+    envelope_recipients: list[str]
+    attempts: int
+
+
+class Spool:
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+
+    @classmethod
+    def open(cls, url: str, clock: Clock | None = None) -> Spool:
+        engine = make_engine(url)
+        if make_url(url).get_backend_name() == "sqlite":
+            # The separate SQLite spool file is not a migrated database: it holds this one table,
+            # made here. (On PostgreSQL the table comes with the migrations.)
+            TABLE.create(engine, checkfirst=True)
+        return cls(engine, clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def put(self, raw: bytes, source: str, envelope_sender: str, envelope_recipients: Sequence[str]) -> int:
+        """Keep the mail; once this returns, it is safe to answer 250."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    insert(TABLE).returning(TABLE.c.id),
+                    {
+                        "raw": raw,
+                        "source": source[:100],
+                        "envelope_sender": envelope_sender,
+                        "envelope_recipients": list(envelope_recipients),
+                        "received_at": now,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "last_error": "",
+                    },
+                ).scalar_one()
+            )
+
+    def take(self, limit: int) -> list[Taken]:
+        """Claim up to `limit` due rows, oldest first, and commit the claim at once (no lock stays
+        held while they are ingested). SKIP LOCKED: two daemons never take the same row."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(TABLE)
+                .where(TABLE.c.next_attempt_at <= now)
+                .order_by(TABLE.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                conn.execute(
+                    update(TABLE)
+                    .where(TABLE.c.id.in_([r.id for r in rows]))
+                    .values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+                )
+        return [Taken(r.id, r.raw, r.source, r.envelope_sender, list(r.envelope_recipients), r.attempts) for r in rows]
+
+    def done(self, entry_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(TABLE).where(TABLE.c.id == entry_id))
+
+    def failed(self, entry: Taken, error: str) -> datetime:
+        """Offer the row again later; returns when."""
+        attempts = entry.attempts + 1
+        due = self.clock.now() + retry_delay(attempts)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(TABLE)
+                .where(TABLE.c.id == entry.id)
+                .values(attempts=attempts, next_attempt_at=due, last_error=error[:2000])
+            )
+        return due
+
+    def next_due(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(TABLE.c.next_attempt_at).order_by(TABLE.c.next_attempt_at).limit(1)).scalar()
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(TABLE)).scalar_one())

@@ -1,0 +1,115 @@
+"""The listener's spool: a mail answered 250 is kept until ingest() stored it, whatever fails."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+
+from mailgate.app import App
+from mailgate.clock import FixedClock
+from mailgate.ingest.spooled import MAX_ATTEMPTS, drain
+from mailgate.models import Message, Quarantine, Ticket
+from mailgate.spool import Spool, retry_delay
+from tests.conftest import START, make_settings
+from tests.daemon_harness import running_daemon, wait_for
+from tests.mails import mail
+
+
+@pytest.fixture
+def spool(app: App) -> Spool:
+    spool = Spool.open(app.settings.spool_database_url, clock=FixedClock(START))
+    yield spool
+    spool.close()
+
+
+def _count(app: App, model: type) -> int:
+    with app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def _tickets_table_away(app: App, away: bool) -> None:
+    """A real failure inside ingest(): the table it writes to is gone (a migration half done)."""
+    names = ("tickets", "tickets_away") if away else ("tickets_away", "tickets")
+    with app.engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {names[0]} RENAME TO {names[1]}"))
+
+
+def test_a_spooled_mail_waits_out_a_failing_database_and_is_stored_once(app: App, spool: Spool) -> None:
+    raw = mail(message_id="<spooled@client.example.org>")
+    spool.put(raw, "smtp", "dana@example.com", ["support@example.com"])
+    _tickets_table_away(app, True)
+    try:
+        report = drain(app, spool)
+        assert (report.stored, report.retried) == (0, 1)
+        assert spool.count() == 1
+        assert drain(app, spool).taken == 0  # not due again before its back-off
+    finally:
+        _tickets_table_away(app, False)
+    spool.clock.advance(retry_delay(1))
+    assert drain(app, spool).stored == 1
+    assert spool.count() == 0
+    assert _count(app, Ticket) == 1
+    # The worker died after ingest() committed and before it removed the row: offered again,
+    # the mail is recognised and makes no second ticket.
+    spool.put(raw, "smtp", "dana@example.com", ["support@example.com"])
+    assert drain(app, spool).stored == 1
+    assert (_count(app, Ticket), _count(app, Message), spool.count()) == (1, 1, 0)
+
+
+def test_a_mail_that_never_stores_goes_to_quarantine_with_its_bytes(app: App, spool: Spool) -> None:
+    raw = mail(message_id="<hopeless@client.example.org>")
+    spool.put(raw, "smtp", "dana@example.com", ["support@example.com"])
+    _tickets_table_away(app, True)
+    try:
+        for attempt in range(1, MAX_ATTEMPTS):
+            assert drain(app, spool).retried == 1
+            spool.clock.advance(retry_delay(attempt))
+        assert drain(app, spool).quarantined == 1
+    finally:
+        _tickets_table_away(app, False)
+    assert spool.count() == 0
+    with app.sessions() as s:
+        row = s.scalars(select(Quarantine)).one()
+    assert row.raw == raw and row.source == "smtp"
+    assert row.reason.startswith(f"could not be stored after {MAX_ATTEMPTS} attempts:")
+    assert "tickets" in row.reason  # the last error says what failed
+
+
+def test_mail_spooled_before_a_stop_is_ingested_at_the_next_start(tmp_path: Path, db_url: str, clock) -> None:
+    app = App.build(make_settings(tmp_path, db_url, smtp={"host": "127.0.0.1", "port": 0}), clock=clock)
+    left = Spool.open(app.settings.spool_database_url)
+    left.put(mail(subject="left over from the last run"), "smtp", "dana@example.com", ["support@example.com"])
+    left.close()
+    with running_daemon(app):
+        wait_for(lambda: _count(app, Ticket) == 1, timeout=10)
+    with app.sessions() as s:
+        assert s.scalars(select(Ticket.subject)).one() == "left over from the last run"
+    app.close()
+
+
+def test_the_listener_accepts_mail_while_ingest_waits_for_the_sqlite_lock(
+    tmp_path: Path, sqlite_template: Path, clock
+) -> None:
+    """A long write transaction (a report, a migration, a backup) holds SQLite's one write lock:
+    mail is still answered 250 at once, and becomes a ticket when the lock is free."""
+    shutil.copy(sqlite_template, tmp_path / "mailgate.db")
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'mailgate.db'}", smtp={"host": "127.0.0.1", "port": 0})
+    app = App.build(settings, clock=clock)
+    holder = sqlite3.connect(make_url(settings.effective_database_url).database, isolation_level=None)
+    with running_daemon(app) as running:
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
+                for i in range(3):
+                    assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        wait_for(lambda: _count(app, Ticket) == 3, timeout=10)
+    app.close()
