@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -24,7 +26,8 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        _WriterQueue().attach(engine)
+        file = Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
+        _WriterQueue(file).attach(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -48,11 +51,15 @@ class _WriterQueue:
     wrote later could otherwise fail with SQLITE_BUSY when another writer committed in between
     (the busy timeout does not cover that case). Threads of this process wait on a Python lock
     rather than in SQLite's busy handler, which sleeps in steps of up to 100 ms and would let
-    the lock stand idle while writers sleep. Other processes still meet the busy timeout.
+    the lock stand idle while writers sleep. Other processes (the SMTP listener beside the ingest
+    worker, `mailgate ingest` from an MTA beside the daemon) queue on an flock() of a lock file
+    beside the database: the kernel wakes the next one the moment the lock is free.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, database: Path | None = None) -> None:
         self.lock = threading.Lock()
+        self.lock_file = database.with_name(database.name + ".writer-lock") if database else None
+        self._fd: int | None = None
 
     def attach(self, engine: Engine) -> None:
         event.listen(engine, "begin", self.begin)
@@ -64,6 +71,7 @@ class _WriterQueue:
         self.lock.acquire()
         connection.info[_HOLDS_LOCK] = True
         try:
+            self._lock_file(fcntl.LOCK_EX)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             self.end(connection)
@@ -71,12 +79,26 @@ class _WriterQueue:
 
     def end(self, connection: Connection) -> None:
         if connection.info.pop(_HOLDS_LOCK, False):
-            self.lock.release()
+            self._release()
 
     def on_reset(self, _dbapi_connection: object, record: object, _state: object = None) -> None:
         # A connection returned to the pool without commit or rollback events: never keep the lock.
         info = getattr(record, "info", {})
         if info.pop(_HOLDS_LOCK, False):
+            self._release()
+
+    def _lock_file(self, operation: int) -> None:
+        if self.lock_file is None:
+            return
+        if self._fd is None:
+            self._fd = os.open(self.lock_file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._fd, operation)  # waits with the GIL released
+
+    def _release(self) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
             self.lock.release()
 
 

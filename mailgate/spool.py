@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import make_url
@@ -63,23 +64,29 @@ class Spool:
 
     def put(self, raw: bytes, source: str, envelope_sender: str, envelope_recipients: Sequence[str]) -> int:
         """Keep the mail; once this returns, it is safe to answer 250."""
+        row = {"raw": raw, "source": source, "sender": envelope_sender, "recipients": list(envelope_recipients)}
+        return self.put_many([row])[0]
+
+    def put_many(self, mails: Sequence[dict[str, Any]]) -> list[int]:
+        """Keep several mails in one transaction (keys raw, source, sender, recipients); their ids
+        in the same order."""
         now = self.clock.now()
+        rows = [
+            {
+                "raw": mail["raw"],
+                "source": mail["source"][:100],
+                "envelope_sender": mail["sender"],
+                "envelope_recipients": mail["recipients"],
+                "received_at": now,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "last_error": "",
+            }
+            for mail in mails
+        ]
         with self.engine.begin() as conn:
-            return int(
-                conn.execute(
-                    insert(TABLE).returning(TABLE.c.id),
-                    {
-                        "raw": raw,
-                        "source": source[:100],
-                        "envelope_sender": envelope_sender,
-                        "envelope_recipients": list(envelope_recipients),
-                        "received_at": now,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "last_error": "",
-                    },
-                ).scalar_one()
-            )
+            result = conn.execute(insert(TABLE).returning(TABLE.c.id, sort_by_parameter_order=True), rows)
+            return [int(i) for i in result.scalars()]
 
     def take(self, limit: int) -> list[Taken]:
         """Claim up to `limit` due rows, oldest first, and commit the claim at once (no lock stays
@@ -101,9 +108,11 @@ class Spool:
                 )
         return [Taken(r.id, r.raw, r.source, r.envelope_sender, list(r.envelope_recipients), r.attempts) for r in rows]
 
-    def done(self, entry_id: int) -> None:
+    def done(self, *entry_ids: int) -> None:
+        if not entry_ids:
+            return
         with self.engine.begin() as conn:
-            conn.execute(delete(TABLE).where(TABLE.c.id == entry_id))
+            conn.execute(delete(TABLE).where(TABLE.c.id.in_(entry_ids)))
 
     def failed(self, entry: Taken, error: str) -> datetime:
         """Offer the row again later; returns when."""

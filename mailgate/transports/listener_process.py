@@ -27,6 +27,7 @@ from mailgate.config import Settings
 from mailgate.db import describe
 from mailgate.spool import Spool
 from mailgate.transports import smtp
+from mailgate.transports.group_commit import GroupCommit
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -115,8 +116,8 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
     except Exception as exc:
         conn.send(("error", f"cannot open the spool: {describe(exc)}"))
         return
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
-    listener = smtp.Listener(settings, secret, spool, executor, on_queued=lambda: _tell(conn))
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+    listener = smtp.Listener(settings, secret, GroupCommit(spool, executor, on_written=lambda: _tell(conn)))
     try:
         server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
     except Exception as exc:  # the port is taken, a certificate unreadable …

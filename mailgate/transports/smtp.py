@@ -13,7 +13,6 @@ import hmac
 import logging
 import ssl
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -23,7 +22,7 @@ from mailgate import tokens
 from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
 from mailgate.db import describe
-from mailgate.spool import Spool
+from mailgate.transports.group_commit import GroupCommit
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -35,21 +34,17 @@ BUSY = "421 4.7.0 Too many connections, try again later"
 
 
 class Listener:
-    """State shared by all connections: settings, the spool, its thread, the connection count."""
+    """State shared by all connections: settings, the spool, the connection count."""
 
     def __init__(
         self,
         settings: Settings,
         secret: bytes,
-        spool: Spool,
-        executor: Executor,
-        on_queued: Callable[[], None] = lambda: None,
+        spool: GroupCommit,
     ) -> None:
         self.settings = settings
         self.secret = secret
         self.spool = spool
-        self.executor = executor
-        self.on_queued = on_queued  # tells the ingest worker there is mail
         self.connections = 0
         self.in_flight = 0
 
@@ -75,20 +70,17 @@ class Listener:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
-        loop = asyncio.get_running_loop()
         self.in_flight += 1
         try:
-            # The insert blocks on the database: run it on a thread, answer after the commit.
-            spool_id = await loop.run_in_executor(
-                self.executor, self.spool.put, raw, "smtp", envelope.mail_from or "", envelope.rcpt_tos
-            )
+            # Answer after the commit; mails arriving meanwhile share the next one.
+            spool_id = await self.spool.put(raw, "smtp", envelope.mail_from or "", envelope.rcpt_tos)
         except Exception as exc:  # database down or locked, disk full: the client keeps the mail
             log.warning("451 to %s: %s", session.peer, describe(exc))
             return self._per_recipient(server, envelope, TEMPORARY)
         finally:
             self.in_flight -= 1
-        self.on_queued()
-        log.info("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
+        # One line per mail comes from ingest(), with its Message-ID and ticket.
+        log.debug("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {spool_id}")
 
     @staticmethod

@@ -1,0 +1,59 @@
+"""Group commit: mails that arrive while the spool is committing are written in the next single
+transaction. With eight clients sending at once, one commit (and, on SQLite, one turn of the
+write lock) then serves several mails instead of one; a lone client waits for no one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from mailgate.spool import Spool
+
+Pending = list[tuple[dict[str, Any], asyncio.Future[int]]]
+
+
+class GroupCommit:
+    def __init__(
+        self, spool: Spool, executor: Executor, on_written: Callable[[], None] = lambda: None, max_batch: int = 64
+    ) -> None:
+        self.spool = spool
+        self.executor = executor
+        self.on_written = on_written  # tells the ingest worker there is mail, once per batch
+        self.max_batch = max_batch
+        self._waiting: Pending = []
+        self._writing = False
+
+    async def put(self, raw: bytes, source: str, envelope_sender: str, envelope_recipients: Sequence[str]) -> int:
+        """The spool id once the mail is committed; the exception of the batch if it failed."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        row = {"raw": raw, "source": source, "sender": envelope_sender, "recipients": list(envelope_recipients)}
+        self._waiting.append((row, future))
+        if not self._writing:
+            self._write_next()
+        return await future
+
+    def _write_next(self) -> None:
+        batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        self._writing = True
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self.executor, self.spool.put_many, [row for row, _ in batch])
+        job.add_done_callback(lambda done: self._written(batch, done))
+
+    def _written(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]], done: asyncio.Future[list[int]]
+    ) -> None:
+        self._writing = False
+        error = done.exception()
+        if error is None:
+            self.on_written()
+        for index, (_, future) in enumerate(batch):
+            if future.done():  # the client went away meanwhile
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result()[index])
+        if self._waiting:
+            self._write_next()
