@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +102,9 @@ def _child_main(settings: Settings, secret: bytes, conn: Connection, levels: tup
     logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mailgate").setLevel(levels[1])
     logging.getLogger("mail.log").setLevel(levels[2])
+    # The spool thread, back from its commit, waits for the GIL until the busy event loop lets go:
+    # by default up to 5 ms, which would bound a batch to that. A short interval keeps it short.
+    sys.setswitchinterval(0.0005)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, secret, conn))
 
@@ -125,6 +130,7 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         spool.close()
         return
     conn.send(("ready", server.sockets[0].getsockname()[1]))
+    os.set_blocking(conn.fileno(), False)
     await stop.wait()
     server.close()
     deadline = loop.time() + GRACE_SECONDS
@@ -135,5 +141,7 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
 
 
 def _tell(conn: Connection) -> None:
-    with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+    # Never block the event loop on the pipe: a full pipe means the parent has wake-ups waiting
+    # already. (An empty message is 4 bytes, below PIPE_BUF: written whole or not at all.)
+    with contextlib.suppress(OSError):  # BlockingIOError, or the parent is gone: nobody to tell
         conn.send_bytes(b"")
