@@ -333,6 +333,30 @@ def messages_show(ctx: Context, mid: int) -> None:
     _with_session(ctx, show)
 
 
+# -- spool ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def spool() -> None:
+    """Mail the SMTP listener accepted that ingest() has not taken yet."""
+
+
+@spool.command("list")
+@pass_ctx
+def spool_list(ctx: Context) -> None:
+    """What waits in the spool, oldest first; a failing mail shows its attempts and last error."""
+    from mailgate.spool import Spool
+
+    queue = Spool.open(ctx.settings.spool_database_url)
+    try:
+        total = queue.count()
+        _print(queue.lines() or ["spool is empty"])
+        if total > 200:
+            click.echo(f"… {total} in all")
+    finally:
+        queue.close()
+
+
 # -- quarantine -------------------------------------------------------------------------------
 
 

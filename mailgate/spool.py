@@ -130,6 +130,19 @@ class Spool:
         with self.engine.connect() as conn:
             return conn.execute(select(TABLE.c.next_attempt_at).order_by(TABLE.c.next_attempt_at).limit(1)).scalar()
 
+    def lines(self, limit: int = 200) -> list[str]:
+        """What waits, oldest first, one line each (for `mailgate spool list`)."""
+        columns = [TABLE.c[name] for name in ("id", "received_at", "attempts", "next_attempt_at", "last_error")]
+        columns += [TABLE.c.envelope_sender, TABLE.c.envelope_recipients]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*columns).order_by(TABLE.c.id).limit(limit)).all()
+        return [
+            f"{r.id:>6}  received {r.received_at:%Y-%m-%d %H:%M:%S}  <{r.envelope_sender}> -> "
+            f"{', '.join(r.envelope_recipients)}"
+            + (f"  attempts {r.attempts}, next {r.next_attempt_at:%H:%M:%S}: {r.last_error}" if r.attempts else "")
+            for r in rows
+        ]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(TABLE)).scalar_one())

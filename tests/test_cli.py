@@ -167,3 +167,20 @@ def test_outbox_flush_delivers_to_the_local_maildir(workdir: Path) -> None:
     assert subjects[0] == "[HD #1] New: Printer on 3rd floor jams — Dana Smith"
     assert subjects[1] == "[HD #1] Printer on 3rd floor jams"
     assert "sent 0" in out(run(workdir, "outbox", "flush"))  # nothing is delivered twice
+
+
+def test_spool_list_shows_what_waits_and_why(workdir: Path) -> None:
+    from mailgate.config import load_settings
+    from mailgate.spool import Spool
+
+    assert out(run(workdir, "spool", "list")).strip() == "spool is empty"
+    queue = Spool.open(load_settings(workdir / "mailgate.toml").spool_database_url)
+    waiting = queue.put(mail(), "smtp", "dana@example.com", ["support@example.com"])
+    failing = queue.put(mail(), "smtp", "erin@example.com", ["support@example.com"])
+    (taken,) = [t for t in queue.take(10) if t.id == failing]
+    queue.failed(taken, "OperationalError: disk I/O error")
+    queue.close()
+    lines = out(run(workdir, "spool", "list")).splitlines()
+    assert [line.split()[0] for line in lines] == [str(waiting), str(failing)]
+    assert "<dana@example.com> -> support@example.com" in lines[0] and "attempts" not in lines[0]
+    assert "attempts 1" in lines[1] and "disk I/O error" in lines[1]

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from mailgate.app import App
@@ -155,3 +156,39 @@ def test_imap_poll_reads_a_mailbox_once_from_the_command_line(tmp_path: Path) ->
         assert "support: no new mail" in again.stdout
         wrong = subprocess.run([*command, "imap", "poll", "sales"], capture_output=True, text=True, env=env)
         assert wrong.returncode == 1 and "no [[imap]] mailbox named sales" in wrong.stderr
+
+
+def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path: Path) -> None:
+    """Never a daemon that looks alive but takes no mail: systemd's Restart=on-failure starts anew."""
+    port = free_port()
+    db = tmp_path / "mailgate.db"
+    (tmp_path / "mailgate.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "listener-dies-secret"\n'
+        f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    upgrade(f"sqlite:///{db}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "run"],
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        _wait_listening(port, process)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        listener = [int(pid) for pid in children if "spawn_main" in _cmdline(int(pid))]
+        assert len(listener) == 1, children
+        os.kill(listener[0], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1
+    assert "the SMTP listener process exited unexpectedly" in stderr.decode()
+    with smtplib.SMTP() as client, pytest.raises(OSError):
+        client.connect("127.0.0.1", port)  # nobody listens any more
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
