@@ -8,10 +8,7 @@ raw bytes and the last error, where `mailgate quarantine retry` can take it up a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -86,7 +83,6 @@ class SpoolWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self.wake_up.bind()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, _yield_cpu_to_the_listener)
         while not stop.is_set():
             self.wake_up.clear()
             next_due = None
@@ -117,11 +113,3 @@ class SpoolWorker:
             return await loop.run_in_executor(self.executor, self.spool.count)
         except Exception:
             return -1
-
-
-def _yield_cpu_to_the_listener() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread). Under a burst the
-    listener, which clients wait on, gets the CPU first; the spooled mail is safe and is
-    ingested as soon as the listener lets go."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)
