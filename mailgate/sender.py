@@ -7,7 +7,6 @@ acknowledgement leaves within a second, not at the next minute.
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import Executor
 from datetime import datetime
 
@@ -16,9 +15,7 @@ from sqlalchemy import func, select
 from mailgate.app import App
 from mailgate.models import Outbox, OutboxState
 from mailgate.outbox import FlushReport, Transport, deliver_due
-from mailgate.wakeup import Wakeup
-
-log = logging.getLogger("mailgate.sender")
+from mailgate.wakeup import Wakeup, work_loop
 
 IDLE_SECONDS = 30.0  # look again at least this often (another daemon may have queued mail)
 
@@ -32,21 +29,11 @@ class Sender:
         self.wake_up = Wakeup()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.wake_up.bind()
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            self.wake_up.clear()
-            try:
-                report, next_due = await loop.run_in_executor(self.executor, self._deliver)
-            except Exception as exc:  # the database is down: keep the loop alive, try again later
-                log.warning("outbox delivery failed: %s: %s", type(exc).__name__, exc)
-                report, next_due = FlushReport(), None
-            if report.sent + report.retried + report.dead:
-                continue  # there may be more due right away
-            delay = IDLE_SECONDS
-            if next_due is not None:
-                delay = min(delay, max((next_due - self.app.clock.now()).total_seconds(), 0.05))
-            await self.wake_up.wait(stop, timeout=delay)
+        await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
+
+    def _round(self) -> tuple[bool, datetime | None]:
+        report, next_due = self._deliver()
+        return bool(report.sent + report.retried + report.dead), next_due
 
     def _deliver(self) -> tuple[FlushReport, datetime | None]:
         settings = self.app.settings

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import datetime
+
+from mailgate.db import describe
+
+log = logging.getLogger("mailgate")
+
+# One round of work: did it do any (then go again at once), and when is the next thing due.
+Round = Callable[[], tuple[bool, datetime | None]]
 
 
 class Wakeup:
@@ -40,3 +51,32 @@ class Wakeup:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+
+async def work_loop(
+    wake_up: Wakeup,
+    stop: asyncio.Event,
+    executor: Executor,
+    one_round: Round,
+    now: Callable[[], datetime],
+    idle_seconds: float,
+    what: str,
+) -> None:
+    """Run `one_round` on `executor` until `stop`: again at once while it finds work, otherwise
+    after a wake-up, at the next due time, or after `idle_seconds` (another daemon may have
+    queued work). A failing round (the database is down) is logged and tried again later."""
+    wake_up.bind()
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        wake_up.clear()
+        next_due = None
+        try:
+            busy, next_due = await loop.run_in_executor(executor, one_round)
+            if busy:
+                continue
+        except Exception as exc:
+            log.warning("%s round failed, trying again later: %s", what, describe(exc))
+        delay = idle_seconds
+        if next_due is not None:
+            delay = min(delay, max((next_due - now()).total_seconds(), 0.05))
+        await wake_up.wait(stop, timeout=delay)

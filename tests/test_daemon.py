@@ -37,21 +37,23 @@ def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 20) -
     raise AssertionError("daemon did not start listening")
 
 
-def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: Path) -> None:
+def _start_daemon(tmp_path: Path, stderr: object) -> tuple[subprocess.Popen, int]:
+    """`mailgate run` on a SQLite database of its own, listening on a port picked here."""
     port = free_port()
     db = tmp_path / "mailgate.db"
     (tmp_path / "mailgate.toml").write_text(
-        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "sigterm-test-secret"\n'
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "daemon-test-secret"\n'
         f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
     )
     upgrade(f"sqlite:///{db}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    command = [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "run"]
+    return subprocess.Popen(command, stderr=stderr, env=env), port
+
+
+def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: Path) -> None:
     log = (tmp_path / "daemon.log").open("wb")  # a file, not a pipe: a full pipe would stall the daemon
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "run"],
-        stderr=log,
-        env=env,
-    )
+    process, port = _start_daemon(tmp_path, log)
     accepted: list[str] = []
     lock = threading.Lock()
     stop_sending = threading.Event()
@@ -160,19 +162,7 @@ def test_imap_poll_reads_a_mailbox_once_from_the_command_line(tmp_path: Path) ->
 
 def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path: Path) -> None:
     """Never a daemon that looks alive but takes no mail: systemd's Restart=on-failure starts anew."""
-    port = free_port()
-    db = tmp_path / "mailgate.db"
-    (tmp_path / "mailgate.toml").write_text(
-        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "listener-dies-secret"\n'
-        f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
-    )
-    upgrade(f"sqlite:///{db}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "run"],
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+    process, port = _start_daemon(tmp_path, subprocess.PIPE)
     try:
         _wait_listening(port, process)
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()

@@ -11,12 +11,12 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import datetime
 
 from mailgate.app import App
-from mailgate.db import describe
 from mailgate.ingest.pipeline import TemporaryFailure, ingest, quarantine
 from mailgate.spool import Spool, Taken
-from mailgate.wakeup import Wakeup
+from mailgate.wakeup import Wakeup, work_loop
 
 log = logging.getLogger("mailgate.spool")
 
@@ -81,22 +81,15 @@ class SpoolWorker:
         self.wake_up = Wakeup()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.wake_up.bind()
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            self.wake_up.clear()
-            next_due = None
-            try:
-                report = await loop.run_in_executor(self.executor, drain, self.app, self.spool)
-                if report.stored or report.quarantined:
-                    continue  # there may be more waiting
-                next_due = await loop.run_in_executor(self.executor, self.spool.next_due)
-            except Exception as exc:  # the spool's database is down: keep the loop alive
-                log.warning("spool: %s", describe(exc))
-            delay = self.IDLE_SECONDS
-            if next_due is not None:
-                delay = min(delay, max((next_due - self.spool.clock.now()).total_seconds(), 0.05))
-            await self.wake_up.wait(stop, timeout=delay)
+        await work_loop(
+            self.wake_up, stop, self.executor, self._round, self.spool.clock.now, self.IDLE_SECONDS, "spool"
+        )
+
+    def _round(self) -> tuple[bool, datetime | None]:
+        report = drain(self.app, self.spool)
+        if report.stored or report.quarantined:
+            return True, None  # there may be more waiting
+        return False, self.spool.next_due()
 
     async def finish(self, deadline: float) -> int:
         """At shutdown: ingest what is spooled until `deadline` (loop time); returns what is left.
