@@ -447,8 +447,11 @@ def outbox_flush(ctx: Context) -> None:
     app = ctx.app()
     settings = app.settings
     transport = transport_for(settings.outgoing, settings.outgoing_maildir)
-    with app.sessions() as session:
-        report = deliver_due(session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000)
+    try:
+        with app.sessions() as session:
+            report = deliver_due(session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000)
+    finally:
+        transport.close()
     where = f"relay {settings.outgoing.relay_host}" if settings.outgoing.relay_host else settings.outgoing_maildir
     click.echo(f"sent {report.sent}, will retry {report.retried}, dead {report.dead} (to {where})")
 

@@ -99,9 +99,15 @@ def queue(
     secret: bytes,
     mail: Outgoing,
     now: datetime,
+    *,
+    ticket_is_new: bool = False,
 ) -> Outbox | None:
-    """Render `mail` and add it to the outbox; None if this occasion was already queued."""
-    if session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)) is not None:
+    """Render `mail` and add it to the outbox; None if this occasion was already queued.
+
+    ticket_is_new: the ticket was opened in this transaction, so nothing can have been queued
+    for it yet (saves a query on every new ticket).
+    """
+    if not ticket_is_new and session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)):
         return None
     if mail.to.undeliverable_since is not None:
         log.info("not queuing %s for ticket %s: %s is undeliverable", mail.kind, mail.ticket.number, mail.to.address)
@@ -157,6 +163,5 @@ def queue(
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(row)
-    session.flush()
+    session.add(row)  # written with the rest of the transaction: one INSERT for all its outbox rows
     return row

@@ -34,6 +34,9 @@ class PermanentFailure(Exception):
 class Transport(Protocol):
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None: ...
 
+    def close(self) -> None:
+        """Let go of any connection; the next deliver() opens a new one."""
+
 
 def _header(name: str, value: str) -> bytes:
     if "\r" in value or "\n" in value:
@@ -74,28 +77,38 @@ class MaildirSink:
         box = mailbox.Maildir(self.path, create=True)
         box.add(data)
 
+    def close(self) -> None:
+        pass
+
 
 class SmtpRelay:
-    """Delivers through the configured relay, keeping one connection open for a batch."""
+    """Delivers through the configured relay, keeping one connection open while there is mail
+    to deliver; the caller closes it when the queue is empty."""
 
     def __init__(self, settings: OutgoingSettings, timeout: float = 30) -> None:
         self.settings = settings
         self.timeout = timeout
         self._client: smtplib.SMTP | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        # Made once: loading the system's CA certificates costs more than delivering a mail.
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     def connect(self) -> smtplib.SMTP:
         """A logged-in connection to the relay (also used by check-config)."""
         s = self.settings
-        context = ssl.create_default_context()
         client: smtplib.SMTP
         if s.relay_security == "tls":
-            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=context)
+            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=self.tls_context())
         else:
             client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=self.timeout)
         try:
             client.ehlo()
             if s.relay_security == "starttls":
-                client.starttls(context=context)
+                client.starttls(context=self.tls_context())
                 client.ehlo()
             if s.relay_user:
                 client.login(s.relay_user, s.relay_password)
@@ -190,19 +203,25 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[Outbox]:
     return rows
 
 
+# Outcomes are committed this many rows at a time: one write per mail would make the sender
+# queue for the database's write lock as often as ingest() does. If the process dies between a
+# delivery and its commit, those few mails go out again after CLAIM_SECONDS (never zero times).
+COMMIT_EVERY = 10
+
+
 def deliver_due(
     session: Session, transport: Transport, now: datetime, max_attempts: int, limit: int = 100
 ) -> FlushReport:
-    """Deliver up to `limit` due rows; the outcome of each is committed as soon as it is known."""
+    """Deliver up to `limit` due rows over `transport` (left open for the next call)."""
     report = FlushReport()
+    rows = claim_due(session, now, limit)
     try:
-        for row in claim_due(session, now, limit):
+        for done, row in enumerate(rows, start=1):
             _attempt(session, transport, row, now, max_attempts, report)
-            session.commit()
+            if done % COMMIT_EVERY == 0:
+                session.commit()
     finally:
-        close = getattr(transport, "close", None)
-        if close is not None:
-            close()
+        session.commit()  # what was delivered before a failure stays delivered
     return report
 
 

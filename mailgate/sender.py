@@ -7,6 +7,7 @@ acknowledgement leaves within a second, not at the next minute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import Executor
 from datetime import datetime
 
@@ -29,11 +30,22 @@ class Sender:
         self.wake_up = Wakeup()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
+        try:
+            await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.transport.close)
 
     def _round(self) -> tuple[bool, datetime | None]:
-        report, next_due = self._deliver()
-        return bool(report.sent + report.retried + report.dead), next_due
+        try:
+            report, next_due = self._deliver()
+        except BaseException:
+            self.transport.close()
+            raise
+        busy = bool(report.sent + report.retried + report.dead)
+        if not busy:
+            self.transport.close()  # nothing more for now: no idle connection for the relay to drop
+        return busy, next_due
 
     def _deliver(self) -> tuple[FlushReport, datetime | None]:
         settings = self.app.settings

@@ -60,13 +60,16 @@ def record(
     return event
 
 
-def add_participant(session: Session, ticket: Ticket, person: Person, role: str) -> None:
-    exists = session.scalar(
-        select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
-    )
-    if exists is None:
-        session.add(Participant(ticket_id=ticket.id, person_id=person.id, role=role))
-        session.flush()
+def add_participant(session: Session, ticket: Ticket, person: Person, role: str, *, new_ticket: bool = False) -> None:
+    """`person` takes part in `ticket` from now on (a no-op when they already do). new_ticket:
+    the ticket was opened in this transaction and `person` was not added yet: no query needed."""
+    if not new_ticket:
+        exists = session.scalar(
+            select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
+        )
+        if exists is not None:
+            return
+    session.add(Participant(ticket_id=ticket.id, person_id=person.id, role=role))
 
 
 def create_ticket(
@@ -93,7 +96,7 @@ def create_ticket(
     )
     session.add(ticket)
     session.flush()
-    add_participant(session, ticket, requester, "requester")
+    add_participant(session, ticket, requester, "requester", new_ticket=True)
     record(
         session,
         ticket,

@@ -23,11 +23,19 @@ class CapturingRelay:
 
     reply: str = "250 OK"
     received: list[Envelope] = field(default_factory=list)
+    connections: list[int] = field(default_factory=list)  # one entry per session that sent mail
+    quits: int = 0
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if id(session) not in self.connections:
+            self.connections.append(id(session))
         if self.reply.startswith("250"):
             self.received.append(envelope)
         return self.reply
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
 
 
 @contextmanager

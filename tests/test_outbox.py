@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import email
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.policy import default
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Event, Outbox, OutboxState
-from mailgate.outbox import MaildirSink, SmtpRelay, deliver_due
+from mailgate.outbox import FlushReport, MaildirSink, SmtpRelay, deliver_due
 from tests.conftest import make_settings
 from tests.mails import mail
 from tests.smtp_peers import free_port, relay
 
 
-def _relay_transport(app: App, port: int) -> SmtpRelay:
+def _via_relay(app: App, session: Session, port: int, now: datetime, max_attempts: int) -> FlushReport:
+    """One sender round through the relay on `port`, its connection closed afterwards."""
     settings = make_settings(
         app.settings.data_dir.parent,
         app.settings.database_url,
         outgoing={"relay_host": "127.0.0.1", "relay_port": port},
     )
-    return SmtpRelay(settings.outgoing, timeout=5)
+    transport = SmtpRelay(settings.outgoing, timeout=5)
+    try:
+        return deliver_due(session, transport, now, max_attempts)
+    finally:
+        transport.close()
 
 
 def _rows(app: App) -> list[Outbox]:
@@ -34,8 +40,8 @@ def _rows(app: App) -> list[Outbox]:
 def test_queued_mail_reaches_the_relay_once(app: App) -> None:
     ingest(app, mail(subject="Grüße: Drucker"), "smtp")
     with relay() as (handler, port), app.sessions() as session:
-        report = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
-        again = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
+        report = _via_relay(app, session, port, app.clock.now(), max_attempts=5)
+        again = _via_relay(app, session, port, app.clock.now(), max_attempts=5)
     assert (report.sent, again.sent) == (2, 0)
     assert sorted(e.rcpt_tos[0] for e in handler.received) == ["dana@example.com", "dispatch@example.com"]
     ack = next(e for e in handler.received if e.rcpt_tos == ["dana@example.com"])
@@ -49,7 +55,7 @@ def test_queued_mail_reaches_the_relay_once(app: App) -> None:
 def test_permanent_refusal_marks_the_row_dead_with_an_event(app: App) -> None:
     ingest(app, mail(), "smtp")
     with relay("550 5.1.1 no such user") as (_, port), app.sessions() as session:
-        report = deliver_due(session, _relay_transport(app, port), app.clock.now(), max_attempts=5)
+        report = _via_relay(app, session, port, app.clock.now(), max_attempts=5)
     assert report.dead == 2
     rows = _rows(app)
     assert all(r.state == OutboxState.DEAD and "550" in r.last_error for r in rows)
@@ -61,15 +67,15 @@ def test_relay_down_retries_with_back_off_then_delivers(app: App, clock) -> None
     ingest(app, mail(), "smtp")
     port = free_port()  # nothing listens here yet
     with app.sessions() as session:
-        report = deliver_due(session, _relay_transport(app, port), clock.now(), max_attempts=5)
+        report = _via_relay(app, session, port, clock.now(), max_attempts=5)
     assert report.retried == 2
     rows = _rows(app)
     assert all(r.state == OutboxState.QUEUED and r.attempts == 1 for r in rows)
     assert all(r.next_attempt_at == clock.now() + timedelta(minutes=1) for r in rows)
     with relay() as (handler, relay_port), app.sessions() as session:
-        assert deliver_due(session, _relay_transport(app, relay_port), clock.now(), 5).sent == 0  # not due yet
+        assert _via_relay(app, session, relay_port, clock.now(), 5).sent == 0  # not due yet
         clock.advance(timedelta(minutes=1))
-        assert deliver_due(session, _relay_transport(app, relay_port), clock.now(), 5).sent == 2
+        assert _via_relay(app, session, relay_port, clock.now(), 5).sent == 2
     assert len(handler.received) == 2
 
 
@@ -78,7 +84,7 @@ def test_too_many_attempts_mark_the_row_dead(app: App, clock) -> None:
     port = free_port()
     with app.sessions() as session:
         for _ in range(3):
-            deliver_due(session, _relay_transport(app, port), clock.now(), max_attempts=3)
+            _via_relay(app, session, port, clock.now(), max_attempts=3)
             clock.advance(timedelta(hours=6))
     assert all(r.state == OutboxState.DEAD and "gave up after 3 attempts" in r.last_error for r in _rows(app))
 
@@ -109,3 +115,27 @@ def test_a_claimed_row_is_not_taken_by_a_second_sender(app: App, clock) -> None:
         assert claim_due(second, clock.now(), limit=10) == []
         clock.advance(timedelta(seconds=CLAIM_SECONDS + 1))  # the first sender died mid-delivery
         assert len(claim_due(second, clock.now(), limit=10)) == 2
+
+
+def test_the_daemon_sends_a_burst_over_one_relay_connection_and_quits_when_done(tmp_path, db_url: str, clock) -> None:
+    """A relay sees one connection for a burst of acknowledgements, not one per round, and no
+    connection left open once the queue is empty (relays drop idle clients)."""
+    from tests.daemon_harness import running_daemon, wait_for
+
+    with relay() as (handler, port):
+        settings = make_settings(
+            tmp_path,
+            db_url,
+            smtp={"enabled": False},
+            outgoing={"relay_host": "127.0.0.1", "relay_port": port},
+        )
+        app = App.build(settings, clock=clock)
+        for i in range(60):  # 120 mails: more than one round of the sender
+            ingest(app, mail(sender=f"User {i} <user{i}@example.com>", subject=f"problem {i}"), "smtp")
+        with running_daemon(app):
+            wait_for(lambda: len(handler.received) == 120)
+            wait_for(lambda: handler.quits == 1)
+        rows = _rows(app)
+        app.close()
+    assert len(handler.connections) == 1
+    assert [r.state for r in rows] == [OutboxState.SENT] * 120

@@ -39,7 +39,7 @@ def queue_acknowledgement(session: Session, app: App, ticket: Ticket, item: Inco
     outgoing = Outgoing(
         "ack", f"ack:{ticket.number}", ticket, item.sender, "ack", context, in_reply_to=item.mail.message_id
     )
-    queue(session, app.settings, app.templates, app.secret, outgoing, item.now)
+    queue(session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
 
 
 def queue_dispatcher_notice(
@@ -65,4 +65,4 @@ def queue_dispatcher_notice(
     outgoing = Outgoing(
         "dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, dispatcher, "dispatcher_new", context
     )
-    queue(session, settings, app.templates, app.secret, outgoing, item.now)
+    queue(session, settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)

@@ -268,8 +268,8 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
         now=now,
         first_response_due=now + timedelta(hours=settings.tickets.first_response_hours[priority]),
     )
-    for person in copied:
-        tickets.add_participant(session, ticket, person, "cc")
+    for person in {p.id: p for p in copied if p.id != sender.id}.values():  # each once, in order
+        tickets.add_participant(session, ticket, person, "cc", new_ticket=True)
     why_linked = ""
     if linked is not None:
         follow_up = linked.requester_id == sender.id

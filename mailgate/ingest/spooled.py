@@ -42,21 +42,27 @@ class DrainReport:
 def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
     """Ingest up to `limit` due spooled mails, oldest first."""
     report = DrainReport()
-    for entry in spool.take(limit):
-        try:
-            ingest(app, entry.raw, entry.source, entry.envelope_recipients, entry.envelope_sender)
-        except TemporaryFailure as exc:
-            if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
-                report.quarantined += 1
+    stored: list[int] = []
+    try:
+        for entry in spool.take(limit):
+            try:
+                ingest(app, entry.raw, entry.source, entry.envelope_recipients, entry.envelope_sender)
+            except TemporaryFailure as exc:
+                if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
+                    report.quarantined += 1
+                    continue
+                due = spool.failed(entry, str(exc))
+                log.warning(
+                    "spool id=%s not stored yet (%s); again at %s", entry.id, exc, due.isoformat(timespec="seconds")
+                )
+                report.retried += 1
                 continue
-            due = spool.failed(entry, str(exc))
-            log.warning(
-                "spool id=%s not stored yet (%s); again at %s", entry.id, exc, due.isoformat(timespec="seconds")
-            )
-            report.retried += 1
-            continue
-        spool.done(entry.id)
-        report.stored += 1
+            stored.append(entry.id)
+            report.stored += 1
+    finally:
+        # One write for the batch: the listener writes the same spool for every mail it accepts.
+        # Rows of a crashed batch come back, and dedupe makes them no-ops.
+        spool.done(*stored)
     return report
 
 
