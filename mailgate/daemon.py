@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -69,8 +70,8 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
     settings = app.settings
     running = Running()
     # Each loop has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
-    ingest_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-ingest")
-    sender_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sender")
+    ingest_thread = ThreadPoolExecutor(1, "mailgate-ingest", initializer=_yield_cpu_to_the_listener)
+    sender_thread = ThreadPoolExecutor(1, "mailgate-sender", initializer=_yield_cpu_to_the_listener)
     stop_threads = threading.Event()
     tasks: dict[str, asyncio.Task[None]] = {}
     failure: list[str] = []
@@ -163,3 +164,11 @@ async def _shutdown(
 
 def run(app: App) -> None:
     asyncio.run(serve(app))
+
+
+def _yield_cpu_to_the_listener() -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread). Under a burst
+    the listener, which clients wait on, gets the CPU first; spooled mail is safe and is
+    ingested and answered as soon as the listener lets go."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)

@@ -8,10 +8,7 @@ raw bytes and the last error, where `mailgate quarantine retry` can take it up a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,7 +87,6 @@ class SpoolWorker:
         self.wake_up = Wakeup()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, _yield_cpu_to_the_listener)
         await work_loop(
             self.wake_up, stop, self.executor, self._round, self.spool.clock.now, self.IDLE_SECONDS, "spool"
         )
@@ -116,12 +112,3 @@ class SpoolWorker:
             return await loop.run_in_executor(self.executor, self.spool.count)
         except Exception:
             return -1
-
-
-def _yield_cpu_to_the_listener() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread). Under a burst the
-    listener, which clients wait on, gets the CPU first; spooled mail is safe and is ingested
-    as soon as the listener lets go. bench/smtp.py, 8 persistent clients: 1,100-1,150 mails/s
-    without it, 1,360-1,480 with it (runs here vary by about 15%)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)
