@@ -43,6 +43,7 @@ class Taken:
     envelope_sender: str
     envelope_recipients: list[str]
     attempts: int
+    received_at: datetime
 
 
 class Spool:
@@ -106,7 +107,10 @@ class Spool:
                     .where(TABLE.c.id.in_([r.id for r in rows]))
                     .values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
                 )
-        return [Taken(r.id, r.raw, r.source, r.envelope_sender, list(r.envelope_recipients), r.attempts) for r in rows]
+        return [
+            Taken(r.id, r.raw, r.source, r.envelope_sender, list(r.envelope_recipients), r.attempts, r.received_at)
+            for r in rows
+        ]
 
     def done(self, *entry_ids: int) -> None:
         if not entry_ids:

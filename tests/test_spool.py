@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import smtplib
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,17 @@ def test_the_listener_accepts_mail_while_ingest_waits_for_the_sqlite_lock(
             holder.close()
         wait_for(lambda: _count(app, Ticket) == 3, timeout=10)
     app.close()
+
+
+def test_a_mail_that_waited_in_the_spool_gets_its_arrival_time(app: App, spool: Spool, clock) -> None:
+    """The database was down for two hours: the ticket's clock (and its first-response target)
+    starts when the mail arrived, not when the spool was worked off."""
+    spool.put(mail(message_id="<waited@client.example.org>"), "smtp", "dana@example.com", ["support@example.com"])
+    clock.advance(timedelta(hours=2))
+    assert drain(app, spool).stored == 1
+    with app.sessions() as s:
+        ticket = s.scalars(select(Ticket)).one()
+        received = s.scalar(select(Message.received_at))
+    hours = app.settings.tickets.first_response_hours[ticket.priority]
+    assert (ticket.created_at, received) == (START, START)
+    assert ticket.first_response_due == START + timedelta(hours=hours)

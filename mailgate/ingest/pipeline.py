@@ -55,13 +55,18 @@ def ingest(
     source: str,
     envelope_recipients: Sequence[str] = (),
     envelope_sender: str | None = None,
+    received_at: datetime | None = None,
 ) -> IngestResult:
     """Store `raw` (from `source`, e.g. "smtp", "imap:support", "pipe") and act on it.
 
     `envelope_sender` is the SMTP MAIL FROM when the transport knows it ("" for the null sender
-    of bounces and auto-replies).
+    of bounces and auto-replies). `received_at` is when the mail reached us, if it waited (in the
+    listener's spool, during a database outage): the ticket's clock, its SLA targets included,
+    starts then, not when the backlog was worked off.
     """
     now = app.clock.now()
+    if received_at is not None:
+        now = min(now, received_at)  # never in the future, whatever another process's clock says
     source = source[:100]
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)

@@ -43,7 +43,14 @@ def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
     try:
         for entry in spool.take(limit):
             try:
-                ingest(app, entry.raw, entry.source, entry.envelope_recipients, entry.envelope_sender)
+                ingest(
+                    app,
+                    entry.raw,
+                    entry.source,
+                    entry.envelope_recipients,
+                    entry.envelope_sender,
+                    received_at=entry.received_at,
+                )
             except TemporaryFailure as exc:
                 if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
                     report.quarantined += 1
