@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -27,7 +30,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         file = Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
-        _WriterQueue(file).attach(engine)
+        _WRITERS[engine] = _WriterQueue(file)
+        _WRITERS[engine].attach(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -77,6 +81,20 @@ class _WriterQueue:
             self.end(connection)
             raise
 
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """This process's and this thread's turn to write, for a caller using the driver directly."""
+        self.lock.acquire()
+        try:
+            self._lock_file(fcntl.LOCK_EX)
+        except BaseException:
+            self.lock.release()
+            raise
+        try:
+            yield
+        finally:
+            self._release()
+
     def end(self, connection: Connection) -> None:
         if connection.info.pop(_HOLDS_LOCK, False):
             self._release()
@@ -103,6 +121,29 @@ class _WriterQueue:
 
 
 _HOLDS_LOCK = "mailgate_holds_write_lock"
+_WRITERS: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def sqlite_write(engine: Engine) -> Iterator[sqlite3.Connection]:
+    """A pooled sqlite3 connection of `engine` in a BEGIN IMMEDIATE transaction, committed at
+    the end, taken in turn with every other writer of the file: for a hot path where the cost
+    of SQLAlchemy's statement handling would be most of the work."""
+    writer = _WRITERS[engine]
+    pooled = engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        with writer.turn():
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                yield driver
+            except BaseException:
+                driver.execute("ROLLBACK")
+                raise
+            driver.execute("COMMIT")
+    finally:
+        pooled.close()  # back to the pool
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

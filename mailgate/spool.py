@@ -13,7 +13,8 @@ own wall-clock time: the listener and the worker run in different processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import make_url
 
 from mailgate.clock import Clock, SystemClock
-from mailgate.db import make_engine
+from mailgate.db import make_engine, sqlite_write
 from mailgate.models import SpoolEntry
 
 # A worker that took a row and died gives it back after this long.
@@ -85,9 +86,28 @@ class Spool:
             }
             for mail in mails
         ]
+        if self.engine.dialect.name == "sqlite":
+            return self._put_sqlite(rows)
         with self.engine.begin() as conn:
             result = conn.execute(insert(TABLE).returning(TABLE.c.id, sort_by_parameter_order=True), rows)
             return [int(i) for i in result.scalars()]
+
+    def _put_sqlite(self, rows: list[dict[str, Any]]) -> list[int]:
+        # Every mail the listener accepts comes through here: straight to the driver, with the
+        # columns' own bind processors, costs a fraction of a Core insert (bench/smtp.py).
+        values = [tuple(process(row[name]) if process else row[name] for name, process in self._binds) for row in rows]
+        with sqlite_write(self.engine) as conn:
+            return [int(conn.execute(self._insert_sql, params).lastrowid or 0) for params in values]
+
+    @functools.cached_property
+    def _binds(self) -> list[tuple[str, Callable[[Any], Any] | None]]:
+        names = [c.name for c in TABLE.columns if c.name != "id"]
+        return [(name, TABLE.c[name].type.bind_processor(self.engine.dialect)) for name in names]
+
+    @functools.cached_property
+    def _insert_sql(self) -> str:
+        names = [name for name, _ in self._binds]
+        return f"INSERT INTO {TABLE.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
     def take(self, limit: int) -> list[Taken]:
         """Claim up to `limit` due rows, oldest first, and commit the claim at once (no lock stays
