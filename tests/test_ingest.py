@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from mailgate import tokens
 from mailgate.app import App
-from mailgate.ingest import pipeline
+from mailgate.ingest import notices
 from mailgate.ingest.pipeline import TemporaryFailure, ingest
 from mailgate.models import (
     Attachment,
@@ -670,7 +670,7 @@ def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: py
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full while rendering the notice")
 
-    monkeypatch.setattr(pipeline, "queue_dispatcher_notice", broken)
+    monkeypatch.setattr(notices, "queue_dispatcher_notice", broken)
     raw = mail(attachments=[("a.txt", "text/plain", b"attached")])
     with pytest.raises(TemporaryFailure, match="disk full"):
         ingest(app, raw, "smtp")

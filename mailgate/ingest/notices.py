@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from mailgate.app import App
 from mailgate.ingest.incoming import Incoming
-from mailgate.models import Message, Ticket
+from mailgate.models import Message, Person, Ticket
 from mailgate.notify import Outgoing, acks_recently, local_time, queue
 from mailgate.people import person_for
 
@@ -42,11 +44,22 @@ def queue_acknowledgement(session: Session, app: App, ticket: Ticket, item: Inco
     queue(session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
 
 
+def dispatcher(session: Session, app: App, now: datetime) -> Person:
+    return person_for(session, app.settings, app.settings.addresses.dispatcher, "Dispatcher", now)
+
+
 def queue_dispatcher_notice(
-    session: Session, app: App, ticket: Ticket, item: Incoming, message: Message, linked: Ticket | None, why: str
+    session: Session,
+    app: App,
+    ticket: Ticket,
+    item: Incoming,
+    message: Message,
+    linked: Ticket | None,
+    why: str,
+    to: Person,
 ) -> None:
+    """The dispatcher's copy of a new ticket, to `to` (see dispatcher())."""
     settings = app.settings
-    dispatcher = person_for(session, settings, settings.addresses.dispatcher, "Dispatcher", item.now)
     sender = item.sender
     context = {
         "requester_line": ", ".join(
@@ -62,7 +75,5 @@ def queue_dispatcher_notice(
         "link_reason": why,
         "automatic": item.reasons,
     }
-    outgoing = Outgoing(
-        "dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, dispatcher, "dispatcher_new", context
-    )
+    outgoing = Outgoing("dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, to, "dispatcher_new", context)
     queue(session, settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)

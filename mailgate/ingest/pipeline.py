@@ -21,10 +21,9 @@ from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.app import App
 from mailgate.db import describe
-from mailgate.ingest import classify, thread
+from mailgate.ingest import classify, notices, thread
 from mailgate.ingest.dedupe import dedupe_key, earlier_copy, fingerprint
 from mailgate.ingest.incoming import Incoming
-from mailgate.ingest.notices import queue_acknowledgement, queue_dispatcher_notice, why_no_acknowledgement
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
 from mailgate.ingest.store import store_message
 from mailgate.models import Attachment, MessageKind, Person, Quarantine, Ticket
@@ -264,6 +263,9 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
         for name, address in mail.to + mail.cc
         if address != sender.address and not is_own_address(settings, address)
     ]
+    notice_to = notices.dispatcher(session, app, now)
+    # Asked before anything is written: reads between writes make extra round trips (autoflush).
+    no_ack = "automatic mail" if item.reasons else notices.why_no_acknowledgement(session, app, item)
     ticket = tickets.create_ticket(
         session,
         subject=subjects.clean_subject(settings.tickets.tag_prefix, mail.subject),
@@ -285,12 +287,11 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
     message = store_message(
         session, app.store, settings.limits.max_attachment_bytes, item, ticket, MessageKind.NEW_TICKET
     )
-    reason = "automatic mail" if item.reasons else why_no_acknowledgement(session, app, item)
-    if reason:
-        item.note("notify", f"no acknowledgement: {reason}")
+    if no_ack:
+        item.note("notify", f"no acknowledgement: {no_ack}")
     else:
-        queue_acknowledgement(session, app, ticket, item, message)
-    queue_dispatcher_notice(session, app, ticket, item, message, linked, why_linked)
+        notices.queue_acknowledgement(session, app, ticket, item, message)
+    notices.queue_dispatcher_notice(session, app, ticket, item, message, linked, why_linked, notice_to)
     number = linked.number if linked else None
     return IngestResult("new_ticket", ticket.number, mail.message_id, item.trace, linked_ticket=number)
 

@@ -40,6 +40,7 @@ def store_message(
         auto_reasons=item.reasons,
         trace=item.trace,
         raw=mail.raw,
+        attachments=[],  # known to be empty so far: reading it later needs no query
     )
     session.add(message)
     for part in mail.attachments:
