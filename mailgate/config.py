@@ -125,6 +125,9 @@ class Smtp(_Section):
     # For a submission port: AUTH PLAIN/LOGIN against these users (require_auth refuses others).
     auth_users: dict[str, str] = Field(default_factory=dict)
     require_auth: bool = False
+    # Mails accepted and not yet stored. Beyond this, recipients get 452 4.3.1 (the sender's MTA
+    # retries later) until ingest catches up: a flood cannot fill the disk with spooled mail.
+    max_spooled: int = Field(default=10_000, ge=1)
 
 
 class ImapMailbox(_Section):

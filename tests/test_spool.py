@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import smtplib
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
+from mailgate.daemon import Running
 from mailgate.ingest.spooled import MAX_ATTEMPTS, drain
 from mailgate.models import Message, Quarantine, Ticket
 from mailgate.spool import Spool, retry_delay
@@ -94,26 +97,40 @@ def test_mail_spooled_before_a_stop_is_ingested_at_the_next_start(tmp_path: Path
     app.close()
 
 
+@contextmanager
+def _daemon_on_sqlite(tmp_path: Path, template: Path, clock, **smtp: object) -> Iterator[tuple[App, Running]]:
+    shutil.copy(template, tmp_path / "mailgate.db")
+    smtp = {"host": "127.0.0.1", "port": 0, **smtp}
+    app = App.build(make_settings(tmp_path, f"sqlite:///{tmp_path / 'mailgate.db'}", smtp=smtp), clock=clock)
+    try:
+        with running_daemon(app) as running:
+            yield app, running
+    finally:
+        app.close()
+
+
+@contextmanager
+def _write_lock_held_elsewhere(app: App) -> Iterator[None]:
+    """A long write transaction (a report, a migration, a backup) holds SQLite's one write lock."""
+    holder = sqlite3.connect(make_url(app.settings.effective_database_url).database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_the_listener_accepts_mail_while_ingest_waits_for_the_sqlite_lock(
     tmp_path: Path, sqlite_template: Path, clock
 ) -> None:
-    """A long write transaction (a report, a migration, a backup) holds SQLite's one write lock:
-    mail is still answered 250 at once, and becomes a ticket when the lock is free."""
-    shutil.copy(sqlite_template, tmp_path / "mailgate.db")
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'mailgate.db'}", smtp={"host": "127.0.0.1", "port": 0})
-    app = App.build(settings, clock=clock)
-    holder = sqlite3.connect(make_url(settings.effective_database_url).database, isolation_level=None)
-    with running_daemon(app) as running:
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
-                for i in range(3):
-                    assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
+    """Mail is still answered 250 at once while ingest waits for the lock, and becomes a ticket
+    when the lock is free."""
+    with _daemon_on_sqlite(tmp_path, sqlite_template, clock) as (app, running):
+        with _write_lock_held_elsewhere(app), smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
+            for i in range(3):
+                assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
         wait_for(lambda: _count(app, Ticket) == 3, timeout=10)
-    app.close()
 
 
 def test_a_mail_that_waited_in_the_spool_gets_its_arrival_time(app: App, spool: Spool, clock) -> None:
@@ -128,3 +145,30 @@ def test_a_mail_that_waited_in_the_spool_gets_its_arrival_time(app: App, spool: 
     hours = app.settings.tickets.first_response_hours[ticket.priority]
     assert (ticket.created_at, received) == (START, START)
     assert ticket.first_response_due == START + timedelta(hours=hours)
+
+
+def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
+    tmp_path: Path, sqlite_template: Path, clock
+) -> None:
+    """Ingest is stuck: once smtp.max_spooled mails wait, recipients get 452 4.3.1 and the
+    sender's MTA keeps the mail; when the spool empties, mail is taken again."""
+    with _daemon_on_sqlite(tmp_path, sqlite_template, clock, max_spooled=3) as (app, running):
+        with _write_lock_held_elsewhere(app), smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
+            for i in range(3):
+                assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail("dana@example.com", ["support@example.com"], mail(subject="one too many"))
+        code, reply = refused.value.recipients["support@example.com"]
+        assert (code, reply[:5]) == (452, b"4.3.1")
+        wait_for(lambda: _count(app, Ticket) == 3, timeout=10)
+
+        def accepted_again() -> bool:
+            with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
+                try:
+                    client.sendmail("dana@example.com", ["support@example.com"], mail(subject="later"))
+                except smtplib.SMTPRecipientsRefused:
+                    return False
+            return True
+
+        wait_for(accepted_again, timeout=10, interval=0.2)
+        wait_for(lambda: _count(app, Ticket) == 4, timeout=10)

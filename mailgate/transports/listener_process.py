@@ -131,7 +131,9 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         return
     conn.send(("ready", server.sockets[0].getsockname()[1]))
     os.set_blocking(conn.fileno(), False)
+    backlog = asyncio.create_task(listener.watch_backlog(lambda: loop.run_in_executor(executor, spool.count)))
     await stop.wait()
+    backlog.cancel()
     server.close()
     deadline = loop.time() + GRACE_SECONDS
     while listener.in_flight and loop.time() < deadline:

@@ -9,10 +9,11 @@ the mail from the spool in the daemon's other process (see listener_process.py a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -31,6 +32,7 @@ NO_SUCH_MAILBOX = "550 5.1.1 No such mailbox here"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 TOO_BIG = "552 5.3.4 Message too big for this system"
 BUSY = "421 4.7.0 Too many connections, try again later"
+BACKLOG = "452 4.3.1 Too much mail waiting to be stored, try again later"
 
 
 class Listener:
@@ -47,6 +49,9 @@ class Listener:
         self.spool = spool
         self.connections = 0
         self.in_flight = 0
+        # Mails in the spool, as last counted plus those accepted since (see watch_backlog).
+        self.spooled = 0
+        self._deferring = False
 
     def accepts(self, address: str) -> bool:
         """One of our addresses, or one with a plus part that is a token we signed."""
@@ -64,6 +69,13 @@ class Listener:
         if not self.accepts(address):
             log.info("refused recipient %s from %s", address, session.peer)
             return f"{NO_SUCH_MAILBOX}: {address}"
+        if self.spooled >= self.settings.smtp.max_spooled:
+            if not self._deferring:
+                self._deferring = True
+                log.warning(
+                    "spool holds %d mails (smtp.max_spooled): answering 452 until ingest catches up", self.spooled
+                )
+            return BACKLOG
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -79,9 +91,21 @@ class Listener:
             return self._per_recipient(server, envelope, TEMPORARY)
         finally:
             self.in_flight -= 1
+        self.spooled += 1
         # One line per mail comes from ingest(), with its Message-ID and ticket.
         log.debug("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {spool_id}")
+
+    async def watch_backlog(self, count: Callable[[], Awaitable[int]], every: float = 1.0) -> None:
+        """Recount the spool every `every` seconds: the ingest worker, in the other process,
+        empties it."""
+        while True:
+            with contextlib.suppress(Exception):  # the spool unreadable: the next put will say so
+                self.spooled = await count()
+                if self._deferring and self.spooled < self.settings.smtp.max_spooled:
+                    self._deferring = False
+                    log.warning("spool down to %d mails: accepting mail again", self.spooled)
+            await asyncio.sleep(every)
 
     @staticmethod
     def _per_recipient(server: SMTP, envelope: Envelope, reply: str) -> str:
