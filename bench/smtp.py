@@ -4,14 +4,13 @@ acknowledgement latency (from the client's 250 to the relay receiving the ack).
     python bench/smtp.py [--mails 1000] [--rounds 3] [--postgres postgresql+psycopg:///mailgate_bench]
 
 Both servers run as separate processes (`mailgate run`, and this file with --serve-null), the
-clients are threads here, the capturing relay is an aiosmtpd server here. Same clients, same
-mails, same run.
+clients are threads here, the capturing relay is an aiosmtpd server in a third process. Same
+clients, same mails, same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import email
 import os
 import smtplib
 import socket
@@ -22,7 +21,8 @@ import tempfile
 import threading
 import time
 from email.message import EmailMessage
-from email.policy import SMTP, default
+from email.parser import BytesHeaderParser
+from email.policy import SMTP
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -112,21 +112,57 @@ def send_all(
 MODES = (("persistent", False), ("conn/mail", True))
 
 
-class Relay:
-    """Receives the acknowledgements and notes when each arrived, by the mail it answers."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self.notices = 0  # the dispatcher's copies, which leave after the acknowledgements
+class RelayHandler:
+    """The capturing relay, in a process of its own like a real relay: it writes a line per
+    mail to stdout, "ack <In-Reply-To> <monotonic time>" or "notice" (a dispatcher's copy)."""
 
     async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
         if envelope.rcpt_tos == ["dispatch@example.com"]:  # type: ignore[attr-defined]
-            self.notices += 1
-            return "250 OK"
-        msg = email.message_from_bytes(envelope.content, policy=default)  # type: ignore[attr-defined]
-        if msg["Auto-Submitted"] and msg["In-Reply-To"]:
-            self.arrived[str(msg["In-Reply-To"])] = time.monotonic()
+            line = "notice"
+        else:
+            head = BytesHeaderParser().parsebytes(envelope.content)  # type: ignore[attr-defined]
+            line = f"ack {head['In-Reply-To']} {time.monotonic()}" if head["Auto-Submitted"] else "other"
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
         return "250 OK"
+
+
+def serve_relay(port: int) -> None:
+    controller = Controller(RelayHandler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        controller.stop()
+
+
+class Relay:
+    """The parent's view of the relay process: when each acknowledgement arrived, by the mail it
+    answers (CLOCK_MONOTONIC is one clock for all processes of this machine)."""
+
+    def __init__(self, port: int) -> None:
+        self.arrived: dict[str, float] = {}
+        self.notices = 0  # the dispatcher's copies, which leave after the acknowledgements
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-relay", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_listening(port)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            kind, *rest = line.split()
+            if kind == "notice":
+                self.notices += 1
+            elif kind == "ack":
+                self.arrived[rest[0]] = float(rest[1])
+
+    def stop(self) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.wait(10)
 
 
 def main() -> None:
@@ -135,16 +171,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measurements per mode and server (median shown)")
     parser.add_argument("--postgres", help="database URL for mailgate (default: SQLite in a temp dir)")
     parser.add_argument("--serve-null", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_null:
         serve_null(args.serve_null)
         return
+    if args.serve_relay:
+        serve_relay(args.serve_relay)
+        return
 
     print(f"{args.mails} mails per measurement, median of {args.rounds} rounds, {os.cpu_count()} cores")
-    relay = Relay()
     relay_port = free_port()
-    controller = Controller(relay, hostname="127.0.0.1", port=relay_port)
-    controller.start()
+    relay = Relay(relay_port)
     null_port = free_port()
     null = subprocess.Popen([sys.executable, __file__, "--serve-null", str(null_port)], stdin=subprocess.PIPE)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +218,7 @@ def main() -> None:
                 daemon.wait(15)
                 null.stdin.close()  # type: ignore[union-attr]
                 null.wait(10)
-    controller.stop()
+    relay.stop()
     print(summary("acknowledgement latency, 250 -> relay, during the bursts above", burst))
     for achieved, values in steady:
         print(summary(f"acknowledgement latency, 250 -> relay, {achieved:.0f} mails/s steady", values))
