@@ -127,6 +127,7 @@ class Smtp(_Section):
     require_auth: bool = False
     # Mails accepted and not yet stored. Beyond this, recipients get 452 4.3.1 (the sender's MTA
     # retries later) until ingest catches up: a flood cannot fill the disk with spooled mail.
+    # A soft limit: mails already past RCPT when it is reached are still taken.
     max_spooled: int = Field(default=10_000, ge=1)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import case, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailgate import tickets
@@ -217,11 +218,19 @@ def deliver_due(
     rows = claim_due(session, now, limit)
     try:
         for done, row in enumerate(rows, start=1):
+            dead = report.dead
             _attempt(session, transport, row, now, max_attempts, report)
-            if done % COMMIT_EVERY == 0:
+            # A dead row wrote an event, and on SQLite any statement holds the write lock until
+            # the commit: commit at once rather than hold it while further mails travel.
+            if done % COMMIT_EVERY == 0 or report.dead != dead:
                 session.commit()
-    finally:
-        session.commit()  # what was delivered before a failure stays delivered
+    except SQLAlchemyError:
+        session.rollback()  # the database failed: its error is the one to report
+        raise
+    except BaseException:
+        session.commit()  # what was delivered before the failure stays delivered
+        raise
+    session.commit()
     return report
 
 

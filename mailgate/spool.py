@@ -102,7 +102,9 @@ class Spool:
     @functools.cached_property
     def _binds(self) -> list[tuple[str, Callable[[Any], Any] | None]]:
         names = [c.name for c in TABLE.columns if c.name != "id"]
-        return [(name, TABLE.c[name].type.bind_processor(self.engine.dialect)) for name in names]
+        dialect = self.engine.dialect
+        # dialect_impl: SQLite's own DATETIME formatting, exactly what a Core insert would store.
+        return [(name, TABLE.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names]
 
     @functools.cached_property
     def _insert_sql(self) -> str:

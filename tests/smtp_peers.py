@@ -23,12 +23,13 @@ class CapturingRelay:
 
     reply: str = "250 OK"
     received: list[Envelope] = field(default_factory=list)
-    connections: list[int] = field(default_factory=list)  # one entry per session that sent mail
+    connections: int = 0  # sessions that sent mail
     quits: int = 0
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if id(session) not in self.connections:
-            self.connections.append(id(session))
+        if not getattr(session, "counted", False):
+            session.counted = True  # type: ignore[attr-defined]
+            self.connections += 1
         if self.reply.startswith("250"):
             self.received.append(envelope)
         return self.reply

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import email
+import sqlite3
 from datetime import datetime, timedelta
 from email.policy import default
 
+from aiosmtpd.controller import Controller
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.app import App
+from mailgate.db import upgrade
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Event, Outbox, OutboxState
 from mailgate.outbox import FlushReport, MaildirSink, SmtpRelay, deliver_due
@@ -137,5 +140,49 @@ def test_the_daemon_sends_a_burst_over_one_relay_connection_and_quits_when_done(
             wait_for(lambda: handler.quits == 1)
         rows = _rows(app)
         app.close()
-    assert len(handler.connections) == 1
+    assert handler.connections == 1
     assert [r.state for r in rows] == [OutboxState.SENT] * 120
+
+
+def test_a_refused_mail_does_not_keep_the_database_locked_while_others_travel(tmp_path, clock) -> None:
+    """The relay refuses the first mail for good; while it receives the next ones, another
+    writer (ingest, an IMAP poller) can still write to SQLite."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'mailgate.db'}")
+    upgrade(settings.database_url)
+    app = App.build(settings, clock=clock)
+    for i in range(3):
+        ingest(app, mail(sender=f"User {i} <user{i}@example.com>", subject=f"problem {i}"), "smtp")
+
+    class LockProbe:
+        def __init__(self) -> None:
+            self.replies: list[str] = []
+            self.writable: list[bool] = []
+
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            if not self.replies:
+                self.replies.append("550")
+                return "550 5.1.1 no such user"
+            other = sqlite3.connect(tmp_path / "mailgate.db", timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                self.writable.append(True)
+            except sqlite3.OperationalError:
+                self.writable.append(False)
+            finally:
+                other.close()
+            self.replies.append("250")
+            return "250 OK"
+
+    probe = LockProbe()
+    port = free_port()
+    controller = Controller(probe, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with app.sessions() as session:
+            report = _via_relay(app, session, port, clock.now(), max_attempts=5)
+    finally:
+        controller.stop()
+        app.close()
+    assert (report.dead, report.sent) == (1, 5)
+    assert probe.writable == [True] * 5

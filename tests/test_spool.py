@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import smtplib
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select, text
@@ -18,8 +21,10 @@ from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.daemon import Running
 from mailgate.ingest.spooled import MAX_ATTEMPTS, drain
-from mailgate.models import Message, Quarantine, Ticket
+from mailgate.models import Message, Outbox, Quarantine, SpoolEntry, Ticket
 from mailgate.spool import Spool, retry_delay
+from mailgate.transports import smtp
+from mailgate.transports.group_commit import GroupCommit
 from tests.conftest import START, make_settings
 from tests.daemon_harness import running_daemon, wait_for
 from tests.mails import mail
@@ -142,9 +147,11 @@ def test_a_mail_that_waited_in_the_spool_gets_its_arrival_time(app: App, spool: 
     with app.sessions() as s:
         ticket = s.scalars(select(Ticket)).one()
         received = s.scalar(select(Message.received_at))
+        acknowledged = s.scalar(select(Outbox.created_at).where(Outbox.kind == "ack"))
     hours = app.settings.tickets.first_response_hours[ticket.priority]
     assert (ticket.created_at, received) == (START, START)
     assert ticket.first_response_due == START + timedelta(hours=hours)
+    assert acknowledged == START + timedelta(hours=2)  # what ingest() sends is dated when it runs
 
 
 def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
@@ -172,3 +179,64 @@ def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
 
         wait_for(accepted_again, timeout=10, interval=0.2)
         wait_for(lambda: _count(app, Ticket) == 4, timeout=10)
+
+
+def test_the_listener_stores_spool_rows_as_sqlalchemy_would(tmp_path: Path) -> None:
+    """The listener's direct SQLite insert writes the very values a Core insert writes (times as
+    SQLAlchemy formats them, addresses as JSON), so every reader sees one format."""
+    spool = Spool.open(f"sqlite:///{tmp_path / 'mailgate-spool.db'}", clock=FixedClock(START))
+    fast = spool.put(b"raw", "smtp", "dana@example.com", ["support@example.com"])
+    with spool.engine.begin() as conn:
+        core = conn.execute(
+            SpoolEntry.__table__.insert().values(
+                raw=b"raw",
+                source="smtp",
+                envelope_sender="dana@example.com",
+                envelope_recipients=["support@example.com"],
+                received_at=START,
+                attempts=0,
+                next_attempt_at=START,
+                last_error="",
+            )
+        ).inserted_primary_key[0]
+        stored = {
+            row[0]: row[1:]
+            for row in conn.exec_driver_sql("SELECT id, received_at, next_attempt_at, envelope_recipients FROM spool")
+        }
+    spool.close()
+    assert stored[fast] == stored[core]
+
+
+def test_the_listeners_backlog_count_matches_the_spool_when_a_recount_meets_a_write(tmp_path: Path) -> None:
+    """The once-a-second recount queued behind a spool write sees that write: the mail must not
+    be counted a second time on top (a wrong count answers 452 too early)."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'mailgate.db'}")
+    spool = Spool.open(settings.spool_database_url)
+    executor = ThreadPoolExecutor(max_workers=1)
+    holder = sqlite3.connect(make_url(settings.spool_database_url).database, timeout=5, isolation_level=None)
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        group = GroupCommit(spool, executor)
+        listener = smtp.Listener(settings, b"s" * 32, group)
+        group.on_written = listener.spooled_more  # as the listener process wires it
+        envelope = SimpleNamespace(
+            original_content=mail(), content=None, mail_from="dana@example.com", rcpt_tos=["support@example.com"]
+        )
+        holder.execute("BEGIN IMMEDIATE")  # the write below waits, as behind a slow commit
+        data = asyncio.create_task(listener.handle_DATA(None, SimpleNamespace(peer=("127.0.0.1", 1)), envelope))
+        await asyncio.sleep(0.05)
+        recount = asyncio.create_task(listener.watch_backlog(lambda: loop.run_in_executor(executor, spool.count), 60))
+        await asyncio.sleep(0.05)
+        holder.execute("ROLLBACK")
+        assert (await data).startswith("250")
+        await asyncio.sleep(0.2)
+        recount.cancel()
+        return listener.spooled
+
+    try:
+        assert asyncio.run(scenario()) == spool.count() == 1
+    finally:
+        holder.close()
+        executor.shutdown()
+        spool.close()

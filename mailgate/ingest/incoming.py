@@ -15,7 +15,8 @@ class Incoming:
     key: str  # the dedupe key it is stored under
     content_sha256: str  # dedupe.fingerprint(): what a person reads, hashed once
     source: str
-    now: datetime
+    now: datetime  # when ingest() runs: what it changes and sends is dated this
+    arrived: datetime  # when the mail reached us: earlier if it waited in the spool
     sender: Person
     reasons: list[str] = field(default_factory=list)  # why it is auto-generated, if it is
     # Why this mail landed where it did: [{"step": …, "decision": …}, …], kept on the message.

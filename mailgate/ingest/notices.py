@@ -66,7 +66,7 @@ def queue_dispatcher_notice(
             p for p in (sender.name or sender.address, sender.department, sender.location) if p
         ),
         "requester_address": sender.address if sender.name else "",
-        "received": local_time(settings, item.now),
+        "received": local_time(settings, item.arrived),
         "channel": item.source,
         "due": local_time(settings, ticket.first_response_due),
         "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",

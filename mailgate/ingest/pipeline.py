@@ -60,12 +60,13 @@ def ingest(
 
     `envelope_sender` is the SMTP MAIL FROM when the transport knows it ("" for the null sender
     of bounces and auto-replies). `received_at` is when the mail reached us, if it waited (in the
-    listener's spool, during a database outage): the ticket's clock, its SLA targets included,
-    starts then, not when the backlog was worked off.
+    listener's spool, during a database outage): the message is stored as received then, and a
+    new ticket's clock, its SLA targets included, starts then, not when the backlog was worked
+    off. What ingest() changes and sends is dated now.
     """
     now = app.clock.now()
-    if received_at is not None:
-        now = min(now, received_at)  # never in the future, whatever another process's clock says
+    # Never in the future, whatever another process's clock said.
+    arrived = min(now, received_at) if received_at is not None else now
     source = source[:100]
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
@@ -77,7 +78,7 @@ def ingest(
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
-        result = _apply_with_retry(app, mail, source, rcpts, now)
+        result = _apply_with_retry(app, mail, source, rcpts, now, arrived)
     except TemporaryFailure:
         raise
     except DataError as exc:
@@ -121,7 +122,9 @@ def quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) ->
     return IngestResult("quarantined", trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
 
 
-def _apply_with_retry(app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime) -> IngestResult:
+def _apply_with_retry(
+    app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime, arrived: datetime
+) -> IngestResult:
     """Run the transaction; a unique-key race with a concurrent ingest is settled by re-running.
 
     Two daemons may store the same mail (-> duplicate) or create the same new person at once
@@ -132,7 +135,7 @@ def _apply_with_retry(app: App, mail: ParsedMail, source: str, rcpts: list[str],
         try:
             try:
                 with app.sessions() as session, session.begin():
-                    return _apply(session, app, mail, source, rcpts, now, new_files)
+                    return _apply(session, app, mail, source, rcpts, now, arrived, new_files)
             except BaseException:
                 _discard_files(app, new_files)
                 raise
@@ -172,6 +175,7 @@ def _apply(
     source: str,
     rcpts: list[str],
     now: datetime,
+    arrived: datetime,
     new_files: list[str],
 ) -> IngestResult:
     settings = app.settings
@@ -182,7 +186,7 @@ def _apply(
             "duplicate", earlier_ticket, mail.message_id, [{"step": "dedupe", "decision": f"already stored as {key}"}]
         )
     sender = person_for(session, settings, mail.from_addr, mail.from_name, now)
-    item = Incoming(mail, key, content, source, now, sender, new_files=new_files)
+    item = Incoming(mail, key, content, source, now, arrived, sender, new_files=new_files)
     item.note("dedupe", key)
 
     addresses = settings.addresses
@@ -272,8 +276,9 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
         requester=sender,
         priority=priority,
         channel=item.source,
-        now=now,
-        first_response_due=now + timedelta(hours=settings.tickets.first_response_hours[priority]),
+        # A mail that waited in the spool: the ticket exists since the mail arrived.
+        now=item.arrived,
+        first_response_due=item.arrived + timedelta(hours=settings.tickets.first_response_hours[priority]),
     )
     for person in {p.id: p for p in copied if p.id != sender.id}.values():  # each once, in order
         tickets.add_participant(session, ticket, person, "cc", new_ticket=True)

@@ -31,7 +31,7 @@ def store_message(
         cc_addrs=[a for _, a in mail.cc],
         subject=mail.subject,
         date=mail.date,
-        received_at=item.now,
+        received_at=item.arrived,
         source=item.source,
         sender_id=item.sender.id,
         # On a reply, the ticket shows what is new; the full text stays beside it.

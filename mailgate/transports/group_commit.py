@@ -16,11 +16,16 @@ Pending = list[tuple[dict[str, Any], asyncio.Future[int]]]
 
 class GroupCommit:
     def __init__(
-        self, spool: Spool, executor: Executor, on_written: Callable[[], None] = lambda: None, max_batch: int = 64
+        self,
+        spool: Spool,
+        executor: Executor,
+        on_written: Callable[[int], None] = lambda count: None,
+        max_batch: int = 64,
     ) -> None:
         self.spool = spool
         self.executor = executor
-        self.on_written = on_written  # tells the ingest worker there is mail, once per batch
+        # Called with the number of mails, once per batch, in the order the batches were written.
+        self.on_written = on_written
         self.max_batch = max_batch
         self._waiting: Pending = []
         self._writing = False
@@ -47,7 +52,7 @@ class GroupCommit:
         self._writing = False
         error = done.exception()
         if error is None:
-            self.on_written()
+            self.on_written(len(batch))
         for index, (_, future) in enumerate(batch):
             if future.done():  # the client went away meanwhile
                 continue

@@ -122,7 +122,12 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         conn.send(("error", f"cannot open the spool: {describe(exc)}"))
         return
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-    listener = smtp.Listener(settings, secret, GroupCommit(spool, executor, on_written=lambda: _tell(conn)))
+
+    def written(count: int) -> None:
+        listener.spooled_more(count)
+        _tell(conn)
+
+    listener = smtp.Listener(settings, secret, GroupCommit(spool, executor, on_written=written))
     try:
         server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
     except Exception as exc:  # the port is taken, a certificate unreadable …

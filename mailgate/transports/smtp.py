@@ -49,7 +49,7 @@ class Listener:
         self.spool = spool
         self.connections = 0
         self.in_flight = 0
-        # Mails in the spool, as last counted plus those accepted since (see watch_backlog).
+        # Mails in the spool, as last counted plus those written since (see spooled_more()).
         self.spooled = 0
         self._deferring = False
 
@@ -91,14 +91,19 @@ class Listener:
             return self._per_recipient(server, envelope, TEMPORARY)
         finally:
             self.in_flight -= 1
-        self.spooled += 1
         # One line per mail comes from ingest(), with its Message-ID and ticket.
         log.debug("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {spool_id}")
 
+    def spooled_more(self, count: int) -> None:
+        """`count` more mails were written to the spool. Called from the write's own completion,
+        so a recount (on the same spool thread, see watch_backlog) never sees a mail that is then
+        counted again."""
+        self.spooled += count
+
     async def watch_backlog(self, count: Callable[[], Awaitable[int]], every: float = 1.0) -> None:
-        """Recount the spool every `every` seconds: the ingest worker, in the other process,
-        empties it."""
+        """Recount the spool every `every` seconds (the ingest worker, in the other process,
+        empties it). `count` must run on the thread that writes the spool."""
         while True:
             with contextlib.suppress(Exception):  # the spool unreadable: the next put will say so
                 self.spooled = await count()
