@@ -53,11 +53,12 @@ class NullHandler:
         return "250 OK"
 
 
-def serve_null(port: int) -> None:
-    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port)
+def serve(handler: object, port: int) -> None:
+    """Run an aiosmtpd server with `handler` until the parent closes our stdin."""
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        sys.stdin.read()  # until the parent closes our stdin
+        sys.stdin.read()
     finally:
         controller.stop()
 
@@ -127,15 +128,6 @@ class RelayHandler:
         return "250 OK"
 
 
-def serve_relay(port: int) -> None:
-    controller = Controller(RelayHandler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        sys.stdin.read()  # until the parent closes our stdin
-    finally:
-        controller.stop()
-
-
 class Relay:
     """The parent's view of the relay process: when each acknowledgement arrived, by the mail it
     answers (CLOCK_MONOTONIC is one clock for all processes of this machine)."""
@@ -174,10 +166,10 @@ def main() -> None:
     parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_null:
-        serve_null(args.serve_null)
+        serve(NullHandler(), args.serve_null)
         return
     if args.serve_relay:
-        serve_relay(args.serve_relay)
+        serve(RelayHandler(), args.serve_relay)
         return
 
     print(f"{args.mails} mails per measurement, median of {args.rounds} rounds, {os.cpu_count()} cores")
