@@ -3,7 +3,7 @@
     python bench/ingest.py [--mails 3000] [--postgres postgresql+psycopg:///mailgate_bench]
 
 Prints mails per second for: mail-parser alone (parse_from_bytes), a bare SQLite insert+commit
-per mail (WAL, synchronous=NORMAL, the same settings mailgate uses), and ingest() end to end.
+per mail (WAL, synchronous=FULL, the same settings mailgate uses), and ingest() end to end.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def bench_parse(mails: list[bytes]) -> float:
 def bench_sqlite_commit(mails: list[bytes], folder: Path) -> float:
     conn = sqlite3.connect(folder / "raw.db")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, raw BLOB)")
     conn.commit()
     start = time.perf_counter()

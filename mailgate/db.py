@@ -38,9 +38,12 @@ def make_engine(url: str) -> Engine:
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the one writer; NORMAL is durable across process crashes.
+    # WAL lets readers run beside the one writer. FULL syncs the WAL at every commit: a commit
+    # is what lets the listener answer 250, the IMAP poller move the mail away and `mailgate
+    # ingest` exit 0, so it must survive a power cut, not only a crash of the process (NORMAL).
+    # It costs about a quarter of a millisecond per commit here.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
