@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from datetime import UTC
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailgate.app import App
+from mailgate.db import make_engine, make_sessionmaker
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outbox import transport_for
 from mailgate.sender import Sender
@@ -82,7 +84,12 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         tasks["sender"] = asyncio.create_task(running.sender.run(stop), name="sender")
         if settings.smtp.enabled:
             spool = Spool.open(settings.spool_database_url)
-            running.spool_worker = SpoolWorker(app, spool, ingest_thread)
+            # Its own engine whose commits are not synced one by one: the worker syncs once per
+            # batch before it deletes the batch from the spool. One fsync per mail here would
+            # compete for the disk with the listener's, which each stand behind a 250.
+            engine = make_engine(settings.effective_database_url, synced=False)
+            ingest_app = dataclasses.replace(app, engine=engine, sessions=make_sessionmaker(engine))
+            running.spool_worker = SpoolWorker(ingest_app, spool, ingest_thread)
             tasks["spool"] = asyncio.create_task(running.spool_worker.run(stop), name="spool")
             running.listener = ListenerProcess(settings, app.secret)
             await loop.run_in_executor(None, running.listener.wait_ready)
@@ -106,6 +113,8 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
             pool.shutdown(wait=False, cancel_futures=True)
         if spool is not None:
             spool.close()
+        if running.spool_worker is not None:
+            running.spool_worker.app.close()
         app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -21,14 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.resources import alembic_dir
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
+def make_engine(url: str, *, synced: bool = True) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys.
+
+    synced=False: SQLite commits are not synced to disk one by one; the caller makes them
+    durable with sync_to_disk() before it lets go of the mail elsewhere (see ingest/spooled.py).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, synchronous="FULL" if synced else "NORMAL"))
         file = Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
         _WRITERS[engine] = _WriterQueue(file)
         _WRITERS[engine].attach(engine)
@@ -36,14 +41,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object, synchronous: str) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer. FULL syncs the WAL at every commit: a commit
     # is what lets the listener answer 250, the IMAP poller move the mail away and `mailgate
     # ingest` exit 0, so it must survive a power cut, not only a crash of the process (NORMAL).
     # It costs about a quarter of a millisecond per commit here.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
@@ -124,6 +129,26 @@ class _WriterQueue:
 
 
 _HOLDS_LOCK = "mailgate_holds_write_lock"
+
+
+def sync_to_disk(engine: Engine) -> None:
+    """Make every transaction committed so far durable, with one fsync (a no-op unless SQLite).
+
+    In WAL mode a commit is appended to the -wal file; synchronous=NORMAL only skips its fsync.
+    Syncing that file makes all commits in it durable; what a checkpoint moved out of it was
+    synced into the database file by the checkpoint. No -wal file: nothing is pending."""
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return
+    try:
+        fd = os.open(engine.url.database + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 _WRITERS: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.daemon import Running
+from mailgate.db import make_engine, sync_to_disk, upgrade
 from mailgate.ingest.spooled import MAX_ATTEMPTS, drain
 from mailgate.models import Message, Outbox, Quarantine, SpoolEntry, Ticket
 from mailgate.spool import Spool, retry_delay
@@ -240,3 +241,25 @@ def test_the_listeners_backlog_count_matches_the_spool_when_a_recount_meets_a_wr
         holder.close()
         executor.shutdown()
         spool.close()
+
+
+def test_the_ingest_workers_commits_reach_the_disk_before_its_spool_rows_go(tmp_path: Path) -> None:
+    """The daemon's ingest worker commits without a sync each (synchronous=NORMAL) and syncs
+    the -wal file once per batch; every other writer syncs each commit (FULL)."""
+    url = f"sqlite:///{tmp_path / 'mailgate.db'}"
+    upgrade(url)
+    synced, batched = make_engine(url), make_engine(url, synced=False)
+    try:
+        # One after the other: each transaction takes the file's writer lock (db._WriterQueue).
+        with synced.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        with batched.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        with batched.begin() as conn:
+            conn.exec_driver_sql("UPDATE counters SET value = value + 1 WHERE name = 'ticket'")
+        assert (tmp_path / "mailgate.db-wal").stat().st_size > 0
+        sync_to_disk(batched)  # one fsync of that file; must not fail with the WAL present
+    finally:
+        synced.dispose()
+        batched.dispose()
+    sync_to_disk(make_engine(f"sqlite:///{tmp_path / 'none.db'}"))  # no -wal file: nothing pending

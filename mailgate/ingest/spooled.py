@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailgate.app import App
+from mailgate.db import sync_to_disk
 from mailgate.ingest.pipeline import TemporaryFailure, ingest, quarantine
 from mailgate.spool import Spool, Taken
 from mailgate.wakeup import Wakeup, work_loop
@@ -64,8 +65,11 @@ def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
             stored.append(entry.id)
             report.stored += 1
     finally:
-        # One write for the batch: the listener writes the same spool for every mail it accepts.
-        # Rows of a crashed batch come back, and dedupe makes them no-ops.
+        # The stored mails must be on disk before their spool rows go (the worker's commits are
+        # not synced one by one, see SpoolWorker); then one write for the batch. Rows of a
+        # crashed batch come back, and dedupe makes them no-ops.
+        if stored:
+            sync_to_disk(app.engine)
         spool.done(*stored)
     return report
 
@@ -76,6 +80,7 @@ def _give_up(app: App, spool: Spool, entry: Taken, error: str) -> bool:
         quarantine(app, entry.raw, entry.source, reason, app.clock.now())
     except TemporaryFailure:
         return False  # the quarantine lives in the same database: the row waits in the spool
+    sync_to_disk(app.engine)
     spool.done(entry.id)
     log.error("spool id=%s quarantined: %s", entry.id, reason)
     return True
