@@ -80,10 +80,9 @@ class _WriterQueue:
         event.listen(engine.pool, "reset", self.on_reset)
 
     def begin(self, connection: Connection) -> None:
-        self.lock.acquire()
+        self._acquire()
         connection.info[_HOLDS_LOCK] = True
         try:
-            self._lock_file(fcntl.LOCK_EX)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             self.end(connection)
@@ -92,16 +91,19 @@ class _WriterQueue:
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
         """This process's and this thread's turn to write, for a caller using the driver directly."""
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
         self.lock.acquire()
         try:
             self._lock_file(fcntl.LOCK_EX)
         except BaseException:
             self.lock.release()
             raise
-        try:
-            yield
-        finally:
-            self._release()
 
     def end(self, connection: Connection) -> None:
         if connection.info.pop(_HOLDS_LOCK, False):
