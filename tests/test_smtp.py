@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import mailbox
 import shutil
@@ -251,3 +252,38 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
             )
         wait_for(lambda: _count(app, Ticket) == 1, timeout=5)
     app.close()
+
+
+ADDRESS_ARGUMENTS = [
+    "",
+    "<>",
+    "<dana@example.com>",
+    " <dana@example.com> SIZE=1000 BODY=8BITMIME",
+    "dana@example.com",
+    '<"quoted local part"@example.com> BODY=8BITMIME',
+    "<@relay.example:dana@example.com>",
+    "<dana@[192.0.2.1]>",
+    "<averyveryverylonglocalpart@example.com>",
+    "<dana@example.com",
+    "garbage<<",
+    "@@",
+    "<@>",
+]
+
+
+@pytest.mark.parametrize("limit", [0, 10])
+def test_envelope_addresses_are_parsed_exactly_as_aiosmtpd_does(limit: int) -> None:
+    # The listener replaces aiosmtpd's _getaddr (for speed, see smtp.py); what clients may send
+    # in MAIL FROM / RCPT TO must not change with it.
+    from aiosmtpd.smtp import SMTP
+
+    from mailgate.transports.smtp import _protocol_class
+
+    loop = asyncio.new_event_loop()  # the protocols want one; they never run on it here
+    try:
+        ours, theirs = _protocol_class(lmtp=False)(handler=None, loop=loop), SMTP(handler=None, loop=loop)
+        ours.local_part_limit = theirs.local_part_limit = limit
+        for argument in ADDRESS_ARGUMENTS:
+            assert ours._getaddr(argument) == theirs._getaddr(argument), argument
+    finally:
+        loop.close()

@@ -14,6 +14,8 @@ import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -153,6 +155,20 @@ def _protocol_class(lmtp: bool) -> type[SMTP]:
                 return
             self.listener.connections -= 1
             super().connection_lost(error)
+
+        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+            # aiosmtpd 1.4's own version declares a typing.Protocol class on every call, twice
+            # per mail (MAIL, RCPT): 41 µs a call, 26 without it. Same parsing, same results.
+            if not arg:
+                return "", ""
+            try:
+                address, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
+            except HeaderParseError:
+                return None, None
+            addr = address.addr_spec
+            if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+                return None, None
+            return addr, rest
 
         async def push(self, status: Any) -> None:
             if isinstance(status, str) and status.startswith("552 Error"):
