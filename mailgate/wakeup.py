@@ -29,7 +29,9 @@ class Wakeup:
 
     def __call__(self) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or self._event.is_set():
+            # Already set: the loop has not yet started the round that will see this work (it
+            # clears the event first). Under a burst this saves a thread switch per mail.
             return
         try:
             current = asyncio.get_running_loop()

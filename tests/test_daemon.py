@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,14 @@ def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path:
 
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the idle CPU class is Linux's")
+def test_background_threads_yield_the_cpu_and_the_listener_keeps_its_priority() -> None:
+    from mailgate.daemon import _yield_cpu_to_the_listener
+
+    seen: list[int] = []
+    with ThreadPoolExecutor(1, initializer=_yield_cpu_to_the_listener) as background:
+        seen.append(background.submit(os.sched_getscheduler, 0).result())
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread is untouched
