@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.resources import alembic_dir
 
 
-def make_engine(url: str, *, synced: bool = True) -> Engine:
+def make_engine(url: str, *, synced: bool = True, pre_ping: bool = True) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys.
 
     synced=False: SQLite commits are not synced to disk one by one; the caller makes them
     durable with sync_to_disk() before it lets go of the mail elsewhere (see ingest/spooled.py).
+    pre_ping=False: a pooled PostgreSQL connection is not tested (a round trip) at each checkout.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -38,7 +39,7 @@ def make_engine(url: str, *, synced: bool = True) -> Engine:
         _WRITERS[engine] = _WriterQueue(file)
         _WRITERS[engine].attach(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=pre_ping)
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object, synchronous: str) -> None:

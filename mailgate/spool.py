@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from mailgate.clock import Clock, SystemClock
 from mailgate.db import make_engine, sqlite_write
@@ -53,8 +54,10 @@ class Spool:
         self.clock = clock or SystemClock()
 
     @classmethod
-    def open(cls, url: str, clock: Clock | None = None) -> Spool:
-        engine = make_engine(url)
+    def open(cls, url: str, clock: Clock | None = None, *, pre_ping: bool = True) -> Spool:
+        """pre_ping=False (the listener): no round trip to test a pooled PostgreSQL connection
+        before each mail; put() replaces a connection PostgreSQL dropped and tries again."""
+        engine = make_engine(url, pre_ping=pre_ping)
         if make_url(url).get_backend_name() == "sqlite":
             # The separate SQLite spool file is not a migrated database: it holds this one table,
             # made here. (On PostgreSQL the table comes with the migrations.)
@@ -86,18 +89,51 @@ class Spool:
             }
             for mail in mails
         ]
+        # Every mail the listener accepts comes through here: straight to the driver, with the
+        # columns' own bind processors, costs a fraction of a Core insert (bench/smtp.py).
+        values = [tuple(process(row[name]) if process else row[name] for name, process in self._binds) for row in rows]
         if self.engine.dialect.name == "sqlite":
-            return self._put_sqlite(rows)
+            with sqlite_write(self.engine) as conn:
+                return [int(conn.execute(self._insert_sql, params).lastrowid or 0) for params in values]
+        if self.engine.dialect.driver == "psycopg":
+            try:
+                return self._put_psycopg(values)
+            except DisconnectionError:  # PostgreSQL restarted since: once more on a new connection
+                return self._put_psycopg(values)
         with self.engine.begin() as conn:
             result = conn.execute(insert(TABLE).returning(TABLE.c.id, sort_by_parameter_order=True), rows)
             return [int(i) for i in result.scalars()]
 
-    def _put_sqlite(self, rows: list[dict[str, Any]]) -> list[int]:
-        # Every mail the listener accepts comes through here: straight to the driver, with the
-        # columns' own bind processors, costs a fraction of a Core insert (bench/smtp.py).
-        values = [tuple(process(row[name]) if process else row[name] for name, process in self._binds) for row in rows]
-        with sqlite_write(self.engine) as conn:
-            return [int(conn.execute(self._insert_sql, params).lastrowid or 0) for params in values]
+    def _put_psycopg(self, values: list[tuple[Any, ...]]) -> list[int]:
+        # One mail: a lone INSERT in autocommit is a transaction of its own, one round trip
+        # instead of BEGIN, INSERT, COMMIT. Several (group commit): one transaction, the INSERTs
+        # pipelined by executemany. A connection PostgreSQL dropped is replaced (see open()).
+        pooled = self.engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            sql = self._insert_sql + " RETURNING id"
+            try:
+                if len(values) == 1:
+                    driver.autocommit = True
+                    try:
+                        return [int(driver.execute(sql, values[0]).fetchone()[0])]
+                    finally:
+                        driver.autocommit = False
+                ids = []
+                with driver.transaction(), driver.cursor() as cursor:
+                    cursor.executemany(sql, values, returning=True)
+                    while True:
+                        ids.append(int(cursor.fetchone()[0]))
+                        if not cursor.nextset():
+                            break
+                return ids
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                if self.engine.dialect.is_disconnect(exc, driver, None) or driver.closed:
+                    pooled.invalidate()
+                    raise DisconnectionError(str(exc)) from exc
+                raise
+        finally:
+            pooled.close()  # back to the pool
 
     @functools.cached_property
     def _binds(self) -> list[tuple[str, Callable[[Any], Any] | None]]:
@@ -109,7 +145,8 @@ class Spool:
     @functools.cached_property
     def _insert_sql(self) -> str:
         names = [name for name, _ in self._binds]
-        return f"INSERT INTO {TABLE.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        return f"INSERT INTO {TABLE.name} ({', '.join(names)}) VALUES ({', '.join([marker] * len(names))})"
 
     def take(self, limit: int) -> list[Taken]:
         """Claim up to `limit` due rows, oldest first, and commit the claim at once (no lock stays

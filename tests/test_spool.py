@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from mailgate.app import App
@@ -182,11 +182,19 @@ def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
         wait_for(lambda: _count(app, Ticket) == 4, timeout=10)
 
 
-def test_the_listener_stores_spool_rows_as_sqlalchemy_would(tmp_path: Path) -> None:
-    """The listener's direct SQLite insert writes the very values a Core insert writes (times as
-    SQLAlchemy formats them, addresses as JSON), so every reader sees one format."""
-    spool = Spool.open(f"sqlite:///{tmp_path / 'mailgate-spool.db'}", clock=FixedClock(START))
+def test_the_listener_stores_spool_rows_as_sqlalchemy_would(tmp_path: Path, db_url: str) -> None:
+    """The listener's direct driver insert writes the very values a Core insert writes (times as
+    SQLAlchemy formats them, addresses as JSON), so every reader sees one format; a batch gets
+    its ids in the order of its mails."""
+    url = make_settings(tmp_path, db_url).spool_database_url
+    spool = Spool.open(url, clock=FixedClock(START), pre_ping=False)
     fast = spool.put(b"raw", "smtp", "dana@example.com", ["support@example.com"])
+    batch = spool.put_many(
+        [
+            {"raw": f"mail {i}".encode(), "source": "smtp", "sender": f"u{i}@example.com", "recipients": []}
+            for i in range(3)
+        ]
+    )
     with spool.engine.begin() as conn:
         core = conn.execute(
             SpoolEntry.__table__.insert().values(
@@ -200,12 +208,40 @@ def test_the_listener_stores_spool_rows_as_sqlalchemy_would(tmp_path: Path) -> N
                 last_error="",
             )
         ).inserted_primary_key[0]
-        stored = {
-            row[0]: row[1:]
-            for row in conn.exec_driver_sql("SELECT id, received_at, next_attempt_at, envelope_recipients FROM spool")
-        }
+        text_of = "::text" if spool.engine.dialect.name == "postgresql" else ""  # the JSON as stored
+        query = f"SELECT id, received_at, next_attempt_at, envelope_recipients{text_of} FROM spool"
+        stored = {row[0]: row[1:] for row in conn.exec_driver_sql(query)}
+        senders = dict(conn.exec_driver_sql("SELECT id, envelope_sender FROM spool").all())
     spool.close()
     assert stored[fast] == stored[core]
+    assert [senders[i] for i in batch] == ["u0@example.com", "u1@example.com", "u2@example.com"]
+
+
+@pytest.mark.postgres
+def test_the_listener_survives_postgresql_dropping_its_connection(pg_migrated: str) -> None:
+    """No pre-ping round trip per mail: a connection the server dropped (a restart, an admin's
+    pg_terminate_backend) is found at the next mail and replaced, and the mail is kept."""
+    from tests.conftest import _empty_pg
+
+    _empty_pg(pg_migrated)
+    spool = Spool.open(pg_migrated, clock=FixedClock(START), pre_ping=False)
+    try:
+        first = spool.put(b"one", "smtp", "dana@example.com", ["support@example.com"])
+        admin = create_engine(pg_migrated)
+        with admin.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        admin.dispose()
+        assert killed >= 1  # the spool's pooled connection among them
+        second = spool.put(b"two", "smtp", "dana@example.com", ["support@example.com"])
+        assert second > first
+        assert [entry.raw for entry in spool.take(10)] == [b"one", b"two"]
+    finally:
+        spool.close()
 
 
 def test_the_listeners_backlog_count_matches_the_spool_when_a_recount_meets_a_write(tmp_path: Path) -> None:
