@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import email
 import mailbox
+import random
 import shutil
 import smtplib
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.policy import default
 from pathlib import Path
@@ -271,19 +273,47 @@ ADDRESS_ARGUMENTS = [
 ]
 
 
+def _generated_arguments(count: int, seed: int = 5321) -> list[str]:
+    """MAIL/RCPT arguments from clean to hostile: atoms, dots in odd places, quotes, comments,
+    literals, parameters, control characters, non-ASCII."""
+    rng = random.Random(seed)
+    atext = "aZ9!#$%&'*+/=?^_`{|}~-"
+    tails = ["", " ", "  SIZE=10", " SIZE=10 BODY=8BITMIME", "\tX", " (c) SIZE=1", "x", ">", " (", " \r\nX"]
+    tails += ["\x00", " é", " SIZE=1 \r\nX", " B (c)", " 9", " \té", " (a) ", "\t", " )X", " NOTIFY=NEVER"]
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.2:
+            out.append("".join(rng.choice('abXZ09.-_+=@<> ()"[]:;,\\\t!#é') for _ in range(rng.randint(0, 14))))
+            continue
+        hostile = rng.random() < 0.3
+        local = "".join(rng.choice(atext + ('.."( )' if hostile else "..")) for _ in range(rng.randint(0, 8)))
+        domain = "".join(rng.choice("aZ9-.." + ("[] " if hostile else "")) for _ in range(rng.randint(0, 8)))
+        out.append(f"<{local}@{domain}>{rng.choice(tails)}")
+    return out
+
+
+def _outcome(getaddr: Callable[[str], object], argument: str) -> object:
+    try:
+        return getaddr(argument)
+    except Exception as exc:  # the stdlib parser fails on some hostile input; aiosmtpd answers 500
+        return type(exc)
+
+
 @pytest.mark.parametrize("limit", [0, 10])
 def test_envelope_addresses_are_parsed_exactly_as_aiosmtpd_does(limit: int) -> None:
     # The listener replaces aiosmtpd's _getaddr (for speed, see smtp.py); what clients may send
     # in MAIL FROM / RCPT TO must not change with it.
     from aiosmtpd.smtp import SMTP
 
-    from mailgate.transports.smtp import _protocol_class
+    from mailgate.transports.smtp import _PLAIN_PATH, _protocol_class
 
     loop = asyncio.new_event_loop()  # the protocols want one; they never run on it here
     try:
         ours, theirs = _protocol_class(lmtp=False)(handler=None, loop=loop), SMTP(handler=None, loop=loop)
         ours.local_part_limit = theirs.local_part_limit = limit
-        for argument in ADDRESS_ARGUMENTS:
-            assert ours._getaddr(argument) == theirs._getaddr(argument), argument
+        arguments = ADDRESS_ARGUMENTS + _generated_arguments(20_000)
+        for argument in arguments:
+            assert _outcome(ours._getaddr, argument) == _outcome(theirs._getaddr, argument), repr(argument)
     finally:
         loop.close()
+    assert sum(bool(_PLAIN_PATH.match(a)) for a in arguments) > 1000  # the fast path was tried too
