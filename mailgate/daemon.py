@@ -176,14 +176,12 @@ def run(app: App) -> None:
 
 
 def _yield_cpu_to_the_listener() -> None:
-    """Put the calling thread in the idle CPU class (Linux: per thread): it runs on what the
-    listener, which clients wait on, leaves over, and the listener preempts it the moment a client
-    writes. Under a burst, spooled mail is safe and is ingested and answered once the listener
-    lets go. Niceness +10 was not enough: the kernel lets a running niced thread finish its slice
-    before the woken listener gets the core (bench/smtp.py: 47% of the do-nothing rate with one
-    client, 57-68% in the idle class). Elsewhere, fall back to niceness."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    """Give the calling thread the lowest CPU priority, niceness 19 (Linux: per thread): under a
+    burst the listener, which clients wait on, gets the CPU first and preempts this thread the
+    moment a client writes; spooled mail is safe and is ingested and answered once the listener
+    lets go. +10 was not enough: the kernel let the running thread finish its slice before the
+    woken listener got the core (bench/smtp.py, one client: 47% of the do-nothing rate at +10,
+    61-67% at 19). Not the idle class: its threads also get idle-class disk I/O and can starve
+    while holding a database lock."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
