@@ -201,7 +201,8 @@ def _count_sent(app: App) -> int:
         return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == OutboxState.SENT))
 
 
-def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) -> None:
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: cannot make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -227,6 +228,27 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+def test_starttls_sessions_free_their_connection_slot(tmp_path: Path, db_url: str, clock) -> None:
+    # STARTTLS makes aiosmtpd announce the same connection a second time; it must count once.
+    cert, key = _certificate(tmp_path)
+    app = _app(tmp_path, db_url, clock, smtp={"tls_cert": str(cert), "tls_key": str(key), "max_connections": 2})
+    context = __import__("ssl").create_default_context(cafile=str(cert))
+    with running_daemon(app) as running:
+        for n in range(5):
+            with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+                client.starttls(context=context)
+                client.sendmail("dana@example.com", ["support@example.com"], mail(message_id=f"<tls{n}@example.org>"))
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+            assert client.noop()[0] == 250  # greeted, not 421
+        wait_for(lambda: _count(app, Message) == 5)
+    app.close()
+
+
+def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) -> None:
+    cert, key = _certificate(tmp_path)
     smtp = {
         "tls_cert": str(cert),
         "tls_key": str(key),

@@ -151,6 +151,9 @@ def _protocol_class(lmtp: bool) -> type[SMTP]:
         max_connections: int
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            if self._original_transport is not None:  # STARTTLS: the same connection, now encrypted
+                super().connection_made(transport)
+                return
             if self.listener.connections >= self.max_connections:
                 transport.write((BUSY + "\r\n").encode())  # type: ignore[attr-defined]
                 transport.close()
