@@ -110,6 +110,18 @@ def test_unknown_recipients_are_refused_never_relayed(daemon_app: App) -> None:
         assert client.rcpt("Dispatch@Example.com")[0] == 250
 
 
+def test_a_sender_address_that_cannot_be_stored_is_refused_and_the_session_goes_on(daemon_app: App) -> None:
+    with running_daemon(daemon_app) as running, smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+        client.ehlo()
+        for sender in (b"<\xff\xfeab@example.com>", b"<a\x00b@example.com>", b"<a\x1bb@example.com>"):
+            client.send(b"MAIL FROM:" + sender + b" SMTPUTF8\r\n")
+            code, message = client.getreply()
+            assert (code, message[:5]) == (553, b"5.1.7"), sender
+        raw = mail(message_id="<after-bad-sender@example.org>")
+        assert client.sendmail("dana@example.com", ["support@example.com"], raw) == {}
+        wait_for(lambda: _count(daemon_app, Message) == 1)
+
+
 def test_mail_over_the_size_limit_is_refused_with_552(tmp_path: Path, db_url: str, clock) -> None:
     app = _app(tmp_path, db_url, clock, limits={"max_message_bytes": 20_000})
     with running_daemon(app) as running:

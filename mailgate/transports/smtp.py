@@ -36,6 +36,7 @@ TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 TOO_BIG = "552 5.3.4 Message too big for this system"
 BUSY = "421 4.7.0 Too many connections, try again later"
 BACKLOG = "452 4.3.1 Too much mail waiting to be stored, try again later"
+BAD_SENDER = "553 5.1.7 Bad sender address syntax"
 
 
 class Listener:
@@ -65,6 +66,19 @@ class Listener:
         return not plus or tokens.verify(self.secret, tag) is not None
 
     # aiosmtpd handler hooks ---------------------------------------------------------------
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # With SMTPUTF8 on, aiosmtpd keeps bytes that are not UTF-8 as lone surrogates, and the
+        # address parser lets control characters through; neither can be stored (the spool
+        # insert would fail, and with it every mail of its group commit).
+        if not address.isprintable():
+            log.info("refused sender %r from %s: not a storable address", address, session.peer)
+            return BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
