@@ -120,19 +120,27 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         raise RuntimeError(failure[0])
 
 
-def _on_listener_exit(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, failure: list[str]) -> Callable[[], None]:
+def _on_listener_exit(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, failure: list[str]
+) -> Callable[[int | None], None]:
     """The listener process went away: expected at shutdown, otherwise the daemon stops too
-    (systemd restarts it) rather than run on without taking mail."""
+    (systemd restarts it) rather than run on without taking mail. Exit code 0 means it was told
+    to stop: `systemctl stop` signals both processes, and the listener may be done before this
+    process has handled its own SIGTERM; that is a stop, not a failure."""
 
-    def gone() -> None:
-        if not stop.is_set():
+    def gone(code: int | None) -> None:
+        if stop.is_set():
+            return
+        if code == 0:
+            log.info("the SMTP listener process was stopped: stopping")
+        else:
             failure.append("the SMTP listener process exited unexpectedly")
-            log.error("the SMTP listener process exited unexpectedly: stopping")
-            stop.set()
+            log.error("the SMTP listener process exited unexpectedly (exit code %s): stopping", code)
+        stop.set()
 
-    def from_thread() -> None:
+    def from_thread(code: int | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(gone)
+            loop.call_soon_threadsafe(gone, code)
 
     return from_thread
 

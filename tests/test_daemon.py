@@ -181,6 +181,25 @@ def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path:
         client.connect("127.0.0.1", port)  # nobody listens any more
 
 
+def test_a_listener_told_to_stop_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    """`systemctl stop` signals every process of the unit; whichever handles it first, the
+    daemon exits 0 (Restart=on-failure must not start it again)."""
+    process, port = _start_daemon(tmp_path, subprocess.PIPE)
+    try:
+        _wait_listening(port, process)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        listener = [int(pid) for pid in children if "spawn_main" in _cmdline(int(pid))]
+        assert len(listener) == 1, children
+        os.kill(listener[0], signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert "the SMTP listener process was stopped" in stderr.decode()
+
+
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 

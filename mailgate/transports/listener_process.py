@@ -67,9 +67,9 @@ class ListenerProcess:
         self.port = int(message[1])
         return self.port
 
-    def watch(self, on_queued: Callable[[], None], on_exit: Callable[[], None]) -> None:
-        """Call `on_queued` (from a thread of ours) for each spooled mail, `on_exit` when the child
-        is gone."""
+    def watch(self, on_queued: Callable[[], None], on_exit: Callable[[int | None], None]) -> None:
+        """Call `on_queued` (from a thread of ours) for each spooled mail, `on_exit` with the
+        child's exit code when it is gone (0: it was told to stop, by SIGTERM or SIGINT)."""
 
         def read() -> None:
             try:
@@ -77,7 +77,8 @@ class ListenerProcess:
                     self._conn.recv_bytes()
                     on_queued()
             except (EOFError, OSError):
-                on_exit()
+                self.process.join(2)  # the pipe closes a moment before the exit code is known
+                on_exit(self.process.exitcode)
 
         self._reader = threading.Thread(target=read, name="smtp-listener-pipe", daemon=True)
         self._reader.start()
@@ -114,8 +115,13 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     # The parent's end closing (it died or stopped) stops us too: never an orphan holding the port.
-    loop.add_reader(conn.fileno(), stop.set)
+    def parent_gone() -> None:
+        loop.remove_reader(conn.fileno())  # at EOF it stays readable: once is enough
+        stop.set()
+
+    loop.add_reader(conn.fileno(), parent_gone)
     try:
         spool = Spool.open(settings.spool_database_url, pre_ping=False)  # a round trip less per mail
     except Exception as exc:
