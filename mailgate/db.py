@@ -76,8 +76,8 @@ class _WriterQueue:
 
     def attach(self, engine: Engine) -> None:
         event.listen(engine, "begin", self.begin)
-        event.listen(engine, "commit", self.end)
-        event.listen(engine, "rollback", self.end)
+        event.listen(engine, "commit", self.commit)
+        event.listen(engine, "rollback", self.rollback)
         event.listen(engine.pool, "reset", self.on_reset)
 
     def begin(self, connection: Connection) -> None:
@@ -105,6 +105,24 @@ class _WriterQueue:
         except BaseException:
             self.lock.release()
             raise
+
+    # SQLAlchemy calls these before the driver's commit or rollback: the lock is released only
+    # after the transaction is over in SQLite, or the next writer would find SQLite's lock still
+    # held and sleep in its busy handler. (The driver's own commit then finds nothing to do.)
+    def commit(self, connection: Connection) -> None:
+        try:
+            if connection.info.get(_HOLDS_LOCK):
+                connection.exec_driver_sql("COMMIT")
+        finally:
+            self.end(connection)
+
+    def rollback(self, connection: Connection) -> None:
+        try:
+            if connection.info.get(_HOLDS_LOCK) and not connection.invalidated:
+                with contextlib.suppress(Exception):  # the driver's own rollback follows anyway
+                    connection.exec_driver_sql("ROLLBACK")
+        finally:
+            self.end(connection)
 
     def end(self, connection: Connection) -> None:
         if connection.info.pop(_HOLDS_LOCK, False):
