@@ -118,7 +118,8 @@ class Spool:
                     try:
                         return [int(driver.execute(sql, values[0]).fetchone()[0])]
                     finally:
-                        driver.autocommit = False
+                        if not driver.closed:  # (a broken connection refuses it, hiding the real error)
+                            driver.autocommit = False
                 ids = []
                 with driver.transaction(), driver.cursor() as cursor:
                     cursor.executemany(sql, values, returning=True)

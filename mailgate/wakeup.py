@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -40,7 +41,8 @@ class Wakeup:
         if current is loop:
             self._event.set()
         else:
-            loop.call_soon_threadsafe(self._event.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown): nobody waits
+                loop.call_soon_threadsafe(self._event.set)
 
     def clear(self) -> None:
         self._event.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import mailbox
 import random
@@ -279,6 +280,9 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
             client.starttls(context=context)
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 client.login("scanner", "wrong")
+            client.ehlo()
+            credentials = base64.b64encode(b"\0\xff\xfescanner\0\xc3(").decode()  # not UTF-8
+            assert client.docmd("AUTH", f"PLAIN {credentials}")[0] == 535  # refused, no 500
         with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
             client.starttls(context=context)
             client.login("scanner", "scan-password-123")

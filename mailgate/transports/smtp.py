@@ -138,7 +138,10 @@ class Listener:
         def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
             if not isinstance(data, LoginPassword):
                 return AuthResult(success=False, handled=False)
-            user, password = data.login.decode(), data.password.decode()
+            try:
+                user, password = data.login.decode(), data.password.decode()
+            except UnicodeDecodeError:  # not a user of ours; aiosmtpd would log a traceback
+                return AuthResult(success=False, handled=False)
             expected = users.get(user)
             ok = expected is not None and hmac.compare_digest(expected.encode(), password.encode())
             return AuthResult(success=ok, handled=False)
