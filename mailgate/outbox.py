@@ -216,10 +216,11 @@ def deliver_due(
     """Deliver up to `limit` due rows over `transport` (left open for the next call)."""
     report = FlushReport()
     rows = claim_due(session, now, limit)
+    relay_down: Exception | None = None
     try:
         for done, row in enumerate(rows, start=1):
             dead = report.dead
-            _attempt(session, transport, row, now, max_attempts, report)
+            relay_down = _attempt(session, transport, row, now, max_attempts, report, relay_down) or relay_down
             # A dead row wrote an event, and on SQLite any statement holds the write lock until
             # the commit: commit at once rather than hold it while further mails travel.
             if done % COMMIT_EVERY == 0 or report.dead != dead:
@@ -234,9 +235,22 @@ def deliver_due(
     return report
 
 
+# The relay itself is unreachable or refuses us (not this mail): the rest of the round waits too.
+RELAY_DOWN = (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, smtplib.SMTPAuthenticationError)
+
+
 def _attempt(
-    session: Session, transport: Transport, row: Outbox, now: datetime, max_attempts: int, report: FlushReport
-) -> None:
+    session: Session,
+    transport: Transport,
+    row: Outbox,
+    now: datetime,
+    max_attempts: int,
+    report: FlushReport,
+    relay_down: Exception | None = None,
+) -> Exception | None:
+    """Deliver `row` and record the outcome; returns the error if the relay is down. With
+    `relay_down` given, the row is not tried: a relay that timed out for one mail would make
+    each of the rest wait out the timeout again (50 rows, 30 s each: longer than their claim)."""
     try:
         data = render(row)
     except (ValueError, TypeError, UnicodeError) as exc:
@@ -244,12 +258,15 @@ def _attempt(
         # it must not stay first in the queue, blocking every mail behind it.
         _dead(session, row, now, f"cannot be rendered as a mail: {exc}")
         report.dead += 1
-        return
+        return None
     try:
+        if relay_down is not None:
+            raise relay_down
         transport.deliver(row.mail_from, list(row.recipients), data)
     except PermanentFailure as exc:
         _dead(session, row, now, f"refused: {exc}")
         report.dead += 1
+        return None
     except (smtplib.SMTPException, OSError) as exc:
         row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
         if row.attempts >= max_attempts:
@@ -259,10 +276,11 @@ def _attempt(
             row.next_attempt_at = now + backoff(row.attempts)
             log.info("outbox id=%s msgid=%s retry at %s: %s", row.id, row.message_id, row.next_attempt_at, exc)
             report.retried += 1
-    else:
-        row.state, row.sent_at, row.last_error = OutboxState.SENT, now, ""
-        log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.rcpt_key)
-        report.sent += 1
+        return exc if isinstance(exc, RELAY_DOWN) else None
+    row.state, row.sent_at, row.last_error = OutboxState.SENT, now, ""
+    log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.rcpt_key)
+    report.sent += 1
+    return None
 
 
 def _dead(session: Session, row: Outbox, now: datetime, reason: str) -> None:
