@@ -33,8 +33,10 @@ class Sender:
         try:
             await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(self.executor, self.transport.close)
+            # Not awaited: behind a round still running (a relay that stopped answering), waiting
+            # would hold up the shutdown. The connection is closed when that round ends.
+            with contextlib.suppress(RuntimeError):  # the executor is shut down already
+                asyncio.get_running_loop().run_in_executor(self.executor, self.transport.close)
 
     def _round(self) -> tuple[bool, datetime | None]:
         try:

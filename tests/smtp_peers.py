@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,3 +51,28 @@ def relay(reply: str = "250 OK") -> Iterator[tuple[CapturingRelay, int]]:
         yield handler, port
     finally:
         controller.stop()
+
+
+@contextmanager
+def silent_relay() -> Iterator[tuple[list[socket.socket], int]]:
+    """A relay that accepts connections and never says a word (a firewall eating the traffic)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        yield accepted, server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()

@@ -23,7 +23,7 @@ from mailgate.ingest.spooled import drain
 from mailgate.models import Message
 from mailgate.spool import Spool
 from tests.mails import mail
-from tests.smtp_peers import free_port
+from tests.smtp_peers import free_port, silent_relay
 
 
 def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 20) -> None:
@@ -38,13 +38,13 @@ def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 20) -
     raise AssertionError("daemon did not start listening")
 
 
-def _start_daemon(tmp_path: Path, stderr: object) -> tuple[subprocess.Popen, int]:
+def _start_daemon(tmp_path: Path, stderr: object, more_config: str = "") -> tuple[subprocess.Popen, int]:
     """`mailgate run` on a SQLite database of its own, listening on a port picked here."""
     port = free_port()
     db = tmp_path / "mailgate.db"
     (tmp_path / "mailgate.toml").write_text(
         f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "sqlite:///{db}"\nsecret = "daemon-test-secret"\n'
-        f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[addresses]\nsupport = "support@example.com"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n' + more_config
     )
     upgrade(f"sqlite:///{db}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
@@ -179,6 +179,36 @@ def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path:
     assert "the SMTP listener process exited unexpectedly" in stderr.decode()
     with smtplib.SMTP() as client, pytest.raises(OSError):
         client.connect("127.0.0.1", port)  # nobody listens any more
+
+
+def test_sigterm_while_the_relay_hangs_mid_delivery_still_exits_0_within_10_s(tmp_path: Path) -> None:
+    """A relay that stopped answering holds the sender for its 30 s timeout: the daemon does not
+    wait for it (what was not recorded as sent goes out again after the next start)."""
+    log = (tmp_path / "daemon.log").open("wb")
+    with silent_relay() as (connections, relay_port):
+        process, port = _start_daemon(
+            tmp_path, log, f'[outgoing]\nrelay_host = "127.0.0.1"\nrelay_port = {relay_port}\n'
+        )
+        try:
+            _wait_listening(port, process)
+            with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+                client.sendmail("dana@example.com", ["support@example.com"], mail())
+            deadline = time.monotonic() + 20
+            while not connections and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert connections, "the sender never tried the relay"
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+    output = (tmp_path / "daemon.log").read_text()
+    assert code == 0, output
+    assert elapsed < 10, output
 
 
 def test_a_listener_told_to_stop_stops_the_daemon_cleanly(tmp_path: Path) -> None:

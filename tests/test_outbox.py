@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import email
-import socket
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from email.policy import default
 
@@ -23,7 +18,7 @@ from mailgate.models import Event, Outbox, OutboxState
 from mailgate.outbox import FlushReport, MaildirSink, SmtpRelay, deliver_due
 from tests.conftest import make_settings
 from tests.mails import mail
-from tests.smtp_peers import free_port, relay
+from tests.smtp_peers import free_port, relay, silent_relay
 
 
 def _via_relay(app: App, session: Session, port: int, now: datetime, max_attempts: int) -> FlushReport:
@@ -87,35 +82,10 @@ def test_relay_down_retries_with_back_off_then_delivers(app: App, clock) -> None
     assert len(handler.received) == 2
 
 
-@contextmanager
-def _silent_relay() -> Iterator[tuple[list[socket.socket], int]]:
-    """A relay that accepts connections and never says a word (a firewall eating the traffic)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                accepted.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
-        yield accepted, server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        for conn in accepted:
-            conn.close()
-        server.close()
-
-
 def test_a_relay_that_times_out_costs_the_round_one_timeout_not_one_per_mail(app: App, clock) -> None:
     for n in range(3):
         ingest(app, mail(message_id=f"<silent{n}@example.org>", sender=f"user{n}@example.com"), "smtp")
-    with _silent_relay() as (connections, port), app.sessions() as session:
+    with silent_relay() as (connections, port), app.sessions() as session:
         outgoing = {"relay_host": "127.0.0.1", "relay_port": port}
         settings = make_settings(app.settings.data_dir.parent, app.settings.database_url, outgoing=outgoing)
         transport = SmtpRelay(settings.outgoing, timeout=0.5)

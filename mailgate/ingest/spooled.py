@@ -115,12 +115,15 @@ class SpoolWorker:
         loop = asyncio.get_running_loop()
         while loop.time() < deadline:
             try:
-                report = await loop.run_in_executor(self.executor, drain, self.app, self.spool, 5)
+                # Bounded: a round still running on the executor would make this wait for it.
+                job = loop.run_in_executor(self.executor, drain, self.app, self.spool, 5)
+                report = await asyncio.wait_for(job, timeout=deadline - loop.time())
             except Exception:
                 break
             if not report.stored:
                 break
         try:
-            return await loop.run_in_executor(self.executor, self.spool.count)
+            job = loop.run_in_executor(self.executor, self.spool.count)
+            return await asyncio.wait_for(job, timeout=max(deadline - loop.time(), 0.2))
         except Exception:
             return -1
