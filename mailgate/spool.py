@@ -178,6 +178,11 @@ class Spool:
         with self.engine.begin() as conn:
             conn.execute(delete(TABLE).where(TABLE.c.id.in_(entry_ids)))
 
+    def release(self, *entry_ids: int) -> None:
+        """Give back claimed rows that were not tried: due again now."""
+        with self.engine.begin() as conn:
+            conn.execute(update(TABLE).where(TABLE.c.id.in_(entry_ids)).values(next_attempt_at=self.clock.now()))
+
     def failed(self, entry: Taken, error: str) -> datetime:
         """Offer the row again later; returns when."""
         attempts = entry.attempts + 1

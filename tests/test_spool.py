@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
@@ -70,6 +71,28 @@ def test_a_spooled_mail_waits_out_a_failing_database_and_is_stored_once(app: App
     spool.put(raw, "smtp", "dana@example.com", ["support@example.com"])
     assert drain(app, spool).stored == 1
     assert (_count(app, Ticket), _count(app, Message), spool.count()) == (1, 1, 0)
+
+
+def test_a_round_cut_short_by_the_spool_gives_back_what_it_did_not_settle(
+    app: App, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        spool.put(mail(message_id=f"<cut{n}@client.example.org>"), "smtp", "dana@example.com", ["support@example.com"])
+    _tickets_table_away(app, True)  # ingest fails for now (real)
+
+    def spool_down(entry: object, error: str) -> None:  # and so does the spool, at that moment
+        raise OperationalError("UPDATE spool", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(spool, "failed", spool_down)
+    try:
+        with pytest.raises(OperationalError):
+            drain(app, spool)
+    finally:
+        _tickets_table_away(app, False)
+        monkeypatch.undo()
+    # Due again now, not when the 10-minute claim runs out.
+    assert drain(app, spool).stored == 3
+    assert _count(app, Ticket) == 3
 
 
 def test_a_mail_that_never_stores_goes_to_quarantine_with_its_bytes(app: App, spool: Spool) -> None:

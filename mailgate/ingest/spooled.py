@@ -8,6 +8,7 @@ raw bytes and the last error, where `mailgate quarantine retry` can take it up a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
     """Ingest up to `limit` due spooled mails, oldest first."""
     report = DrainReport()
     stored: list[int] = []
+    entries = spool.take(limit)
+    settled: set[int] = set()  # stored, retried later or quarantined: the rest goes back
     try:
-        for entry in spool.take(limit):
+        for entry in entries:
             try:
                 ingest(
                     app,
@@ -55,16 +58,25 @@ def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
             except TemporaryFailure as exc:
                 if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
                     report.quarantined += 1
+                    settled.add(entry.id)
                     continue
                 due = spool.failed(entry, str(exc))
+                settled.add(entry.id)
                 log.warning(
                     "spool id=%s not stored yet (%s); again at %s", entry.id, exc, due.isoformat(timespec="seconds")
                 )
                 report.retried += 1
                 continue
             stored.append(entry.id)
+            settled.add(entry.id)
             report.stored += 1
     finally:
+        # A round cut short (the spool itself failed): what it claimed and did not settle is due
+        # again at once rather than when the claim runs out, ten minutes from now.
+        unsettled = [entry.id for entry in entries if entry.id not in settled]
+        if unsettled:
+            with contextlib.suppress(Exception):  # the spool is down: the claim runs out instead
+                spool.release(*unsettled)
         # The stored mails must be on disk before their spool rows go (the worker's commits are
         # not synced one by one, see SpoolWorker); then one write for the batch. Rows of a
         # crashed batch come back, and dedupe makes them no-ops.
