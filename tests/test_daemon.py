@@ -161,22 +161,28 @@ def test_imap_poll_reads_a_mailbox_once_from_the_command_line(tmp_path: Path) ->
         assert wrong.returncode == 1 and "no [[imap]] mailbox named sales" in wrong.stderr
 
 
-def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path: Path) -> None:
-    """Never a daemon that looks alive but takes no mail: systemd's Restart=on-failure starts anew."""
+def _signal_the_listener(tmp_path: Path, signum: int) -> tuple[int, str, int]:
+    """Start the daemon, send `signum` to its listener process alone; (exit code, stderr, port)."""
     process, port = _start_daemon(tmp_path, subprocess.PIPE)
     try:
         _wait_listening(port, process)
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         listener = [int(pid) for pid in children if "spawn_main" in _cmdline(int(pid))]
         assert len(listener) == 1, children
-        os.kill(listener[0], signal.SIGKILL)
+        os.kill(listener[0], signum)
         _, stderr = process.communicate(timeout=15)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 1
-    assert "the SMTP listener process exited unexpectedly" in stderr.decode()
+    return process.returncode, stderr.decode(), port
+
+
+def test_the_daemon_stops_with_an_error_when_its_listener_process_dies(tmp_path: Path) -> None:
+    """Never a daemon that looks alive but takes no mail: systemd's Restart=on-failure starts anew."""
+    code, stderr, port = _signal_the_listener(tmp_path, signal.SIGKILL)
+    assert code == 1
+    assert "the SMTP listener process exited unexpectedly" in stderr
     with smtplib.SMTP() as client, pytest.raises(OSError):
         client.connect("127.0.0.1", port)  # nobody listens any more
 
@@ -214,20 +220,9 @@ def test_sigterm_while_the_relay_hangs_mid_delivery_still_exits_0_within_10_s(tm
 def test_a_listener_told_to_stop_stops_the_daemon_cleanly(tmp_path: Path) -> None:
     """`systemctl stop` signals every process of the unit; whichever handles it first, the
     daemon exits 0 (Restart=on-failure must not start it again)."""
-    process, port = _start_daemon(tmp_path, subprocess.PIPE)
-    try:
-        _wait_listening(port, process)
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        listener = [int(pid) for pid in children if "spawn_main" in _cmdline(int(pid))]
-        assert len(listener) == 1, children
-        os.kill(listener[0], signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr.decode()
-    assert "the SMTP listener process was stopped" in stderr.decode()
+    code, stderr, _ = _signal_the_listener(tmp_path, signal.SIGTERM)
+    assert code == 0, stderr
+    assert "the SMTP listener process was stopped" in stderr
 
 
 def _cmdline(pid: int) -> str:
