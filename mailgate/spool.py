@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, IntegrityError
 
 from mailgate.clock import Clock, SystemClock
 from mailgate.db import make_engine, sqlite_write
@@ -103,6 +103,14 @@ class Spool:
         with self.engine.begin() as conn:
             result = conn.execute(insert(TABLE).returning(TABLE.c.id, sort_by_parameter_order=True), rows)
             return [int(i) for i in result.scalars()]
+
+    def refused_a_value(self, exc: BaseException) -> bool:
+        """Whether `exc` from put_many() is the database refusing a value of the mails (one mail's
+        problem), not the database being unavailable (everyone's)."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        if isinstance(exc, DBAPIError):
+            exc = exc.orig or exc
+        return isinstance(exc, (UnicodeError, dbapi.DataError, dbapi.IntegrityError, DataError, IntegrityError))
 
     def _put_psycopg(self, values: list[tuple[Any, ...]]) -> list[int]:
         # One mail: a lone INSERT in autocommit is a transaction of its own, one round trip

@@ -95,6 +95,33 @@ def test_a_round_cut_short_by_the_spool_gives_back_what_it_did_not_settle(
     assert _count(app, Ticket) == 3
 
 
+def test_one_mail_the_database_refuses_does_not_fail_the_others_of_its_group_commit(
+    db_url: str, tmp_path: Path
+) -> None:
+    spool = Spool.open(make_settings(tmp_path, db_url).spool_database_url, pre_ping=False)
+    written: list[int] = []
+    executor = ThreadPoolExecutor(1)
+    group = GroupCommit(spool, executor, on_written=written.append)
+
+    async def three_at_once() -> list[int | BaseException]:
+        # The first is written alone; the other two wait for it and are written together.
+        puts = [
+            group.put(b"first", "smtp", sender, ["support@example.com"])
+            for sender in ("one@example.com", "bad\udcff@example.com", "three@example.com")
+        ]
+        return await asyncio.gather(*puts, return_exceptions=True)
+
+    try:
+        first, refused, third = asyncio.run(three_at_once())
+        assert isinstance(first, int) and isinstance(third, int)
+        assert isinstance(refused, Exception)  # that client gets 451 and keeps its mail
+        assert written == [1, 1]
+        assert [entry.envelope_sender for entry in spool.take(10)] == ["one@example.com", "three@example.com"]
+    finally:
+        executor.shutdown()
+        spool.close()
+
+
 def test_a_mail_that_never_stores_goes_to_quarantine_with_its_bytes(app: App, spool: Spool) -> None:
     raw = mail(message_id="<hopeless@client.example.org>")
     spool.put(raw, "smtp", "dana@example.com", ["support@example.com"])

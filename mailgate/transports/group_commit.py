@@ -43,22 +43,40 @@ class GroupCommit:
         batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
         self._writing = True
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self.executor, self.spool.put_many, [row for row, _ in batch])
+        job = loop.run_in_executor(self.executor, self._write, [row for row, _ in batch])
         job.add_done_callback(lambda done: self._written(batch, done))
 
+    def _write(self, rows: list[dict[str, Any]]) -> list[int | Exception]:
+        """The spool ids in order. A batch the database refuses for one mail's values is written
+        again mail by mail, so that mail's client alone gets the 451; an outage fails them all."""
+        try:
+            return list(self.spool.put_many(rows))
+        except Exception as exc:
+            if len(rows) == 1 or not self.spool.refused_a_value(exc):
+                raise
+        results: list[int | Exception] = []
+        for row in rows:
+            try:
+                results.append(self.spool.put_many([row])[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
+
     def _written(
-        self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]], done: asyncio.Future[list[int]]
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]], done: asyncio.Future[list[int | Exception]]
     ) -> None:
         self._writing = False
         error = done.exception()
-        if error is None:
-            self.on_written(len(batch))
-        for index, (_, future) in enumerate(batch):
+        results: list[int | BaseException] = [error] * len(batch) if error is not None else list(done.result())
+        stored = sum(1 for result in results if not isinstance(result, BaseException))
+        if stored:
+            self.on_written(stored)
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the client went away meanwhile
                 continue
-            if error is not None:
-                future.set_exception(error)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
             else:
-                future.set_result(done.result()[index])
+                future.set_result(result)
         if self._waiting:
             self._write_next()
