@@ -15,13 +15,17 @@ def person_for(session: Session, settings: Settings, address: str, name: str, no
     person = tickets.find_or_create_person(session, address, name, now)
     member = next((m for m in settings.staff if m.address == person.address), None)
     if person.address == settings.addresses.dispatcher:
-        person.role = "dispatcher"
+        role, team, name = "dispatcher", person.team, person.name
     elif member is not None:
-        person.role, person.team = member.role, member.team
-        person.name = member.name or person.name
+        role, team, name = member.role, member.team, member.name or person.name
     elif person.is_staff:
         # Taken off the staff list: no more threading into any ticket by its tag alone.
-        person.role = "requester"
+        role, team, name = "requester", person.team, person.name
+    else:
+        return person
+    # Set only what changes: an object marked dirty costs a flush at the next query.
+    if (person.role, person.team, person.name) != (role, team, name):
+        person.role, person.team, person.name = role, team, name
     return person
 
 

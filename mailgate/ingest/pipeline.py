@@ -227,6 +227,7 @@ def _auto_generated(
     kind = MessageKind.BOUNCE if bounce else MessageKind.AUTO
     message = store_message(session, app.store, app.settings.limits.max_attachment_bytes, item, ticket, kind)
     if ticket is not None:
+        session.flush()  # the event names the message by its id
         tickets.record(
             session,
             ticket,
@@ -250,6 +251,7 @@ def _reply(session: Session, app: App, item: Incoming, ticket: Ticket) -> Ingest
         session, app.store, app.settings.limits.max_attachment_bytes, item, ticket, MessageKind.REPLY
     )
     tickets.add_participant(session, ticket, sender, "staff" if sender.is_staff else "cc")
+    session.flush()  # the event names the message by its id
     tickets.record(
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
     )
