@@ -50,6 +50,9 @@ class ListenerProcess:
         child_end.close()
         self.port = 0
         self._reader: threading.Thread | None = None
+        # join() is not thread-safe: two threads reaping one child, the loser gets ECHILD and
+        # takes the child for alive (stop() would then report it stuck and kill a dead process).
+        self._reaping = threading.Lock()
 
     def wait_ready(self, timeout: float = 60) -> int:
         """The port it listens on; OSError with the child's reason if it could not start."""
@@ -77,7 +80,8 @@ class ListenerProcess:
                     self._conn.recv_bytes()
                     on_queued()
             except (EOFError, OSError):
-                self.process.join(2)  # the pipe closes a moment before the exit code is known
+                with self._reaping:  # the pipe closes a moment before the exit code is known
+                    self.process.join(2)
                 on_exit(self.process.exitcode)
 
         self._reader = threading.Thread(target=read, name="smtp-listener-pipe", daemon=True)
@@ -85,13 +89,14 @@ class ListenerProcess:
 
     def stop(self, timeout: float = GRACE_SECONDS + 1) -> int | None:
         """SIGTERM, then wait; the child finishes the mail in flight. Returns its exit code."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout)
-        if self.process.is_alive():
-            log.warning("SMTP listener did not stop within %.0f s: killed", timeout)
-            self.process.kill()
-            self.process.join(5)
+        with self._reaping:
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout)
+            if self.process.is_alive():
+                log.warning("SMTP listener did not stop within %.0f s: killed", timeout)
+                self.process.kill()
+                self.process.join(5)
         self._conn.close()
         return self.process.exitcode
 
