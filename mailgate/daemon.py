@@ -181,15 +181,17 @@ async def _shutdown(
 
 
 def run(app: App) -> None:
-    failed = True
+    error: BaseException | None = None
     try:
         asyncio.run(serve(app))
-        failed = False
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        _exit_without_hung_threads(1 if failed else 0)
+        _exit_without_hung_threads(error)
 
 
-def _exit_without_hung_threads(code: int, grace: float = 0.5) -> None:
+def _exit_without_hung_threads(error: BaseException | None, grace: float = 0.5) -> None:
     """A round still busy after the shutdown deadline (a relay that stopped answering mid-mail
     holds the sender for its timeout) would keep the interpreter from exiting until systemd
     kills it. What such a round did is committed, or is done again later (its claims expire:
@@ -201,8 +203,10 @@ def _exit_without_hung_threads(code: int, grace: float = 0.5) -> None:
         thread.join(max(until - time.monotonic(), 0))
     if any(t.is_alive() for t in busy):
         log.warning("a delivery or ingest round was still running at the shutdown deadline: not waiting for it")
+        if error is not None:  # the caller would have printed it; it exits with us now
+            log.error("%s", error)
         logging.shutdown()
-        os._exit(code)
+        os._exit(0 if error is None else 1)
 
 
 def _yield_cpu_to_the_listener() -> None:
