@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from mailgate.config import ImapMailbox, Settings
 from mailgate.db import make_engine
 from mailgate.models import Counter
-from mailgate.outbox import SmtpRelay
+from mailgate.outgoing.sender import SmtpRelay
 
 Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
 

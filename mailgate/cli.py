@@ -442,7 +442,8 @@ def outbox_list(ctx: Context, state: str | None) -> None:
 @pass_ctx
 def outbox_flush(ctx: Context) -> None:
     """Deliver queued mail now: to the relay, or to the local Maildir when no relay is set."""
-    from mailgate.outbox import deliver_due, transport_for
+    from mailgate.outgoing.outbox import deliver_due
+    from mailgate.outgoing.sender import transport_for
 
     app = ctx.app()
     settings = app.settings

@@ -23,8 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from mailgate.app import App
 from mailgate.db import make_engine, make_sessionmaker
 from mailgate.ingest.spooled import SpoolWorker
-from mailgate.outbox import transport_for
-from mailgate.sender import Sender
+from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
 from mailgate.transports.listener_process import ListenerProcess
 

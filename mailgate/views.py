@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.models import Event, Message, Outbox, Person, Quarantine, Ticket, TicketLink
-from mailgate.notify import human_size
+from mailgate.outgoing.compose import human_size
 
 
 def _when(moment: datetime | None) -> str:

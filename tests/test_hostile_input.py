@@ -12,7 +12,8 @@ from mailgate.app import App
 from mailgate.ingest import pipeline
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Message, Outbox, OutboxState, Person, Quarantine, Ticket
-from mailgate.outbox import MaildirSink, deliver_due
+from mailgate.outgoing.outbox import deliver_due
+from mailgate.outgoing.sender import MaildirSink
 from tests.mails import mail
 
 

@@ -501,7 +501,7 @@ def test_forged_dsn_without_our_token_marks_nobody(app: App) -> None:
 
 
 def test_our_own_acknowledgement_coming_back_is_not_answered(app: App) -> None:
-    from mailgate.outbox import render
+    from mailgate.outgoing.compose import render
 
     new_ticket(app)
     looped = render(outbox(app, "ack")[0])

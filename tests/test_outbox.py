@@ -15,7 +15,8 @@ from mailgate.app import App
 from mailgate.db import upgrade
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Event, Outbox, OutboxState
-from mailgate.outbox import FlushReport, MaildirSink, SmtpRelay, deliver_due
+from mailgate.outgoing.outbox import FlushReport, deliver_due
+from mailgate.outgoing.sender import MaildirSink, SmtpRelay
 from tests.conftest import make_settings
 from tests.mails import mail
 from tests.smtp_peers import free_port, relay, silent_relay
@@ -117,7 +118,7 @@ def test_maildir_sink_without_relay(app: App, tmp_path) -> None:
 
 
 def test_acknowledgements_are_delivered_before_dispatcher_notices(app: App, tmp_path) -> None:
-    from mailgate.outbox import claim_due
+    from mailgate.outgoing.outbox import claim_due
 
     for i in range(3):
         ingest(app, mail(subject=f"problem {i}"), "smtp")
@@ -127,7 +128,7 @@ def test_acknowledgements_are_delivered_before_dispatcher_notices(app: App, tmp_
 
 
 def test_a_claimed_row_is_not_taken_by_a_second_sender(app: App, clock) -> None:
-    from mailgate.outbox import CLAIM_SECONDS, claim_due
+    from mailgate.outgoing.outbox import CLAIM_SECONDS, claim_due
 
     ingest(app, mail(), "smtp")
     with app.sessions() as first, app.sessions() as second:

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from mailgate.app import App
 from mailgate.ingest.incoming import Incoming
 from mailgate.models import Message, Person, Ticket
-from mailgate.notify import Outgoing, acks_recently, local_time, queue
+from mailgate.outgoing.compose import local_time
+from mailgate.outgoing.outbox import OutgoingMail, acks_recently, queue
 from mailgate.people import person_for
 
 
@@ -38,7 +39,7 @@ def queue_acknowledgement(session: Session, app: App, ticket: Ticket, item: Inco
         "over_limit": [a for a in message.attachments if not a.stored],
         "summary": excerpt(item.mail.text, lines=6, chars=500),
     }
-    outgoing = Outgoing(
+    outgoing = OutgoingMail(
         "ack", f"ack:{ticket.number}", ticket, item.sender, "ack", context, in_reply_to=item.mail.message_id
     )
     queue(session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
@@ -75,5 +76,5 @@ def queue_dispatcher_notice(
         "link_reason": why,
         "automatic": item.reasons,
     }
-    outgoing = Outgoing("dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, to, "dispatcher_new", context)
+    outgoing = OutgoingMail("dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, to, "dispatcher_new", context)
     queue(session, settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)

@@ -1,4 +1,5 @@
-"""Delivery of queued outbox rows: to an SMTP relay, or to a local Maildir when none is set.
+"""The outbox: outgoing mail as rows queued in the caller's transaction, claimed by a sender,
+and the outcome of each delivery recorded on its row.
 
 Temporary failures retry with exponential back-off; a permanent refusal (5xx) or too many
 attempts marks the row dead and writes an event, so nothing fails silently.
@@ -6,24 +7,23 @@ attempts marks the row dead and writes an event, so nothing fails silently.
 
 from __future__ import annotations
 
-import email.header
+import email.utils
 import logging
-import mailbox
-import quopri
 import smtplib
-import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import case, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailgate import tickets
-from mailgate.config import Outgoing as OutgoingSettings
-from mailgate.models import Outbox, OutboxState, Ticket
+from mailgate import subject as subjects
+from mailgate import tickets, tokens
+from mailgate.config import Settings
+from mailgate.headers import LOOP_HEADER
+from mailgate.models import Outbox, OutboxState, Person, Ticket
+from mailgate.outgoing.compose import Templates, render
 
 log = logging.getLogger("mailgate.outbox")
 
@@ -39,131 +39,105 @@ class Transport(Protocol):
         """Let go of any connection; the next deliver() opens a new one."""
 
 
-def _header(name: str, value: str) -> bytes:
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header {name} contains a line break")
-    if value.isascii() and len(value) < 900:
-        return f"{name}: {value}\r\n".encode("ascii")
-    # RFC 2047 words for non-ASCII text (addresses were encoded when queued), folded.
-    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-    return f"{name}: {encoded}\r\n".encode("ascii")
+@dataclass(frozen=True)
+class OutgoingMail:
+    """Everything about one mail to queue, apart from its text."""
+
+    kind: str
+    occasion: str
+    ticket: Ticket
+    to: Person
+    template: str
+    context: dict[str, Any]
+    automatic: bool = True
+    in_reply_to: str | None = None
 
 
-def render(row: Outbox) -> bytes:
-    """The outbox row as RFC 5322 bytes, CRLF line ends.
+def acks_recently(session: Session, address: str, now: datetime, window_minutes: int) -> int:
+    since = now - timedelta(minutes=window_minutes)
+    return (
+        session.scalar(
+            select(func.count(Outbox.id)).where(
+                Outbox.kind == "ack", Outbox.rcpt_key == address, Outbox.created_at >= since
+            )
+        )
+        or 0
+    )
 
-    Written out directly: the stdlib's EmailMessage would parse every header again, which cost
-    more than delivering the mail.
+
+def queue(
+    session: Session,
+    settings: Settings,
+    templates: Templates,
+    secret: bytes,
+    mail: OutgoingMail,
+    now: datetime,
+    *,
+    ticket_is_new: bool = False,
+) -> Outbox | None:
+    """Render `mail` and add it to the outbox; None if this occasion was already queued.
+
+    ticket_is_new: the ticket was opened in this transaction, so nothing can have been queued
+    for it yet (saves a query on every new ticket).
     """
-    body = row.body.replace("\r\n", "\n").replace("\n", "\r\n")
-    if body.isascii() and all(len(line) < 990 for line in body.split("\r\n")):
-        encoding, payload = "7bit", body.encode("ascii")
-    else:
-        encoding = "quoted-printable"
-        payload = quopri.encodestring(body.encode("utf-8")).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    head = b"".join(_header(name, str(value)) for name, value in row.headers.items())
-    head += b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    head += f"Content-Transfer-Encoding: {encoding}\r\n".encode()
-    return head + b"\r\n" + payload
-
-
-class MaildirSink:
-    """Outgoing mail lands in a Maildir a person can open with any mail client."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir creates only its last level
-        box = mailbox.Maildir(self.path, create=True)
-        box.add(data)
-
-    def close(self) -> None:
-        pass
-
-
-class SmtpRelay:
-    """Delivers through the configured relay, keeping one connection open while there is mail
-    to deliver; the caller closes it when the queue is empty."""
-
-    def __init__(self, settings: OutgoingSettings, timeout: float = 30) -> None:
-        self.settings = settings
-        self.timeout = timeout
-        self._client: smtplib.SMTP | None = None
-        self._tls: ssl.SSLContext | None = None
-
-    def tls_context(self) -> ssl.SSLContext:
-        # Made once: loading the system's CA certificates costs more than delivering a mail.
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
-
-    def connect(self) -> smtplib.SMTP:
-        """A logged-in connection to the relay (also used by check-config)."""
-        s = self.settings
-        client: smtplib.SMTP
-        if s.relay_security == "tls":
-            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=self.tls_context())
-        else:
-            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=self.timeout)
-        try:
-            client.ehlo()
-            if s.relay_security == "starttls":
-                client.starttls(context=self.tls_context())
-                client.ehlo()
-            if s.relay_user:
-                client.login(s.relay_user, s.relay_password)
-        except BaseException:
-            client.close()
-            raise
-        return client
-
-    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
-        for attempt in (1, 2):
-            if self._client is None:
-                self._client = self.connect()
-            try:
-                refused = self._client.sendmail(mail_from, recipients, data)
-                break
-            except smtplib.SMTPServerDisconnected:
-                self.close()  # the relay dropped the idle connection: reconnect once
-                if attempt == 2:
-                    raise
-            except smtplib.SMTPRecipientsRefused as exc:
-                self._reset()
-                codes = [code for code, _ in exc.recipients.values()]
-                if all(code >= 500 for code in codes):
-                    raise PermanentFailure(f"all recipients refused: {exc.recipients}") from exc
-                raise
-            except smtplib.SMTPResponseException as exc:
-                self._reset()
-                if exc.smtp_code >= 500:
-                    raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-                raise
-            except OSError:
-                self.close()
-                raise
-        if refused:
-            log.warning("relay refused some recipients: %s", refused)
-
-    def _reset(self) -> None:
-        try:
-            if self._client is not None:
-                self._client.rset()
-        except (smtplib.SMTPException, OSError):
-            self.close()
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.quit()
-            except (smtplib.SMTPException, OSError):
-                client.close()
-
-
-def transport_for(settings: OutgoingSettings, maildir: Path) -> Transport:
-    return SmtpRelay(settings) if settings.relay_host else MaildirSink(maildir)
+    if not ticket_is_new and session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)):
+        return None
+    if mail.to.undeliverable_since is not None:
+        log.info("not queuing %s for ticket %s: %s is undeliverable", mail.kind, mail.ticket.number, mail.to.address)
+        return None
+    if not mail.to.address.isascii():
+        # An RFC 6532 address needs SMTPUTF8 end to end; we do not send it rather than mangle it.
+        log.warning("not queuing %s for ticket %s: %s needs SMTPUTF8", mail.kind, mail.ticket.number, mail.to.address)
+        return None
+    prefix = settings.tickets.tag_prefix
+    support = settings.addresses.support
+    token = tokens.make_token(secret, mail.ticket.number, mail.to.id)
+    domain = support.partition("@")[2]
+    context = {
+        "ticket": mail.ticket,
+        "tag": subjects.format_tag(prefix, mail.ticket.number),
+        "prefix": prefix,
+        "recipient": mail.to,
+        "desk_name": settings.addresses.display_name,
+        **mail.context,
+    }
+    subject, body = templates.render(mail.template, context)
+    message_id = tokens.message_id(token, mail.kind, domain)
+    headers: dict[str, str] = {
+        "From": email.utils.formataddr((settings.addresses.display_name, support)),
+        "To": email.utils.formataddr((mail.to.name, mail.to.address)),
+        "Subject": subject
+        if subjects.find_tag(prefix, subject)
+        else subjects.tagged_subject(prefix, mail.ticket.number, subject),
+        "Message-ID": message_id,
+        "Date": email.utils.format_datetime(now),
+        "Reply-To": email.utils.formataddr((settings.addresses.display_name, tokens.plus_address(support, token))),
+        LOOP_HEADER: settings.outgoing.loop_id,
+        # Ask Exchange and friends not to send out-of-office or read receipts back to us.
+        "X-Auto-Response-Suppress": "All",
+    }
+    if mail.automatic:
+        headers["Auto-Submitted"] = "auto-replied"
+    if mail.in_reply_to:
+        headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
+        headers["References"] = f"<{mail.in_reply_to}>"
+    row = Outbox(
+        ticket_id=mail.ticket.id,
+        kind=mail.kind,
+        occasion=mail.occasion,
+        message_id=message_id,
+        mail_from=support,
+        rcpt_key=mail.to.address,
+        recipients=[mail.to.address],
+        headers=headers,
+        body=body,
+        state=OutboxState.QUEUED,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(row)  # written with the rest of the transaction: one INSERT for all its outbox rows
+    return row
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""The transports (an SMTP relay, or a local Maildir when none is set) and the daemon's sender,
+which delivers queued mail as soon as it is queued and retries what is due.
+
+It sleeps until woken (ingest() queued something) or until the next retry is due, so an
+acknowledgement leaves within a second, not at the next minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mailbox
+import smtplib
+import ssl
+from concurrent.futures import Executor
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mailgate.app import App
+from mailgate.config import Outgoing as OutgoingSettings
+from mailgate.models import Outbox, OutboxState
+from mailgate.outgoing.outbox import FlushReport, PermanentFailure, Transport, deliver_due
+from mailgate.wakeup import Wakeup, work_loop
+
+log = logging.getLogger("mailgate.outbox")
+
+__all__ = ["IDLE_SECONDS", "MaildirSink", "PermanentFailure", "Sender", "SmtpRelay", "Transport", "transport_for"]
+
+
+class MaildirSink:
+    """Outgoing mail lands in a Maildir a person can open with any mail client."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir creates only its last level
+        box = mailbox.Maildir(self.path, create=True)
+        box.add(data)
+
+    def close(self) -> None:
+        pass
+
+
+class SmtpRelay:
+    """Delivers through the configured relay, keeping one connection open while there is mail
+    to deliver; the caller closes it when the queue is empty."""
+
+    def __init__(self, settings: OutgoingSettings, timeout: float = 30) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._client: smtplib.SMTP | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        # Made once: loading the system's CA certificates costs more than delivering a mail.
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def connect(self) -> smtplib.SMTP:
+        """A logged-in connection to the relay (also used by check-config)."""
+        s = self.settings
+        client: smtplib.SMTP
+        if s.relay_security == "tls":
+            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=self.tls_context())
+        else:
+            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=self.timeout)
+        try:
+            client.ehlo()
+            if s.relay_security == "starttls":
+                client.starttls(context=self.tls_context())
+                client.ehlo()
+            if s.relay_user:
+                client.login(s.relay_user, s.relay_password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
+        for attempt in (1, 2):
+            if self._client is None:
+                self._client = self.connect()
+            try:
+                refused = self._client.sendmail(mail_from, recipients, data)
+                break
+            except smtplib.SMTPServerDisconnected:
+                self.close()  # the relay dropped the idle connection: reconnect once
+                if attempt == 2:
+                    raise
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._reset()
+                codes = [code for code, _ in exc.recipients.values()]
+                if all(code >= 500 for code in codes):
+                    raise PermanentFailure(f"all recipients refused: {exc.recipients}") from exc
+                raise
+            except smtplib.SMTPResponseException as exc:
+                self._reset()
+                if exc.smtp_code >= 500:
+                    raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+                raise
+            except OSError:
+                self.close()
+                raise
+        if refused:
+            log.warning("relay refused some recipients: %s", refused)
+
+    def _reset(self) -> None:
+        try:
+            if self._client is not None:
+                self._client.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+
+
+def transport_for(settings: OutgoingSettings, maildir: Path) -> Transport:
+    return SmtpRelay(settings) if settings.relay_host else MaildirSink(maildir)
+
+
+IDLE_SECONDS = 30.0  # look again at least this often (another daemon may have queued mail)
+
+
+class Sender:
+    def __init__(self, app: App, transport: Transport, executor: Executor) -> None:
+        self.app = app
+        self.transport = transport
+        self.executor = executor
+        # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
+        self.wake_up = Wakeup()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
+        finally:
+            # Not awaited: behind a round still running (a relay that stopped answering), waiting
+            # would hold up the shutdown. The connection is closed when that round ends.
+            with contextlib.suppress(RuntimeError):  # the executor is shut down already
+                asyncio.get_running_loop().run_in_executor(self.executor, self.transport.close)
+
+    def _round(self) -> tuple[bool, datetime | None]:
+        try:
+            report, next_due = self._deliver()
+        except BaseException:
+            self.transport.close()
+            raise
+        busy = bool(report.sent + report.retried + report.dead)
+        if not busy:
+            self.transport.close()  # nothing more for now: no idle connection for the relay to drop
+        return busy, next_due
+
+    def _deliver(self) -> tuple[FlushReport, datetime | None]:
+        settings = self.app.settings
+        with self.app.sessions() as session:
+            report = deliver_due(
+                session, self.transport, self.app.clock.now(), settings.outgoing.max_attempts, limit=50
+            )
+            next_due = session.scalar(
+                select(func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.QUEUED)
+            )
+        return report, next_due
