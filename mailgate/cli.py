@@ -1,26 +1,34 @@
-"""The `mailgate` command. Thin: each command builds the App once and calls one operation."""
+"""The `mailgate` command. Thin: each command builds the App once and calls one operation.
+
+Only click and the standard library are imported up front; each command imports what it uses.
+An MTA runs `mailgate ingest` once per mail, and the ORM, pydantic, Jinja2 and alembic would
+cost it several times the work of writing the mail into the spool.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import mailbox
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from mailgate.app import App
-from mailgate.config import ConfigError, Settings, load_settings
-from mailgate.models import MessageKind, Status
+if TYPE_CHECKING:
+    from mailgate.app import App
+    from mailgate.config import Settings
+    from mailgate.spool import Waiting
 
 EX_OK = 0
 EX_DATAERR = 65
+EX_NOINPUT = 66  # sysexits: an input file does not exist or cannot be read (the caller's mistake)
 EX_TEMPFAIL = 75  # sysexits: the MTA keeps the mail and tries again
 EX_CONFIG = 78
+SPOOL_LIST_LINES = 200  # `mailgate spool list` shows the oldest this many, then the total
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -36,17 +44,75 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from mailgate.config import load_settings
+
             self._settings = load_settings(self.config)
         return self._settings
 
+    @property
+    def data_dir(self) -> Path:
+        """The data directory as load_settings finds it, with the standard library only."""
+        from mailgate.config_file import find_data_dir, read_config_file
+
+        return find_data_dir(read_config_file(self.config))
+
     def app(self) -> App:
+        from mailgate.app import App
+
         return App.build(self.settings)
 
 
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Mailgate(click.Group):
+    """The command group: whatever a command lets escape becomes one line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # click prints these itself
+        except Exception as exc:  # the last line of defence: one readable line, not a traceback
+            _fail(*_explain(exc))
+
+
+def _explain(exc: Exception) -> tuple[str, int]:
+    from mailgate.config_file import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return str(exc), EX_CONFIG
+    # A database error can only come from SQLAlchemy once something imported it.
+    db_errors = sys.modules.get("sqlalchemy.exc")
+    if db_errors is not None and isinstance(exc, db_errors.OperationalError | db_errors.ProgrammingError):
+        text = str(exc.orig)
+        if "no such table" in text or "does not exist" in text:
+            return f"the database has no mailgate schema yet ({text}): run `mailgate db upgrade`", EX_CONFIG
+        return f"database error: {text}", EX_TEMPFAIL
+    logging.getLogger("mailgate").debug("unhandled", exc_info=True)
+    return f"error: {type(exc).__name__}: {exc}", 1
+
+
+class _EnumChoice(click.Choice):
+    """A click.Choice over an enum's values, imported only when the option is used or its help
+    shown: the enums live beside the ORM models, which most commands never load."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self._enum = (module, name)
+        super().__init__(())
+
+    @property
+    def choices(self) -> Sequence[str]:
+        module, name = self._enum
+        return [member.value for member in getattr(importlib.import_module(module), name)]
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        """click.Choice.__init__ sets the choices; the property above answers instead."""
+
+
+@click.group(cls=_Mailgate, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailgate", prog_name="mailgate", message="%(prog)s %(version)s")
 @click.option("--config", "-c", type=click.Path(path_type=Path), help="Config file (default: mailgate.toml).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every step to stderr.")
 @click.pass_context
@@ -124,41 +190,95 @@ def check_config_cmd(ctx: Context) -> None:
 
 @cli.command("ingest")
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True, path_type=Path))
+@click.option("--now", is_flag=True, help="Parse and store in this process, for setups without a running daemon.")
 @click.option("--source", default="pipe", show_default=True, help="Where the mail came from (shown in history).")
 @click.option("--recipient", "recipients", multiple=True, help="Envelope recipient (as the MTA passes it).")
 @click.option("--sender", default=None, help="Envelope sender (MAIL FROM; '' for a bounce), e.g. Postfix's ${sender}.")
 @pass_ctx
 def ingest_cmd(
-    ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...], sender: str | None
+    ctx: Context, files: tuple[Path, ...], now: bool, source: str, recipients: tuple[str, ...], sender: str | None
 ) -> None:
-    """Store mail from FILES (or standard input, '-') for an MTA pipe.
+    """Take mail from FILES (or standard input, '-'): what an MTA pipe runs, once per mail.
 
-    Exit status 0 when stored, duplicate or quarantined; 75 (EX_TEMPFAIL) on a temporary failure,
-    so the MTA keeps the mail and retries.
+    The mail is written to the spool, and the running daemon (`mailgate run`) ingests it at once.
+    Exit status 0 once the mail is on stable storage; 75 (EX_TEMPFAIL) when it cannot be kept for
+    now, so the MTA keeps it and retries; 66 (EX_NOINPUT) when a FILE cannot be read.
+
+    With --now the mail is parsed and stored in this process instead: exit 0 when stored,
+    duplicate or quarantined, 75 on a temporary failure (the database is down or locked).
     """
+    if now:
+        _ingest_now(ctx, files, source, recipients, sender)
+    _drop_into_spool(ctx, files, source, recipients, sender)
+
+
+def _drop_into_spool(
+    ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...], sender: str | None
+) -> NoReturn:
+    from datetime import UTC, datetime
+
+    from mailgate.config_file import ConfigError
+    from mailgate.spool import Envelope, Spool, spool_dir
+
+    try:
+        spool = Spool(spool_dir(ctx.data_dir))
+    except ConfigError as exc:  # the MTA keeps the mail until someone fixed the config
+        _fail(f"cannot start, mail left with the MTA: {exc}", EX_TEMPFAIL)
+
+    def keep(path: Path, raw: bytes) -> int:
+        envelope = Envelope(source=source, sender=sender, recipients=recipients, received_at=datetime.now(UTC))
+        try:
+            name = spool.put(raw, envelope)
+        except OSError as exc:  # disk full, read-only, no such folder: the MTA tries again later
+            click.echo(f"{path}: cannot write to the spool {spool.root}, mail left with the MTA: {exc}", err=True)
+            return EX_TEMPFAIL
+        spool.wake_daemon()
+        click.echo(f"{path}: spooled as {name}")
+        return EX_OK
+
+    _each_mail(files, keep)
+
+
+def _ingest_now(
+    ctx: Context, files: tuple[Path, ...], source: str, recipients: tuple[str, ...], sender: str | None
+) -> NoReturn:
     from mailgate.ingest.pipeline import TemporaryFailure, ingest
 
     try:
         app = ctx.app()
     except Exception as exc:  # whatever stops us, the MTA must keep the mail and retry, not bounce it
         _fail(f"cannot start, mail left with the MTA: {type(exc).__name__}: {exc}", EX_TEMPFAIL)
-    status = EX_OK
-    for path in files or (Path("-"),):
-        try:
-            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-        except OSError as exc:
-            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
-            status = EX_TEMPFAIL
-            continue
+
+    def keep(path: Path, raw: bytes) -> int:
         try:
             result = ingest(app, raw, source, recipients, sender)
         except TemporaryFailure as exc:
             click.echo(f"{path}: temporary failure, not stored: {exc}", err=True)
-            status = EX_TEMPFAIL
-            continue
+            return EX_TEMPFAIL
         number = f" {app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
         click.echo(f"{path}: {result.outcome}{number}")
-    app.close()
+        return EX_OK
+
+    try:
+        _each_mail(files, keep)
+    finally:
+        app.close()
+
+
+def _each_mail(files: tuple[Path, ...], keep: Callable[[Path, bytes], int]) -> NoReturn:
+    """Read each of FILES (none: standard input) and hand it to `keep`, which returns an exit
+    status; exit with the most serious: 75 (try again later) over 66 (a FILE unreadable) over 0."""
+    status = EX_OK
+    for path in files or (Path("-"),):
+        stdin = str(path) == "-"
+        try:
+            raw = click.get_binary_stream("stdin").read() if stdin else path.read_bytes()
+        except OSError as exc:
+            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
+            # A FILE that is not there is the caller's mistake; the MTA's own pipe failing is not.
+            status = max(status, EX_TEMPFAIL if stdin else EX_NOINPUT)
+            continue
+        status = max(status, keep(path, raw))
     sys.exit(status)
 
 
@@ -192,16 +312,22 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     source = f"import:{path.name}"
     counts: Counter[str] = Counter()
     box = _open_box(kind, path)
-    total = len(box)
-    if total == 0:
-        _fail(f"{path} holds no mail as {kind} (is it a{'n mbox file' if kind == 'mbox' else ' Maildir'}?)", EX_DATAERR)
-    with click.progressbar(_mails(box), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
-        for raw in bar:
-            try:
-                counts[ingest(app, raw, source).outcome] += 1
-            except TemporaryFailure as exc:
-                counts["failed"] += 1
-                click.echo(f"\ntemporary failure (run the import again to retry): {exc}", err=True)
+    try:
+        total = len(box)
+        if total == 0:
+            _fail(
+                f"{path} holds no mail as {kind} (is it a{'n mbox file' if kind == 'mbox' else ' Maildir'}?)",
+                EX_DATAERR,
+            )
+        with click.progressbar(_mails(box), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
+            for raw in bar:
+                try:
+                    counts[ingest(app, raw, source).outcome] += 1
+                except TemporaryFailure as exc:
+                    counts["failed"] += 1
+                    click.echo(f"\ntemporary failure (run the import again to retry): {exc}", err=True)
+    finally:
+        box.close()  # an mbox holds its file open (and locked) until then
     labels = [
         ("new_ticket", "new tickets"),
         ("reply", "replies"),
@@ -229,7 +355,7 @@ def tickets() -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice([s.value for s in Status]),
+    type=_EnumChoice("mailgate.models", "Status"),
     help="Only tickets with this status (repeatable).",
 )
 @pass_ctx
@@ -306,7 +432,7 @@ def messages() -> None:
 
 @messages.command("list")
 @click.option("--no-ticket", "without_ticket", is_flag=True, help="Only mail not attached to any ticket.")
-@click.option("--kind", type=click.Choice([k.value for k in MessageKind]))
+@click.option("--kind", type=_EnumChoice("mailgate.models", "MessageKind"))
 @pass_ctx
 def messages_list(ctx: Context, without_ticket: bool, kind: str | None) -> None:
     from mailgate import views
@@ -345,16 +471,31 @@ def spool() -> None:
 @pass_ctx
 def spool_list(ctx: Context) -> None:
     """What waits in the spool, oldest first; a failing mail shows its attempts and last error."""
-    from mailgate.spool import Spool
+    from mailgate.spool import Spool, spool_dir
 
-    queue = Spool.open(ctx.settings.spool_database_url)
-    try:
-        total = queue.count()
-        _print(queue.lines() or ["spool is empty"])
-        if total > 200:
-            click.echo(f"… {total} in all")
-    finally:
-        queue.close()
+    waiting = Spool(spool_dir(ctx.data_dir)).waiting()
+    _print([_spool_line(entry) for entry in waiting[:SPOOL_LIST_LINES]] or ["spool is empty"])
+    if len(waiting) > SPOOL_LIST_LINES:
+        click.echo(f"… {len(waiting)} in all")
+
+
+def _spool_line(entry: Waiting) -> str:
+    envelope = entry.envelope
+    if envelope is None:
+        line = f"{entry.name}  (no readable envelope: goes to quarantine when it is tried)"
+    else:
+        sender = "?" if envelope.sender is None else envelope.sender
+        line = (
+            f"{entry.name}  received {envelope.received_at:%Y-%m-%d %H:%M:%S %Z}  via {envelope.source}  "
+            f"<{sender}> -> {', '.join(envelope.recipients) or '?'}"
+        )
+    if entry.claimed:
+        line += "  (being ingested)"
+    if entry.attempts:
+        due = f", next {entry.due:%H:%M:%S %Z}" if entry.due else ""
+        error = entry.last_error.splitlines()[0] if entry.last_error else ""
+        line += f"  attempts {entry.attempts}{due}" + (f": {error}" if error else "")
+    return line
 
 
 # -- quarantine -------------------------------------------------------------------------------
@@ -395,30 +536,20 @@ def quarantine_show(ctx: Context, qid: int) -> None:
 @pass_ctx
 def quarantine_retry(ctx: Context, qid: int) -> None:
     """Run quarantined mail QID through ingest again (after a fix)."""
-    from mailgate.ingest.pipeline import TemporaryFailure, ingest
-    from mailgate.models import Quarantine
+    from mailgate import quarantine
 
     app = ctx.app()
-    with app.sessions() as session:
-        row = session.get(Quarantine, qid)
-        if row is None:
-            _fail(f"there is no quarantined mail {qid}")
-        if row.released_at is not None:
-            _fail(f"quarantined mail {qid} was already released as {row.released_as}")
-        raw, source = row.raw, row.source
     try:
-        result = ingest(app, raw, f"{source}+retry")
-    except TemporaryFailure as exc:
+        released_as = quarantine.retry(app, qid)
+    except quarantine.NotRetried as exc:
+        _fail(str(exc))
+    except quarantine.StillQuarantined as exc:
+        _fail(f"still unparseable: {exc}", EX_DATAERR)
+    except quarantine.TemporaryFailure as exc:
         _fail(f"temporary failure, still quarantined: {exc}", EX_TEMPFAIL)
-    if result.outcome == "quarantined":
-        with app.sessions() as session, session.begin():
-            session.delete(session.get(Quarantine, result.quarantine_id))
-        _fail(f"still unparseable: {result.trace[0]['decision']}", EX_DATAERR)
-    with app.sessions() as session, session.begin():
-        row = session.get(Quarantine, qid)
-        row.released_at = app.clock.now()
-        row.released_as = f"{result.outcome} {result.ticket_number or ''}".strip()
-    click.echo(f"released: {row.released_as}")
+    finally:
+        app.close()
+    click.echo(f"released: {released_as}")
 
 
 # -- outbox -----------------------------------------------------------------------------------
@@ -474,23 +605,4 @@ def _with_session(ctx: Context, action: Callable[[Any], None]) -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail("aborted", 1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        _fail(str(exc), EX_CONFIG)
-    except (OperationalError, ProgrammingError) as exc:
-        text = str(exc.orig)
-        if "no such table" in text or "does not exist" in text:
-            _fail(f"the database has no mailgate schema yet ({text}): run `mailgate db upgrade`", EX_CONFIG)
-        _fail(f"database error: {text}", EX_TEMPFAIL)
-    except SystemExit:
-        raise
-    except Exception as exc:  # the last line of defence: one readable line, not a traceback
-        logging.getLogger("mailgate").debug("unhandled", exc_info=True)
-        _fail(f"error: {type(exc).__name__}: {exc}")
-    sys.exit(0)
+    cli()
