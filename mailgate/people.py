@@ -1,18 +1,35 @@
-"""People: the person behind an address, with role and team from the staff list in the config."""
+"""People: the only module that changes a person. The person behind an address, with role and
+team from the staff list in the config, and whether we can still mail them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate import tickets
 from mailgate.config import Settings
-from mailgate.models import Person
+from mailgate.models import Person, Ticket
+
+
+def find_or_create_person(session: Session, address: str, name: str, now: datetime) -> Person:
+    """The person with `address`, created when new; a name is learnt when we had none."""
+    address = address.lower()
+    person = session.scalar(select(Person).where(Person.address == address))
+    if person is None:
+        person = Person(address=address, name=name, created_at=now)
+        session.add(person)
+        session.flush()
+    elif name and not person.name:
+        person.name = name
+    return person
 
 
 def person_for(session: Session, settings: Settings, address: str, name: str, now: datetime) -> Person:
-    person = tickets.find_or_create_person(session, address, name, now)
+    """The person behind `address`, with the role and team the config gives them today."""
+    person = find_or_create_person(session, address, name, now)
     member = next((m for m in settings.staff if m.address == person.address), None)
     if person.address == settings.addresses.dispatcher:
         role, team, name = "dispatcher", person.team, person.name
@@ -29,7 +46,45 @@ def person_for(session: Session, settings: Settings, address: str, name: str, no
     return person
 
 
+def dispatcher(session: Session, settings: Settings, now: datetime) -> Person:
+    """The person who runs the desk: told of every new ticket."""
+    return person_for(session, settings, settings.addresses.dispatcher, "Dispatcher", now)
+
+
 def is_own_address(settings: Settings, address: str) -> bool:
     """One of our addresses, including its plus variants (support+token@…)."""
     local, _, domain = address.partition("@")
     return f"{local.partition('+')[0]}@{domain}" in settings.addresses.all_own()
+
+
+def mark_undeliverable(
+    session: Session,
+    person_id: int,
+    failed: Mapping[str, str],
+    *,
+    ticket: Ticket,
+    channel: str,
+    now: datetime,
+) -> bool:
+    """Our mail on `ticket` to person `person_id` failed for good: stop mailing them, if their
+    address is among `failed` (address -> the failure, e.g. "5.1.1 user unknown").
+
+    True when the person was marked now (the ticket's history says so); False when their address
+    is not among the failures, or they were marked before.
+    """
+    person = session.get(Person, person_id)
+    if person is None or person.undeliverable_since is not None or person.address not in failed:
+        return False
+    person.undeliverable_since = now
+    person.undeliverable_reason = failed[person.address][:2000]
+    tickets.record(
+        session,
+        ticket,
+        actor="mailgate",
+        action="undeliverable",
+        channel=channel,
+        at=now,
+        field="address",
+        new=f"{person.address}: {person.undeliverable_reason}",
+    )
+    return True

@@ -10,18 +10,6 @@ from sqlalchemy.orm import Session
 from mailgate.models import Counter, Event, Participant, Person, Status, Ticket, TicketLink
 
 
-def find_or_create_person(session: Session, address: str, name: str, now: datetime) -> Person:
-    address = address.lower()
-    person = session.scalar(select(Person).where(Person.address == address))
-    if person is None:
-        person = Person(address=address, name=name, created_at=now)
-        session.add(person)
-        session.flush()
-    elif name and not person.name:
-        person.name = name
-    return person
-
-
 def next_ticket_number(session: Session) -> int:
     # UPDATE … RETURNING locks the counter row until commit: two daemons never share a number.
     number = session.scalar(

@@ -23,8 +23,9 @@ import pytest
 from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.ingest import classify
+from mailgate.ingest.dedupe import dedupe_key
 from mailgate.ingest.parse import Unparseable, parse
-from mailgate.ingest.pipeline import IngestResult, TemporaryFailure, dedupe_key, ingest
+from mailgate.ingest.pipeline import IngestResult, TemporaryFailure, ingest
 from mailgate.ingest.text import extract_reply
 from tests.conftest import START, make_settings
 

@@ -17,30 +17,30 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from mailgate import people, tickets
 from mailgate import subject as subjects
-from mailgate import tickets
 from mailgate.app import App
 from mailgate.db import describe
 from mailgate.ingest import classify, notices, thread
-from mailgate.ingest.dedupe import dedupe_key, earlier_copy, fingerprint
+from mailgate.ingest.dedupe import earlier_copy, fingerprint
 from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
 from mailgate.ingest.store import store_message
-from mailgate.models import Attachment, MessageKind, Person, Quarantine, Ticket
-from mailgate.people import is_own_address, person_for
+from mailgate.models import Attachment, MessageKind, Ticket
+from mailgate.quarantine import put as put_in_quarantine
 
-__all__ = ["IngestResult", "TemporaryFailure", "dedupe_key", "describe", "ingest", "quarantine"]
+__all__ = ["IngestResult", "Outcome", "TemporaryFailure", "describe", "ingest", "quarantine"]
+
+# The spool worker (ingest/spooled.py) still imports quarantine.put by this name.
+quarantine = put_in_quarantine
 
 log = logging.getLogger("mailgate.ingest")
 
 
-class TemporaryFailure(Exception):
-    """Nothing was stored; the mail must be offered again later (SMTP 451, IMAP: leave it)."""
-
-
 @dataclass
 class IngestResult:
-    outcome: str  # new_ticket | reply | duplicate | auto | bounce | quarantined
+    outcome: Outcome
     ticket_number: int | None = None
     message_id: str | None = None
     trace: list[dict[str, str]] = field(default_factory=list)
@@ -71,10 +71,10 @@ def ingest(
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
     except Unparseable as exc:
-        return quarantine(app, raw, source, str(exc), now)
+        return _quarantined(app, raw, source, str(exc), now)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
         log.warning("parser failed on a mail from %s", source, exc_info=log.isEnabledFor(logging.DEBUG))
-        return quarantine(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
+        return _quarantined(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
@@ -83,7 +83,7 @@ def ingest(
         raise
     except DataError as exc:
         # The database refuses a value of this mail (SQLSTATE class 22): retrying cannot help.
-        return quarantine(app, raw, source, f"the database refused a value: {describe(exc)}", now)
+        return _quarantined(app, raw, source, f"the database refused a value: {describe(exc)}", now)
     except Exception as exc:
         # One line for the operator (database down, disk full …); the traceback only with -v.
         log.error(
@@ -94,7 +94,7 @@ def ingest(
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         raise TemporaryFailure(describe(exc)) from exc
-    if result.outcome == "new_ticket":
+    if result.outcome == Outcome.NEW_TICKET:
         app.outbox_changed()  # an acknowledgement and a notice wait: let the sender know now
     evidence = [t["decision"] for t in result.trace if t["step"] in ("token", "references", "tag", "classify")]
     log.info(
@@ -108,18 +108,9 @@ def ingest(
     return result
 
 
-def quarantine(app: App, raw: bytes, source: str, reason: str, now: datetime) -> IngestResult:
-    try:
-        with app.sessions() as session, session.begin():
-            row = Quarantine(raw=raw, reason=reason, source=source, received_at=now)
-            session.add(row)
-            session.flush()
-            row_id = row.id
-    except Exception as exc:
-        log.error("could not write quarantine: %s: %s", type(exc).__name__, exc)
-        raise TemporaryFailure(f"could not quarantine: {exc}") from exc
-    log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
-    return IngestResult("quarantined", trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
+def _quarantined(app: App, raw: bytes, source: str, reason: str, now: datetime) -> IngestResult:
+    row_id = put_in_quarantine(app, raw, source, reason, now)
+    return IngestResult(Outcome.QUARANTINED, trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
 
 
 def _apply_with_retry(
@@ -183,9 +174,12 @@ def _apply(
     key, earlier_ticket, seen = earlier_copy(session, mail, content)
     if seen:
         return IngestResult(
-            "duplicate", earlier_ticket, mail.message_id, [{"step": "dedupe", "decision": f"already stored as {key}"}]
+            Outcome.DUPLICATE,
+            earlier_ticket,
+            mail.message_id,
+            [{"step": "dedupe", "decision": f"already stored as {key}"}],
         )
-    sender = person_for(session, settings, mail.from_addr, mail.from_name, now)
+    sender = people.person_for(session, settings, mail.from_addr, mail.from_name, now)
     item = Incoming(mail, key, content, source, now, arrived, sender, new_files=new_files)
     item.note("dedupe", key)
 
@@ -241,8 +235,14 @@ def _auto_generated(
         if bounce and decision.token is not None:
             # Only a bounce quoting our signed token, and only for the person that mail went to:
             # anyone can forge a DSN naming any address, but not our signature.
-            _mark_undeliverable(session, ticket, bounce, item, decision.token.person_id)
-    return IngestResult(kind.value, ticket.number if ticket else None, item.mail.message_id, item.trace)
+            failed: dict[str, str] = {}
+            for failure in bounce.failures:
+                if failure.permanent:
+                    failed.setdefault(failure.address, f"{failure.status} {failure.diagnostic}".strip())
+            people.mark_undeliverable(
+                session, decision.token.person_id, failed, ticket=ticket, channel=item.source, now=item.now
+            )
+    return IngestResult(Outcome(kind.value), ticket.number if ticket else None, item.mail.message_id, item.trace)
 
 
 def _reply(session: Session, app: App, item: Incoming, ticket: Ticket) -> IngestResult:
@@ -256,7 +256,7 @@ def _reply(session: Session, app: App, item: Incoming, ticket: Ticket) -> Ingest
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
     )
     tickets.message_added(session, ticket, sender, channel=item.source, now=item.now)
-    return IngestResult("reply", ticket.number, item.mail.message_id, item.trace)
+    return IngestResult(Outcome.REPLY, ticket.number, item.mail.message_id, item.trace)
 
 
 def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | None) -> IngestResult:
@@ -265,11 +265,11 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
     # People first, the ticket number last: the counter row stays locked until commit, and two
     # transactions that each wait for a person the other inserts would deadlock.
     copied = [
-        person_for(session, settings, address, name, now)
+        people.person_for(session, settings, address, name, now)
         for name, address in mail.to + mail.cc
-        if address != sender.address and not is_own_address(settings, address)
+        if address != sender.address and not people.is_own_address(settings, address)
     ]
-    notice_to = notices.dispatcher(session, app, now)
+    notice_to = people.dispatcher(session, settings, now)
     # Asked before anything is written: reads between writes make extra round trips (autoflush).
     no_ack = "automatic mail" if item.reasons else notices.why_no_acknowledgement(session, app, item)
     ticket = tickets.create_ticket(
@@ -300,28 +300,4 @@ def _new_ticket(session: Session, app: App, item: Incoming, linked: Ticket | Non
         notices.queue_acknowledgement(session, app, ticket, item, message)
     notices.queue_dispatcher_notice(session, app, ticket, item, message, linked, why_linked, notice_to)
     number = linked.number if linked else None
-    return IngestResult("new_ticket", ticket.number, mail.message_id, item.trace, linked_ticket=number)
-
-
-def _mark_undeliverable(
-    session: Session, ticket: Ticket, bounce: classify.Bounce, item: Incoming, person_id: int
-) -> None:
-    """A permanent failure of our mail to `person_id`: stop mailing that address."""
-    person = session.get(Person, person_id)
-    if person is None or person.undeliverable_since is not None:
-        return
-    for failure in bounce.failures:
-        if failure.permanent and failure.address == person.address:
-            person.undeliverable_since = item.now
-            person.undeliverable_reason = f"{failure.status} {failure.diagnostic}".strip()[:2000]
-            tickets.record(
-                session,
-                ticket,
-                actor="mailgate",
-                action="undeliverable",
-                channel=item.source,
-                at=item.now,
-                field="address",
-                new=f"{failure.address}: {person.undeliverable_reason}",
-            )
-            return
+    return IngestResult(Outcome.NEW_TICKET, ticket.number, mail.message_id, item.trace, linked_ticket=number)

@@ -1,0 +1,20 @@
+"""How ingest() ended for one mail, and the one failure that is not an ending."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(enum.StrEnum):
+    """What became of a mail: the CLI prints it, the logs carry it, the transports count it."""
+
+    NEW_TICKET = "new_ticket"
+    REPLY = "reply"
+    DUPLICATE = "duplicate"  # stored before: nothing changed
+    AUTO = "auto"  # auto-generated: stored, never answered
+    BOUNCE = "bounce"  # a delivery status notification: stored, never answered
+    QUARANTINED = "quarantined"  # not a mail we can store: kept with its bytes and the reason
+
+
+class TemporaryFailure(Exception):
+    """Nothing was stored; the mail must be offered again later (SMTP 451, IMAP: leave it)."""

@@ -1,0 +1,71 @@
+"""Quarantine: mail that could not be stored as a message (not a mail at all, a value the database
+refuses, or too many failed attempts), kept with its raw bytes and the reason until a person
+retries it. The only module that changes quarantine rows."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from mailgate.app import App
+from mailgate.ingest.outcome import Outcome, TemporaryFailure
+from mailgate.models import Quarantine
+
+__all__ = ["NotRetried", "StillQuarantined", "TemporaryFailure", "put", "retry"]
+
+log = logging.getLogger("mailgate.quarantine")
+
+
+class NotRetried(Exception):
+    """The mail was not run again: there is no quarantined mail of that id, or it was released."""
+
+
+class StillQuarantined(Exception):
+    """The mail went through ingest() again and still cannot be stored; the message says why."""
+
+
+def put(app: App, raw: bytes, source: str, reason: str, now: datetime) -> int:
+    """Keep `raw` in quarantine, in a transaction of its own; returns the quarantine id.
+    Raises TemporaryFailure when the database cannot take it: the caller keeps the mail."""
+    try:
+        with app.sessions() as session, session.begin():
+            row = Quarantine(raw=raw, reason=reason, source=source[:100], received_at=now)
+            session.add(row)
+            session.flush()
+            row_id = row.id
+    except Exception as exc:
+        log.error("could not write quarantine: %s: %s", type(exc).__name__, exc)
+        raise TemporaryFailure(f"could not quarantine: {exc}") from exc
+    log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
+    return row_id
+
+
+def retry(app: App, qid: int) -> str:
+    """Run quarantined mail `qid` through ingest() again (after a fix) and release it.
+
+    Returns what it was released as, e.g. "new_ticket 12" or "duplicate 3". Raises NotRetried,
+    StillQuarantined (the row stays as it was), or TemporaryFailure (try again later).
+    """
+    # ingest() itself puts mail into quarantine, so it is imported here, where it is used.
+    from mailgate.ingest.pipeline import ingest
+
+    with app.sessions() as session:
+        row = session.get(Quarantine, qid)
+        if row is None:
+            raise NotRetried(f"there is no quarantined mail {qid}")
+        if row.released_at is not None:
+            raise NotRetried(f"quarantined mail {qid} was already released as {row.released_as}")
+        raw, source = row.raw, row.source
+    result = ingest(app, raw, f"{source}+retry")
+    if result.outcome == Outcome.QUARANTINED:
+        # The same mail for the same reason: one row of it is enough.
+        with app.sessions() as session, session.begin():
+            session.delete(session.get(Quarantine, result.quarantine_id))
+        raise StillQuarantined(result.trace[0]["decision"])
+    released_as = f"{result.outcome} {result.ticket_number or ''}".strip()
+    with app.sessions() as session, session.begin():
+        row = session.get(Quarantine, qid)
+        row.released_at = app.clock.now()
+        row.released_as = released_as
+    log.info("quarantine id=%s released as %s", qid, released_as)
+    return released_as
