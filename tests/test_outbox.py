@@ -1,21 +1,27 @@
-"""Delivery of the outbox to a real SMTP relay on loopback, and to the Maildir sink."""
+"""Outgoing mail: what a recipient's client reads, and delivery of the outbox to a real SMTP
+relay on loopback and to the Maildir sink."""
 
 from __future__ import annotations
 
 import email
 import sqlite3
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 from email.policy import default
+from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailgate import people
 from mailgate.app import App
 from mailgate.db import upgrade
 from mailgate.ingest.pipeline import ingest
-from mailgate.models import Event, Outbox, OutboxState
-from mailgate.outgoing.outbox import FlushReport, deliver_due
+from mailgate.models import Event, Outbox, OutboxState, Ticket
+from mailgate.outgoing.compose import Templates, render
+from mailgate.outgoing.outbox import AutoSubmitted, FlushReport, OutgoingMail, deliver_due, queue
 from mailgate.outgoing.sender import MaildirSink, SmtpRelay
 from tests.conftest import make_settings
 from tests.mails import mail
@@ -39,6 +45,126 @@ def _via_relay(app: App, session: Session, port: int, now: datetime, max_attempt
 def _rows(app: App) -> list[Outbox]:
     with app.sessions() as s:
         return list(s.scalars(select(Outbox).order_by(Outbox.id)))
+
+
+def _site(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A site template directory holding `files` (path under it -> text)."""
+    site = tmp_path / "site-templates"
+    for name, text in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(text, encoding="utf-8")
+    return site
+
+
+def _queue_note(
+    app: App, templates: Templates, name: str, subject: str, text: str, auto: AutoSubmitted, occasion: str = "note:1"
+) -> Outbox:
+    """Queue a mail from the site's `note` template on ticket 1, to `name`."""
+    with app.sessions() as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == 1))
+        to = people.person_for(session, app.settings, "jo@example.com", name, app.clock.now())
+        note = OutgoingMail(
+            "note",
+            occasion,
+            ticket,
+            to,
+            "note",
+            {"subject": subject, "text": text},
+            auto_submitted=auto,
+            in_reply_to="first@client.example.org",
+        )
+        row = queue(session, app.settings, templates, app.secret, note, app.clock.now())
+        assert row is not None
+        session.commit()
+        session.refresh(row)
+        session.expunge(row)
+    return row
+
+
+NOTE = {"note/subject.txt": "{{ subject }}", "note/body.txt": "{{ text }}"}
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "text"),
+    [
+        ("Jo Miller", "Printer jams", "Hello Jo,\n" + "x" * 2000 + "\nbye\n"),
+        ("Jürgen Müller, IT", "Grüße aus Köln – Drucker", "Grüße, Jürgen!\n" + "äöü€" * 500 + "\nЖдём ответа.\n"),
+        ("Zoë", "Ça marche", "Grüße aus Köln,\nZoë\n"),  # short lines: no excuse for 8bit either
+    ],
+    ids=["ascii", "non-ascii", "non-ascii-short-lines"],
+)
+def test_a_recipient_reads_back_exactly_what_was_queued(app: App, tmp_path, name: str, subject: str, text: str) -> None:
+    ingest(app, mail(message_id="<first@client.example.org>"), "smtp")
+    row = _queue_note(app, Templates(_site(tmp_path, NOTE)), name, subject, text, AutoSubmitted.REPLIED)
+    data = render(row)
+    # Fit for any relay: 7-bit, CRLF, no line over SMTP's 998 octets, even for the 2,000-character line.
+    assert data.isascii()
+    assert all(len(line) < 998 for line in data.split(b"\r\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    parsed = email.message_from_bytes(data, policy=default)
+    assert isinstance(parsed, EmailMessage)
+    (sender,), (to,), (reply_to,) = parsed["From"].addresses, parsed["To"].addresses, parsed["Reply-To"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("IT Help Desk", "support@example.com")
+    assert (to.display_name, to.addr_spec) == (name, "jo@example.com")
+    assert reply_to.display_name == "IT Help Desk" and reply_to.addr_spec.startswith("support+")
+    assert reply_to.addr_spec == email.utils.parseaddr(row.headers["Reply-To"])[1]
+    assert parsed["Subject"] == f"[HD #1] {subject}"
+    assert parsed["Message-ID"] == row.message_id
+    assert parsed["In-Reply-To"] == "<first@client.example.org>"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    assert parsed["X-Mailgate-Loop"] == app.settings.outgoing.loop_id
+    assert parsed.get_content_type() == "text/plain" and parsed.get_content_charset() == "utf-8"
+    assert parsed.get_content().replace("\r\n", "\n") == text
+
+
+def test_a_line_break_in_a_header_makes_the_row_dead_and_the_mail_behind_it_goes_out(app: App, tmp_path) -> None:
+    ingest(app, mail(), "smtp")
+    templates = Templates(_site(tmp_path, NOTE))
+    broken = _queue_note(app, templates, "Jo\r\nBcc: everyone@example.com", "x", "text\n", AutoSubmitted.REPLIED)
+    ingest(app, mail(sender="Kim <kim@example.com>", subject="Second problem"), "smtp")  # its notice queues after
+    out = tmp_path / "out"
+    with app.sessions() as session:
+        report = deliver_due(session, MaildirSink(out), app.clock.now(), max_attempts=5)
+    assert (report.dead, report.sent) == (1, 4)
+    assert {r.id: r.state for r in _rows(app)}[broken.id] == OutboxState.DEAD
+    with app.sessions() as s:
+        (event,) = s.scalars(select(Event).where(Event.action == "delivery_failed"))
+        assert event.new.startswith("note: cannot be rendered")
+    delivered = [email.message_from_bytes(f.read_bytes(), policy=default) for f in (out / "new").iterdir()]
+    assert sorted(m["To"].addresses[0].addr_spec for m in delivered) == [
+        "dana@example.com",
+        "dispatch@example.com",
+        "dispatch@example.com",
+        "kim@example.com",
+    ]
+
+
+def test_the_acknowledgement_is_auto_replied_and_the_dispatcher_notice_auto_generated(app: App, tmp_path) -> None:
+    """RFC 3834: the acknowledgement answers the requester's mail; the notice answers nothing."""
+    ingest(app, mail(), "smtp")
+    with app.sessions() as session:
+        assert deliver_due(session, MaildirSink(tmp_path / "out"), app.clock.now(), 5).sent == 2
+    delivered = [email.message_from_bytes(f.read_bytes(), policy=default) for f in (tmp_path / "out" / "new").iterdir()]
+    seen = {m["To"].addresses[0].addr_spec: m["Auto-Submitted"] for m in delivered}
+    assert seen == {"dana@example.com": "auto-replied", "dispatch@example.com": "auto-generated"}
+
+
+def test_a_dispatcher_notice_coming_back_opens_no_ticket(app: App) -> None:
+    """Auto-generated alone would open a ticket (unacknowledged); the notice is still known as ours."""
+    ingest(app, mail(), "smtp")
+    (notice,) = (r for r in _rows(app) if r.kind == "dispatcher_new")
+    result = ingest(app, render(notice), "smtp")
+    assert result.outcome == "auto" and result.ticket_number is None
+    with app.sessions() as s:
+        assert len(list(s.scalars(select(Ticket)))) == 1
+
+
+def test_a_site_template_overrides_the_shipped_one(app: App, tmp_path) -> None:
+    app.templates = Templates(_site(tmp_path, {"ack/subject.txt": "Got it: {{ ticket.subject }}"}))
+    ingest(app, mail(), "smtp")
+    (ack,) = (r for r in _rows(app) if r.kind == "ack")
+    assert ack.headers["Subject"] == "[HD #1] Got it: Printer on 3rd floor jams"
+    assert "we received your request" in ack.body  # the body the site did not override is the shipped one
 
 
 def test_queued_mail_reaches_the_relay_once(app: App) -> None:

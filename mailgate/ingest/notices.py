@@ -10,7 +10,7 @@ from mailgate.app import App
 from mailgate.ingest.incoming import Incoming
 from mailgate.models import Message, Person, Ticket
 from mailgate.outgoing.compose import local_time
-from mailgate.outgoing.outbox import OutgoingMail, acks_recently, queue
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
 from mailgate.people import person_for
 
 
@@ -40,7 +40,14 @@ def queue_acknowledgement(session: Session, app: App, ticket: Ticket, item: Inco
         "summary": excerpt(item.mail.text, lines=6, chars=500),
     }
     outgoing = OutgoingMail(
-        "ack", f"ack:{ticket.number}", ticket, item.sender, "ack", context, in_reply_to=item.mail.message_id
+        "ack",
+        f"ack:{ticket.number}",
+        ticket,
+        item.sender,
+        "ack",
+        context,
+        auto_submitted=AutoSubmitted.REPLIED,
+        in_reply_to=item.mail.message_id,
     )
     queue(session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
 
@@ -76,5 +83,14 @@ def queue_dispatcher_notice(
         "link_reason": why,
         "automatic": item.reasons,
     }
-    outgoing = OutgoingMail("dispatcher_new", f"dispatcher_new:{ticket.number}", ticket, to, "dispatcher_new", context)
+    outgoing = OutgoingMail(
+        "dispatcher_new",
+        f"dispatcher_new:{ticket.number}",
+        ticket,
+        to,
+        "dispatcher_new",
+        context,
+        # A notification, not a reply: RFC 3834 keeps auto-replied for answers to one mail.
+        auto_submitted=AutoSubmitted.GENERATED,
+    )
     queue(session, settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import email.header
-import quopri
+import email.policy
 from datetime import datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,29 +57,24 @@ def local_time(settings: Settings, moment: datetime | None) -> str:
     return f"{moment.astimezone(ZoneInfo(zone)):%A %d %B %H:%M} ({zone})"
 
 
-def _header(name: str, value: str) -> bytes:
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header {name} contains a line break")
-    if value.isascii() and len(value) < 900:
-        return f"{name}: {value}\r\n".encode("ascii")
-    # RFC 2047 words for non-ASCII text (addresses were encoded when queued), folded.
-    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-    return f"{name}: {encoded}\r\n".encode("ascii")
+# policy.SMTP writes CRLF line ends and RFC 2047 words for non-ASCII header text. With
+# cte_type 7bit a non-ASCII body is sent quoted-printable or base64, never as 8bit: a relay that
+# does not offer 8BITMIME still gets a valid mail, and no line reaches the 998-octet limit.
+POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+
+def message(row: Outbox) -> EmailMessage:
+    """The queued row as a message: its headers in order, its body as UTF-8 text.
+
+    Raises ValueError for a header value that cannot be a header (a line break in it).
+    """
+    msg = EmailMessage(policy=POLICY)
+    for name, value in row.headers.items():
+        msg[name] = str(value)
+    msg.set_content(row.body, charset="utf-8")
+    return msg
 
 
 def render(row: Outbox) -> bytes:
-    """The outbox row as RFC 5322 bytes, CRLF line ends.
-
-    Written out directly: the stdlib's EmailMessage would parse every header again, which cost
-    more than delivering the mail.
-    """
-    body = row.body.replace("\r\n", "\n").replace("\n", "\r\n")
-    if body.isascii() and all(len(line) < 990 for line in body.split("\r\n")):
-        encoding, payload = "7bit", body.encode("ascii")
-    else:
-        encoding = "quoted-printable"
-        payload = quopri.encodestring(body.encode("utf-8")).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    head = b"".join(_header(name, str(value)) for name, value in row.headers.items())
-    head += b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    head += f"Content-Transfer-Encoding: {encoding}\r\n".encode()
-    return head + b"\r\n" + payload
+    """The queued row as RFC 5322 bytes, ready for SMTP."""
+    return message(row).as_bytes()

@@ -12,14 +12,15 @@ import logging
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from mailgate import retry, tickets, tokens
 from mailgate import subject as subjects
-from mailgate import tickets, tokens
 from mailgate.config import Settings
 from mailgate.headers import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
@@ -39,6 +40,14 @@ class Transport(Protocol):
         """Let go of any connection; the next deliver() opens a new one."""
 
 
+class AutoSubmitted(StrEnum):
+    """RFC 3834's Auto-Submitted, carried by every mail mailgate sends, so that no one's robot
+    answers it and receivers can tell a reply to their mail from a notification."""
+
+    GENERATED = "auto-generated"  # not caused by one mail: the dispatcher's notice, reminders, reports
+    REPLIED = "auto-replied"  # the answer to one incoming mail: the acknowledgement, a command receipt
+
+
 @dataclass(frozen=True)
 class OutgoingMail:
     """Everything about one mail to queue, apart from its text."""
@@ -49,7 +58,7 @@ class OutgoingMail:
     to: Person
     template: str
     context: dict[str, Any]
-    automatic: bool = True
+    auto_submitted: AutoSubmitted
     in_reply_to: str | None = None
 
 
@@ -115,9 +124,8 @@ def queue(
         LOOP_HEADER: settings.outgoing.loop_id,
         # Ask Exchange and friends not to send out-of-office or read receipts back to us.
         "X-Auto-Response-Suppress": "All",
+        "Auto-Submitted": mail.auto_submitted.value,
     }
-    if mail.automatic:
-        headers["Auto-Submitted"] = "auto-replied"
     if mail.in_reply_to:
         headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
         headers["References"] = f"<{mail.in_reply_to}>"
@@ -145,11 +153,6 @@ class FlushReport:
     sent: int = 0
     retried: int = 0
     dead: int = 0
-
-
-def backoff(attempts: int) -> timedelta:
-    """1, 2, 4 … minutes, at most six hours between attempts."""
-    return timedelta(minutes=min(2 ** max(attempts - 1, 0), 360))
 
 
 # A claimed row is not due again before this: time enough to deliver it. If the sender dies
@@ -227,9 +230,10 @@ def _attempt(
     each of the rest wait out the timeout again (50 rows, 30 s each: longer than their claim)."""
     try:
         data = render(row)
-    except (ValueError, TypeError, UnicodeError) as exc:
-        # A header that cannot be a header (a line break in it): no retry can fix this row, and
-        # it must not stay first in the queue, blocking every mail behind it.
+    except Exception as exc:
+        # Rendering depends on nothing but the row, so no retry can fix a row that fails it (a
+        # line break in a header, a value the header parser chokes on); it must not stay first
+        # in the queue, blocking every mail behind it, nor stop the sender.
         _dead(session, row, now, f"cannot be rendered as a mail: {exc}")
         report.dead += 1
         return None
@@ -247,7 +251,7 @@ def _attempt(
             _dead(session, row, now, f"gave up after {row.attempts} attempts: {row.last_error}")
             report.dead += 1
         else:
-            row.next_attempt_at = now + backoff(row.attempts)
+            row.next_attempt_at = now + retry.OUTBOX.delay(row.attempts)
             log.info("outbox id=%s msgid=%s retry at %s: %s", row.id, row.message_id, row.next_attempt_at, exc)
             report.retried += 1
         return exc if isinstance(exc, RELAY_DOWN) else None

@@ -25,7 +25,7 @@ from mailgate.models import Outbox, OutboxState
 from mailgate.outgoing.outbox import FlushReport, PermanentFailure, Transport, deliver_due
 from mailgate.wakeup import Wakeup, work_loop
 
-log = logging.getLogger("mailgate.outbox")
+log = logging.getLogger("mailgate.sender")
 
 __all__ = ["IDLE_SECONDS", "MaildirSink", "PermanentFailure", "Sender", "SmtpRelay", "Transport", "transport_for"]
 
