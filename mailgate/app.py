@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock, SystemClock
 from mailgate.config import Settings
-from mailgate.db import make_engine, make_sessionmaker
+from mailgate.db import make_engine, make_sessionmaker, reader
 from mailgate.outgoing.compose import Templates
 from mailgate.storage import AttachmentStore
 
@@ -19,7 +19,8 @@ from mailgate.storage import AttachmentStore
 class App:
     settings: Settings
     engine: Engine
-    sessions: sessionmaker[Session]
+    sessions: sessionmaker[Session]  # for transactions that write (on SQLite: BEGIN IMMEDIATE)
+    read_sessions: sessionmaker[Session]  # for those that only read: they never block a writer
     clock: Clock
     secret: bytes
     store: AttachmentStore
@@ -34,6 +35,7 @@ class App:
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
+            read_sessions=make_sessionmaker(reader(engine)),
             clock=clock or SystemClock(),
             secret=settings.secret_bytes(),
             store=AttachmentStore(settings.attachments_dir),

@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,9 +23,9 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
-DEFAULT_CONFIG_PATHS = (Path("mailgate.toml"), Path("/etc/mailgate/mailgate.toml"))
+from mailgate.config_file import ConfigError, find_data_dir, read_config_file
+
 MIN_SECRET_CHARS = 16  # the reply tokens are only as unguessable as this key
-DEFAULT_CATEGORIES = ["incident", "service request", "problem", "change", "feature request"]
 
 
 def _check_address(value: str) -> str:
@@ -36,10 +35,6 @@ def _check_address(value: str) -> str:
 
 
 EmailStr = Annotated[str, AfterValidator(_check_address)]
-
-
-class ConfigError(Exception):
-    """A configuration problem a person must fix; the message says which key and why."""
 
 
 class _Section(BaseModel):
@@ -66,7 +61,6 @@ class Addresses(_Section):
 
 class Tickets(_Section):
     tag_prefix: str = "HD"
-    categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES))
     default_priority: Literal["low", "normal", "high", "urgent"] = "normal"
     # A reply to a ticket closed longer ago than this opens a new ticket linked to the old one.
     reopen_window_days: int = Field(default=14, ge=0)
@@ -154,6 +148,14 @@ class ImapMailbox(_Section):
     idle: bool = True
 
 
+class Spool(_Section):
+    """The spool directory (<data_dir>/spool) where accepted mail waits for ingest."""
+
+    # Tries of one mail before it goes to quarantine. A try that fails because the database is
+    # down or locked does not count; one that ends with the process (an OOM kill) does.
+    max_attempts: int = Field(default=5, ge=1)
+
+
 class Limits(_Section):
     max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
@@ -181,6 +183,7 @@ class Settings(BaseSettings):
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
     smtp: Smtp = Smtp()
+    spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
 
@@ -220,10 +223,13 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'mailgate.db').resolve()}"
 
     @property
-    def spool_database_url(self) -> str:
-        """Where the SMTP listener queues accepted mail: the database itself on PostgreSQL; on
-        SQLite a file of its own beside it, so accepting a mail never waits for SQLite's one
-        write lock, which an ingest transaction holds for milliseconds."""
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def legacy_spool_url(self) -> str:
+        """Where releases before the spool directory queued accepted mail: a table of the
+        database on PostgreSQL, a file of its own beside it on SQLite (see legacy_spool.py)."""
         url = make_url(self.effective_database_url)
         if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
             return url.render_as_string(hide_password=False)
@@ -281,35 +287,21 @@ def _describe(error: dict[str, Any]) -> str:
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Read settings from `path` (or MAILGATE_CONFIG, or a default location), then environment."""
-    if path is None and os.environ.get("MAILGATE_CONFIG"):
-        path = Path(os.environ["MAILGATE_CONFIG"])
-    if path is None:
-        path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
-    elif not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if path is not None:
-        try:
-            tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    config = read_config_file(path)
 
     class _FromFile(Settings):
-        model_config = SettingsConfigDict(toml_file=path)
+        model_config = SettingsConfigDict(toml_file=config.path)
 
     try:
         loaded = _FromFile(**overrides)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
-        where = f" in {path}" if path else ""
+        where = f" in {config.path}" if config.path else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from None
     values = {k: getattr(loaded, k) for k in Settings.model_fields}
-    if path is not None:
-        # Relative paths mean "beside the config file", whatever directory mailgate runs in:
-        # an MTA pipe and a systemd unit start in different places.
-        base = path.resolve().parent
-        if not values["data_dir"].is_absolute():
-            values["data_dir"] = base / values["data_dir"]
-        maildir = values["outgoing"].maildir
-        if maildir is not None and not maildir.is_absolute():
-            values["outgoing"] = values["outgoing"].model_copy(update={"maildir": base / maildir})
+    # The data directory as `mailgate ingest` finds it without pydantic: the two never disagree.
+    values["data_dir"] = config.beside(loaded.data_dir) if "data_dir" in overrides else find_data_dir(config)
+    maildir = values["outgoing"].maildir
+    if maildir is not None:
+        values["outgoing"] = values["outgoing"].model_copy(update={"maildir": config.beside(maildir)})
     return Settings.model_construct(**values)

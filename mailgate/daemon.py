@@ -1,18 +1,19 @@
-"""`mailgate run`: the SMTP listener (a process of its own, see transports/listener_process.py),
-and in this process the spool's ingest worker, the IMAP pollers, the outbox sender and the
-scheduler. SIGTERM stops accepting, lets the mail in flight finish, and exits within seconds.
+"""`mailgate run`: the SMTP listener, the spool's worker, the IMAP pollers, the outbox sender and
+the scheduler. SIGTERM stops accepting, lets the mail in flight finish, and exits within seconds.
+
+At start the daemon becomes the worker of its spool directory (one daemon per data directory:
+a second one is refused), takes back at once the claims a dead worker left, and moves what an
+earlier release left in its database spool into the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
 import signal
+import socket
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from datetime import UTC
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailgate.app import App
-from mailgate.db import make_engine, make_sessionmaker
 from mailgate.ingest.spooled import SpoolWorker
+from mailgate.legacy_spool import drain_legacy_spool
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
 from mailgate.transports.listener_process import ListenerProcess
@@ -36,8 +37,9 @@ GRACE_SECONDS = 8.0  # SIGTERM to exit: systemd waits 10 s before it kills
 class Running:
     """What a started daemon consists of; tests read the listener's address from it."""
 
+    spool: Spool
+    spool_worker: SpoolWorker
     listener: ListenerProcess | None = None
-    spool_worker: SpoolWorker | None = None
     sender: Sender | None = None
     scheduler: AsyncIOScheduler | None = None
     poller_threads: list[threading.Thread] = field(default_factory=list)
@@ -62,6 +64,18 @@ def _start_pollers(app: App, stop: threading.Event) -> list[threading.Thread]:
     return threads
 
 
+def open_spool(app: App) -> Spool:
+    """This daemon's spool, locked, with a dead worker's claims given back: SpoolBusy if another
+    daemon works it."""
+    spool = Spool(app.settings.spool_dir)
+    spool.lock()
+    back = spool.recover()
+    if back:
+        log.warning("%d mails a stopped daemon was ingesting are due again at once", back)
+    drain_legacy_spool(app.settings, spool)
+    return spool
+
+
 async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT arrives), then shut down gracefully."""
     loop = asyncio.get_running_loop()
@@ -70,38 +84,36 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop.set)
     settings = app.settings
-    running = Running()
+    spool = open_spool(app)
     # Each loop has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
-    ingest_thread = ThreadPoolExecutor(1, "mailgate-ingest", initializer=_yield_cpu_to_the_listener)
-    sender_thread = ThreadPoolExecutor(1, "mailgate-sender", initializer=_yield_cpu_to_the_listener)
+    ingest_thread = ThreadPoolExecutor(1, "mailgate-ingest")
+    sender_thread = ThreadPoolExecutor(1, "mailgate-sender")
+    running = Running(spool, SpoolWorker(app, spool, ingest_thread))
     stop_threads = threading.Event()
     tasks: dict[str, asyncio.Task[None]] = {}
     failure: list[str] = []
-    spool: Spool | None = None
+    wakeups: socket.socket | None = None
     try:
         running.sender = Sender(app, transport_for(settings.outgoing, settings.outgoing_maildir), sender_thread)
         app.outbox_hook = running.sender.wake_up
         tasks["sender"] = asyncio.create_task(running.sender.run(stop), name="sender")
+        # Every writer of the spool (the listener, `mailgate ingest` from an MTA) pokes this.
+        wakeups = spool.listen_for_wakeups()
+        loop.add_reader(wakeups.fileno(), _on_poke, wakeups, running.spool_worker.wake_up)
+        tasks["spool"] = asyncio.create_task(running.spool_worker.run(stop), name="spool")
         if settings.smtp.enabled:
-            spool = Spool.open(settings.spool_database_url)
-            # Its own engine whose commits are not synced one by one: the worker syncs once per
-            # batch before it deletes the batch from the spool. One fsync per mail here would
-            # compete for the disk with the listener's, which each stand behind a 250.
-            engine = make_engine(settings.effective_database_url, synced=False)
-            ingest_app = dataclasses.replace(app, engine=engine, sessions=make_sessionmaker(engine))
-            running.spool_worker = SpoolWorker(ingest_app, spool, ingest_thread)
-            tasks["spool"] = asyncio.create_task(running.spool_worker.run(stop), name="spool")
             running.listener = ListenerProcess(settings, app.secret)
             await loop.run_in_executor(None, running.listener.wait_ready)
-            running.listener.watch(running.spool_worker.wake_up, _on_listener_exit(loop, stop, failure))
+            running.listener.watch(_on_listener_exit(loop, stop, failure))
         running.poller_threads = _start_pollers(app, stop_threads)
         running.scheduler = AsyncIOScheduler(timezone=UTC)
         running.scheduler.start()  # its jobs (reminders, escalations) arrive with the SLA issue
         log.info(
-            "mailgate running: smtp=%s imap=%d outgoing=%s",
+            "mailgate running: smtp=%s imap=%d outgoing=%s spool=%s",
             f"{settings.smtp.host}:{running.smtp_port}" if running.listener else "off",
             len(running.poller_threads),
             settings.outgoing.relay_host or settings.outgoing_maildir,
+            spool.root,
         )
         if on_ready is not None:
             on_ready(running)
@@ -109,15 +121,22 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         log.info("stopping: no new connections; finishing the mail in flight")
     finally:
         await _shutdown(running, stop, stop_threads, tasks)
+        if wakeups is not None:
+            loop.remove_reader(wakeups.fileno())
+            wakeups.close()
         for pool in (ingest_thread, sender_thread):
             pool.shutdown(wait=False, cancel_futures=True)
-        if spool is not None:
-            spool.close()
-        if running.spool_worker is not None:
-            running.spool_worker.app.close()
+        spool.unlock()
         app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])
+
+
+def _on_poke(wakeups: socket.socket, wake_up: Callable[[], None]) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while wakeups.recv(64):  # many pokes, one round
+            pass
+    wake_up()
 
 
 def _on_listener_exit(
@@ -164,14 +183,14 @@ async def _shutdown(
         except (TimeoutError, asyncio.CancelledError):
             log.warning("%s still busy at shutdown; its work stays queued for next time", name)
 
-    if "spool" in tasks and running.spool_worker is not None:
+    if "spool" in tasks:
         await settle("ingest worker", tasks["spool"], deadline - 1)
         # Use the time left to ingest what is spooled; the rest waits safely for the next start.
         left = await running.spool_worker.finish(deadline - 1.5)
         if left:
             log.info("%s spooled mails left for the next start", left)
     if "sender" in tasks:
-        await settle("sender", tasks["sender"], deadline - 1)  # then at most 0.5 s for hung threads
+        await settle("sender", tasks["sender"], deadline - 0.5)
     for thread in running.poller_threads:
         thread.join(timeout=max(deadline - loop.time(), 0.1))
     if running.scheduler is not None and running.scheduler.running:
@@ -180,41 +199,4 @@ async def _shutdown(
 
 
 def run(app: App) -> None:
-    error: BaseException | None = None
-    try:
-        asyncio.run(serve(app))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _exit_without_hung_threads(error)
-
-
-def _exit_without_hung_threads(error: BaseException | None, grace: float = 0.5) -> None:
-    """A round still busy after the shutdown deadline (a relay that stopped answering mid-mail
-    holds the sender for its timeout) would keep the interpreter from exiting until systemd
-    kills it. What such a round did is committed, or is done again later (its claims expire:
-    at least once, never lost), so the process exits without it."""
-    ours = ("mailgate-ingest", "mailgate-sender")
-    busy = [t for t in threading.enumerate() if t.name.startswith(ours) and t.is_alive()]
-    until = time.monotonic() + grace
-    for thread in busy:
-        thread.join(max(until - time.monotonic(), 0))
-    if any(t.is_alive() for t in busy):
-        log.warning("a delivery or ingest round was still running at the shutdown deadline: not waiting for it")
-        if error is not None:  # the caller would have printed it; it exits with us now
-            log.error("%s", error)
-        logging.shutdown()
-        os._exit(0 if error is None else 1)
-
-
-def _yield_cpu_to_the_listener() -> None:
-    """Give the calling thread the lowest CPU priority, niceness 19 (Linux: per thread): under a
-    burst the listener, which clients wait on, gets the CPU first and preempts this thread the
-    moment a client writes; spooled mail is safe and is ingested and answered once the listener
-    lets go. +10 was not enough: the kernel let the running thread finish its slice before the
-    woken listener got the core (bench/smtp.py, one client: 47% of the do-nothing rate at +10,
-    61-67% at 19). Not the idle class: its threads also get idle-class disk I/O and can starve
-    while holding a database lock."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    asyncio.run(serve(app))

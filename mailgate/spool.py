@@ -1,225 +1,324 @@
-"""The SMTP listener's spool: accepted mail waits here, durable, until ingest() has taken it.
+"""The spool directory: accepted mail waits here, on stable storage, until ingest() has taken it.
 
-The listener answers 250 as soon as the row is committed, the way an MTA answers once the mail
-is in its queue; a worker then runs ingest() on each row and deletes it after ingest() committed.
-A crash between the two offers the mail again, and dedupe makes that a no-op: never lost, never
-twice. A row whose ingest fails temporarily (the database is down) is retried with back-off; one
-that keeps failing goes to quarantine with its raw bytes and the last error.
+Maildir-style, the way an MTA's queue and Mailman's switchboard work, and the same on SQLite and
+PostgreSQL, so mail is accepted while the database is down:
 
-On PostgreSQL the spool is a table of the database (any daemon may take the rows); on SQLite it
-is a file of its own beside the database (see Settings.spool_database_url). The spool keeps its
-own wall-clock time: the listener and the worker run in different processes.
+    tmp/     a mail being written; never read
+    new/     waiting. The writer synced the file, renamed it here and synced the folder; only
+             then does the transport say yes (SMTP 250, exit 0 to the MTA).
+    cur/     claimed by the worker, which renamed it here and counted the attempt in its name
+             *before* trying: a mail whose ingest kills the process still reaches its limit.
+    notes/   the last error of a mail that failed, for `mailgate spool list`
+    lock     held by the daemon working this spool: one worker per spool (one per host)
+
+A file is one line of JSON (the envelope) followed by the raw mail, byte for byte. Its name is
+`<arrival in µs>.<pid>.<random>`, so names sort by arrival; a mail that was tried carries
+`.a<attempts>.d<due, ms since the epoch>` after it.
+
+Only the standard library is imported here: `mailgate ingest`, run by an MTA once per mail,
+writes into the spool and must start fast.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, insert, select, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, IntegrityError
+# Leftovers in tmp/ are writers that died before their rename (their client never got a yes).
+# A writer may still be busy with a big mail: only this old a file is taken for dead.
+STALE_TMP_SECONDS = 36 * 3600
+ENVELOPE_MAX_BYTES = 1024 * 1024  # an envelope line longer than this is not ours
 
-from mailgate.clock import Clock, SystemClock
-from mailgate.db import make_engine, sqlite_write
-from mailgate.models import SpoolEntry
-
-# A worker that took a row and died gives it back after this long.
-CLAIM_SECONDS = 600
-TABLE = SpoolEntry.__table__
+_NAME = re.compile(r"^(?P<base>\d+\.\d+\.[0-9a-f]+)(?:\.a(?P<attempts>\d+)\.d(?P<due>\d+))?$")
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """1, 2, 4 … seconds, at most an hour: a database outage of minutes costs minutes, not hours."""
-    return timedelta(seconds=min(2 ** max(attempts - 1, 0), 3600))
+def spool_dir(data_dir: Path) -> Path:
+    return data_dir / "spool"
 
 
-@dataclass
-class Taken:
-    id: int
+class SpoolBusy(Exception):
+    """Another running daemon works this spool."""
+
+
+class BrokenEntry(Exception):
+    """A spool file without a readable envelope line."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    source: str  # "smtp", "pipe", "lmtp", …
+    sender: str | None  # MAIL FROM; "" is the null sender (bounces); None: not known
+    recipients: tuple[str, ...]
+    received_at: datetime  # aware; the ticket's clock starts here even if the mail waited
+
+    def to_line(self) -> bytes:
+        fields = {
+            "source": self.source,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "received_at": self.received_at.astimezone(UTC).isoformat(),
+        }
+        # ensure_ascii: an address the listener kept as surrogates still makes a valid line.
+        return json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> Envelope:
+        try:
+            fields = json.loads(line)
+            return cls(
+                source=str(fields["source"]),
+                sender=None if fields["sender"] is None else str(fields["sender"]),
+                recipients=tuple(str(r) for r in fields["recipients"]),
+                received_at=datetime.fromisoformat(fields["received_at"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BrokenEntry(f"no envelope line: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EntryName:
+    base: str
+    attempts: int = 0
+    due_ms: int = 0  # not before this; 0 = at once
+
+    @classmethod
+    def parse(cls, name: str) -> EntryName | None:
+        match = _NAME.match(name)
+        if match is None:
+            return None
+        return cls(match["base"], int(match["attempts"] or 0), int(match["due"] or 0))
+
+    def __str__(self) -> str:
+        if not self.attempts and not self.due_ms:
+            return self.base
+        return f"{self.base}.a{self.attempts}.d{self.due_ms}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A mail the worker took: renamed into cur/ with the attempt counted."""
+
+    name: EntryName
+    envelope: Envelope | None  # None: not a file a writer of ours made; `raw` is the whole file
     raw: bytes
-    source: str
-    envelope_sender: str
-    envelope_recipients: list[str]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One line of `mailgate spool list`."""
+
+    name: str
+    envelope: Envelope | None  # None: the file has no readable envelope
     attempts: int
-    received_at: datetime
+    due: datetime | None
+    last_error: str
+    claimed: bool
 
 
 class Spool:
-    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
-        self.engine = engine
-        self.clock = clock or SystemClock()
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp, self.new, self.cur, self.notes = (root / part for part in ("tmp", "new", "cur", "notes"))
+        self._lock_fd: int | None = None
 
-    @classmethod
-    def open(cls, url: str, clock: Clock | None = None, *, pre_ping: bool = True) -> Spool:
-        """pre_ping=False (the listener): no round trip to test a pooled PostgreSQL connection
-        before each mail; put() replaces a connection PostgreSQL dropped and tries again."""
-        engine = make_engine(url, pre_ping=pre_ping)
-        if make_url(url).get_backend_name() == "sqlite":
-            # The separate SQLite spool file is not a migrated database: it holds this one table,
-            # made here. (On PostgreSQL the table comes with the migrations.)
-            TABLE.create(engine, checkfirst=True)
-        return cls(engine, clock)
+    def _make_dirs(self) -> None:
+        for folder in (self.tmp, self.new, self.cur, self.notes):
+            folder.mkdir(parents=True, exist_ok=True)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    # -- writing: any process, any number at once ------------------------------------------------
 
-    def put(self, raw: bytes, source: str, envelope_sender: str, envelope_recipients: Sequence[str]) -> int:
-        """Keep the mail; once this returns, it is safe to answer 250."""
-        row = {"raw": raw, "source": source, "sender": envelope_sender, "recipients": list(envelope_recipients)}
-        return self.put_many([row])[0]
-
-    def put_many(self, mails: Sequence[dict[str, Any]]) -> list[int]:
-        """Keep several mails in one transaction (keys raw, source, sender, recipients); their ids
-        in the same order."""
-        now = self.clock.now()
-        rows = [
-            {
-                "raw": mail["raw"],
-                "source": mail["source"][:100],
-                "envelope_sender": mail["sender"],
-                "envelope_recipients": mail["recipients"],
-                "received_at": now,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "last_error": "",
-            }
-            for mail in mails
-        ]
-        # Every mail the listener accepts comes through here: straight to the driver, with the
-        # columns' own bind processors, costs a fraction of a Core insert (bench/smtp.py).
-        values = [tuple(process(row[name]) if process else row[name] for name, process in self._binds) for row in rows]
-        if self.engine.dialect.name == "sqlite":
-            with sqlite_write(self.engine) as conn:
-                return [int(conn.execute(self._insert_sql, params).lastrowid or 0) for params in values]
-        if self.engine.dialect.driver == "psycopg":
-            try:
-                return self._put_psycopg(values)
-            except DisconnectionError:  # PostgreSQL restarted since: once more on a new connection
-                return self._put_psycopg(values)
-        with self.engine.begin() as conn:
-            result = conn.execute(insert(TABLE).returning(TABLE.c.id, sort_by_parameter_order=True), rows)
-            return [int(i) for i in result.scalars()]
-
-    def refused_a_value(self, exc: BaseException) -> bool:
-        """Whether `exc` from put_many() is the database refusing a value of the mails (one mail's
-        problem), not the database being unavailable (everyone's)."""
-        dbapi = self.engine.dialect.loaded_dbapi
-        if isinstance(exc, DBAPIError):
-            exc = exc.orig or exc
-        return isinstance(exc, (UnicodeError, dbapi.DataError, dbapi.IntegrityError, DataError, IntegrityError))
-
-    def _put_psycopg(self, values: list[tuple[Any, ...]]) -> list[int]:
-        # One mail: a lone INSERT in autocommit is a transaction of its own, one round trip
-        # instead of BEGIN, INSERT, COMMIT. Several (group commit): one transaction, the INSERTs
-        # pipelined by executemany. A connection PostgreSQL dropped is replaced (see open()).
-        pooled = self.engine.raw_connection()
+    def put(self, raw: bytes, envelope: Envelope) -> str:
+        """Keep the mail. When this returns it is on stable storage: a crash, a kill -9 or a
+        power cut after this cannot lose it. OSError (disk full, read-only) if it could not."""
+        if not self.new.is_dir():
+            self._make_dirs()
+        base = f"{time.time_ns() // 1000}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = self.tmp / base
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            driver = pooled.driver_connection
-            sql = self._insert_sql + " RETURNING id"
             try:
-                if len(values) == 1:
-                    driver.autocommit = True
-                    try:
-                        return [int(driver.execute(sql, values[0]).fetchone()[0])]
-                    finally:
-                        if not driver.closed:  # (a broken connection refuses it, hiding the real error)
-                            driver.autocommit = False
-                ids = []
-                with driver.transaction(), driver.cursor() as cursor:
-                    cursor.executemany(sql, values, returning=True)
-                    while True:
-                        ids.append(int(cursor.fetchone()[0]))
-                        if not cursor.nextset():
-                            break
-                return ids
-            except self.engine.dialect.loaded_dbapi.Error as exc:
-                if self.engine.dialect.is_disconnect(exc, driver, None) or driver.closed:
-                    pooled.invalidate()
-                    raise DisconnectionError(str(exc)) from exc
-                raise
-        finally:
-            pooled.close()  # back to the pool
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(envelope.to_line())
+                    out.write(raw)
+                # The contents first, then the name: after a crash the file in new/ is whole.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.new / base)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _sync_folder(self.new)  # the rename itself survives a power cut only once this is done
+        return base
 
-    @functools.cached_property
-    def _binds(self) -> list[tuple[str, Callable[[Any], Any] | None]]:
-        names = [c.name for c in TABLE.columns if c.name != "id"]
-        dialect = self.engine.dialect
-        # dialect_impl: SQLite's own DATETIME formatting, exactly what a Core insert would store.
-        return [(name, TABLE.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names]
+    def wake_daemon(self) -> None:
+        """Tell the daemon working this spool, if one runs, to look now. Never raises: without
+        a daemon the mail waits for the next start (or its next scan)."""
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
+            poke.setblocking(False)
+            poke.sendto(b"!", self.wakeup_address)
 
-    @functools.cached_property
-    def _insert_sql(self) -> str:
-        names = [name for name, _ in self._binds]
-        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        return f"INSERT INTO {TABLE.name} ({', '.join(names)}) VALUES ({', '.join([marker] * len(names))})"
+    @property
+    def wakeup_address(self) -> str:
+        # Linux's abstract socket namespace: no file to leave behind after a crash and no limit
+        # of 108 bytes on the path; the name is derived from the spool's real path.
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:32]
+        return f"\0mailgate-spool-{digest}"
 
-    def take(self, limit: int) -> list[Taken]:
-        """Claim up to `limit` due rows, oldest first, and commit the claim at once (no lock stays
-        held while they are ingested). SKIP LOCKED: two daemons never take the same row."""
-        now = self.clock.now()
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(TABLE)
-                .where(TABLE.c.next_attempt_at <= now)
-                .order_by(TABLE.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if rows:
-                conn.execute(
-                    update(TABLE)
-                    .where(TABLE.c.id.in_([r.id for r in rows]))
-                    .values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
-                )
-        return [
-            Taken(r.id, r.raw, r.source, r.envelope_sender, list(r.envelope_recipients), r.attempts, r.received_at)
-            for r in rows
-        ]
+    # -- the worker: one per spool, holding the lock -----------------------------------------------
 
-    def done(self, *entry_ids: int) -> None:
-        if not entry_ids:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(delete(TABLE).where(TABLE.c.id.in_(entry_ids)))
+    def lock(self) -> None:
+        """Become this spool's worker, or SpoolBusy naming the daemon that is."""
+        self._make_dirs()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SpoolBusy(f"another mailgate daemon (pid {holder}) works the spool {self.root}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
-    def release(self, *entry_ids: int) -> None:
-        """Give back claimed rows that were not tried: due again now."""
-        with self.engine.begin() as conn:
-            conn.execute(update(TABLE).where(TABLE.c.id.in_(entry_ids)).values(next_attempt_at=self.clock.now()))
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
-    def failed(self, entry: Taken, error: str) -> datetime:
-        """Offer the row again later; returns when."""
-        attempts = entry.attempts + 1
-        due = self.clock.now() + retry_delay(attempts)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(TABLE)
-                .where(TABLE.c.id == entry.id)
-                .values(attempts=attempts, next_attempt_at=due, last_error=error[:2000])
-            )
-        return due
+    def listen_for_wakeups(self) -> socket.socket:
+        """The socket writers poke (see wake_daemon); non-blocking, bound while the lock is held."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(self.wakeup_address)
+        return sock
+
+    def recover(self) -> int:
+        """At start, with the lock held: every claim in cur/ is a worker that died while
+        ingesting (the lock says no other runs). Give them back at once, their attempt counted;
+        remove writes that died before their rename. Returns how many claims came back."""
+        self._make_dirs()
+        back = 0
+        for name in os.listdir(self.cur):
+            parsed = EntryName.parse(name)
+            if parsed is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.cur / name, self.new / str(EntryName(parsed.base, parsed.attempts, 0)))
+                back += 1
+        cutoff = time.time() - STALE_TMP_SECONDS
+        for leftover in self.tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+        return back
+
+    def due(self, now: datetime) -> list[EntryName]:
+        """Waiting mail that may be tried now, oldest first."""
+        now_ms = int(now.timestamp() * 1000)
+        names = (EntryName.parse(n) for n in os.listdir(self.new))
+        return sorted((n for n in names if n is not None and n.due_ms <= now_ms), key=lambda n: n.base)
 
     def next_due(self) -> datetime | None:
-        with self.engine.connect() as conn:
-            return conn.execute(select(TABLE.c.next_attempt_at).order_by(TABLE.c.next_attempt_at).limit(1)).scalar()
+        """When the earliest waiting mail that is not due yet will be."""
+        names = [n for n in (EntryName.parse(n) for n in os.listdir(self.new)) if n is not None]
+        if not names:
+            return None
+        return datetime.fromtimestamp(min(n.due_ms for n in names) / 1000, UTC)
 
-    def lines(self, limit: int = 200) -> list[str]:
-        """What waits, oldest first, one line each (for `mailgate spool list`)."""
-        columns = [TABLE.c[name] for name in ("id", "received_at", "attempts", "next_attempt_at", "last_error")]
-        columns += [TABLE.c.envelope_sender, TABLE.c.envelope_recipients]
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(*columns).order_by(TABLE.c.id).limit(limit)).all()
-        return [
-            f"{r.id:>6}  received {r.received_at:%Y-%m-%d %H:%M:%S}  <{r.envelope_sender}> -> "
-            f"{', '.join(r.envelope_recipients)}"
-            + (f"  attempts {r.attempts}, next {r.next_attempt_at:%H:%M:%S}: {r.last_error}" if r.attempts else "")
-            for r in rows
-        ]
+    def claim(self, name: EntryName) -> Claimed | None:
+        """Take `name` for one attempt: renamed into cur/ with the attempt counted first. None
+        if it is gone (another claim won)."""
+        taken = EntryName(name.base, name.attempts + 1, name.due_ms)
+        try:
+            os.rename(self.new / str(name), self.cur / str(taken))
+        except FileNotFoundError:
+            return None
+        data = (self.cur / str(taken)).read_bytes()
+        line, newline, raw = data.partition(b"\n")
+        try:
+            if not newline or len(line) > ENVELOPE_MAX_BYTES:
+                raise BrokenEntry("no envelope line")
+            return Claimed(taken, Envelope.from_line(line), raw)
+        except BrokenEntry:
+            return Claimed(taken, None, data)
+
+    def done(self, name: EntryName) -> None:
+        """ingest() committed the mail (or quarantine took it): it leaves the spool. Not synced:
+        should a power cut bring the file back, ingesting it again is a duplicate, a no-op."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.cur / str(name)).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.notes / name.base).unlink()
+
+    def retry(self, name: EntryName, error: str, due: datetime, *, count: bool = True) -> None:
+        """Back into new/, due again at `due`. count=False gives the attempt back: the failure
+        was the database's (down, locked), not this mail's."""
+        attempts = name.attempts if count else max(name.attempts - 1, 0)
+        with contextlib.suppress(OSError):  # only a note for the admin
+            (self.notes / name.base).write_text(error[:2000], encoding="utf-8", errors="replace")
+        back = EntryName(name.base, attempts, int(due.timestamp() * 1000))
+        os.rename(self.cur / str(name), self.new / str(back))
+
+    # -- looking -------------------------------------------------------------------------------
 
     def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(TABLE)).scalar_one())
+        return sum(len(os.listdir(folder)) for folder in (self.new, self.cur) if folder.is_dir())
+
+    def waiting(self) -> list[Waiting]:
+        """What the spool holds, oldest first (for `mailgate spool list`)."""
+        found: list[Waiting] = []
+        for claimed, folder in ((False, self.new), (True, self.cur)):
+            for name, path in _entries(folder):
+                due = datetime.fromtimestamp(name.due_ms / 1000, UTC) if name.due_ms else None
+                found.append(
+                    Waiting(str(name), _read_envelope(path), name.attempts, due, self._note(name.base), claimed)
+                )
+        return sorted(found, key=lambda w: w.name)
+
+    def notes_for(self, name: EntryName) -> str:
+        """The last error noted for this mail ("" if none)."""
+        return self._note(name.base)
+
+    def _note(self, base: str) -> str:
+        try:
+            return (self.notes / base).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def _entries(folder: Path) -> Iterator[tuple[EntryName, Path]]:
+    if not folder.is_dir():
+        return
+    for name in os.listdir(folder):
+        parsed = EntryName.parse(name)
+        if parsed is not None:
+            yield parsed, folder / name
+
+
+def _read_envelope(path: Path) -> Envelope | None:
+    try:
+        with path.open("rb") as fh:
+            return Envelope.from_line(fh.readline(ENVELOPE_MAX_BYTES))
+    except (OSError, BrokenEntry):
+        return None
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

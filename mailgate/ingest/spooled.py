@@ -1,30 +1,32 @@
-"""Mail the SMTP listener spooled goes through ingest() here, one row at a time.
+"""The spool's worker: mail waiting in the spool directory goes through ingest(), oldest first.
 
-Each row is deleted only after ingest() committed it. A temporary failure (the database is
-down) offers the row again with back-off; a mail that keeps failing goes to quarantine with its
-raw bytes and the last error, where `mailgate quarantine retry` can take it up again.
+A mail leaves the spool only after ingest() committed it (or quarantine took it). Each try is
+counted before it starts (see spool.Spool.claim), so a mail whose ingest kills the process
+reaches quarantine after `spool.max_attempts` tries instead of being retried forever. When the
+database itself is unreachable or locked, that is nobody's mail's fault: the attempt is given
+back and the worker waits (retry.SPOOL) before it tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+from mailgate import retry
 from mailgate.app import App
-from mailgate.db import sync_to_disk
+from mailgate.clock import Clock, SystemClock
 from mailgate.ingest.pipeline import TemporaryFailure, ingest, quarantine
-from mailgate.spool import Spool, Taken
+from mailgate.spool import Claimed, Spool
 from mailgate.wakeup import Wakeup, work_loop
 
 log = logging.getLogger("mailgate.spool")
 
-# Temporary failures before the mail goes to quarantine: with the spool's back-off (at most an
-# hour between attempts) about a day, longer than a database outage should last.
-MAX_ATTEMPTS = 36
+_DATABASE_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 
 
 @dataclass
@@ -32,110 +34,141 @@ class DrainReport:
     stored: int = 0
     retried: int = 0
     quarantined: int = 0
-
-    @property
-    def taken(self) -> int:
-        return self.stored + self.retried + self.quarantined
+    # The database is unavailable: the round stopped early; try again at this time.
+    outage_until: datetime | None = None
 
 
-def drain(app: App, spool: Spool, limit: int = 20) -> DrainReport:
-    """Ingest up to `limit` due spooled mails, oldest first."""
+def drain(app: App, spool: Spool, limit: int = 50, outages: int = 0, clock: Clock | None = None) -> DrainReport:
+    """Ingest up to `limit` due mails. `outages`: rounds in a row that found the database
+    unavailable, for the back-off. `clock` times the retries: the wall clock, whatever clock
+    the app dates tickets with (tests move that one)."""
+    clock = clock or SystemClock()
     report = DrainReport()
-    stored: list[int] = []
-    entries = spool.take(limit)
-    settled: set[int] = set()  # stored, retried later or quarantined: the rest goes back
-    try:
-        for entry in entries:
-            try:
-                ingest(
-                    app,
-                    entry.raw,
-                    entry.source,
-                    entry.envelope_recipients,
-                    entry.envelope_sender,
-                    received_at=entry.received_at,
-                )
-            except TemporaryFailure as exc:
-                if entry.attempts + 1 >= MAX_ATTEMPTS and _give_up(app, spool, entry, str(exc)):
-                    report.quarantined += 1
-                    settled.add(entry.id)
-                    continue
-                due = spool.failed(entry, str(exc))
-                settled.add(entry.id)
-                log.warning(
-                    "spool id=%s not stored yet (%s); again at %s", entry.id, exc, due.isoformat(timespec="seconds")
-                )
-                report.retried += 1
-                continue
-            stored.append(entry.id)
-            settled.add(entry.id)
-            report.stored += 1
-    finally:
-        # A round cut short (the spool itself failed): what it claimed and did not settle is due
-        # again at once rather than when the claim runs out, ten minutes from now.
-        unsettled = [entry.id for entry in entries if entry.id not in settled]
-        if unsettled:
-            with contextlib.suppress(Exception):  # the spool is down: the claim runs out instead
-                spool.release(*unsettled)
-        # The stored mails must be on disk before their spool rows go (the worker's commits are
-        # not synced one by one, see SpoolWorker); then one write for the batch. Rows of a
-        # crashed batch come back, and dedupe makes them no-ops.
-        if stored:
-            sync_to_disk(app.engine)
-        spool.done(*stored)
+    max_attempts = app.settings.spool.max_attempts
+    for name in spool.due(clock.now())[:limit]:
+        claimed = spool.claim(name)
+        if claimed is None:
+            continue
+        if claimed.envelope is None or claimed.name.attempts > max_attempts:
+            if not _give_up(app, spool, claimed, max_attempts):
+                report.outage_until = clock.now() + retry.SPOOL.delay(outages + 1)
+                break
+            report.quarantined += 1
+            continue
+        envelope = claimed.envelope
+        try:
+            ingest(
+                app,
+                claimed.raw,
+                envelope.source,
+                envelope.recipients,
+                envelope.sender,
+                received_at=envelope.received_at,
+            )
+        except TemporaryFailure as exc:
+            now = clock.now()
+            if _database_unavailable(app, exc):
+                # Every other mail would fail alike: stop the round, keep the attempt unspent.
+                report.outage_until = now + retry.SPOOL.delay(outages + 1)
+                spool.retry(claimed.name, str(exc), report.outage_until, count=False)
+                log.warning("spool %s: the database is unavailable (%s); trying again soon", name.base, exc)
+                break
+            due = now + retry.SPOOL.delay(claimed.name.attempts)
+            spool.retry(claimed.name, str(exc), due)
+            report.retried += 1
+            log.warning(
+                "spool %s: not stored (attempt %d of %d): %s",
+                name.base,
+                claimed.name.attempts,
+                max_attempts,
+                exc,
+            )
+            continue
+        spool.done(claimed.name)
+        report.stored += 1
     return report
 
 
-def _give_up(app: App, spool: Spool, entry: Taken, error: str) -> bool:
-    reason = f"could not be stored after {entry.attempts + 1} attempts: {error}"
+def _database_unavailable(app: App, exc: BaseException) -> bool:
+    """Whether the failure was the database's or the disk's rather than this mail's: a disk
+    error, SQLite's write lock not granted in time, or an operational error while the database
+    does not even answer a ping. (PostgreSQL reports some errors a mail causes, an oversized
+    index row for one, as operational too: those count against the mail.)"""
+    causes = []
+    cause: BaseException | None = exc.__cause__
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__
+    if any(isinstance(c, OSError) for c in causes):
+        return True
+    if any(isinstance(c, OperationalError) and "locked" in str(c.orig) for c in causes):
+        return True
+    if not any(isinstance(c, _DATABASE_ERRORS) for c in causes):
+        return False
     try:
-        quarantine(app, entry.raw, entry.source, reason, app.clock.now())
+        with app.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> bool:
+    """Into quarantine with its bytes and why; False if the database cannot take it now."""
+    if claimed.envelope is None:
+        reason, source = "a spool file without an envelope line (not written by mailgate?)", "spool"
+    else:
+        last = spool.notes_for(claimed.name) or "the process ended while ingesting it"
+        reason = f"not stored after {max_attempts} attempts; the last: {last}"
+        source = claimed.envelope.source
+    try:
+        quarantine(app, claimed.raw, source, reason, app.clock.now())
     except TemporaryFailure:
-        return False  # the quarantine lives in the same database: the row waits in the spool
-    sync_to_disk(app.engine)
-    spool.done(entry.id)
-    log.error("spool id=%s quarantined: %s", entry.id, reason)
+        spool.retry(claimed.name, "quarantine not writable", SystemClock().now(), count=False)
+        return False
+    spool.done(claimed.name)
+    log.error("spool %s quarantined: %s", claimed.name.base, reason)
     return True
 
 
 class SpoolWorker:
-    """Drains the spool on its own thread: woken by the listener for each mail, and at least
-    every IDLE_SECONDS (another daemon's listener may share a PostgreSQL spool)."""
+    """Drains the spool on its own thread: woken by every writer (the listener, `mailgate
+    ingest`) through the spool's wake-up socket, and at least every IDLE_SECONDS."""
 
     IDLE_SECONDS = 10.0
 
-    def __init__(self, app: App, spool: Spool, executor: Executor) -> None:
+    def __init__(self, app: App, spool: Spool, executor: Executor, clock: Clock | None = None) -> None:
         self.app = app
         self.spool = spool
         self.executor = executor
+        self.clock = clock or SystemClock()
         self.wake_up = Wakeup()
+        self._outages = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await work_loop(
-            self.wake_up, stop, self.executor, self._round, self.spool.clock.now, self.IDLE_SECONDS, "spool"
-        )
+        await work_loop(self.wake_up, stop, self.executor, self._round, self.clock.now, self.IDLE_SECONDS, "spool")
 
     def _round(self) -> tuple[bool, datetime | None]:
-        report = drain(self.app, self.spool)
-        if report.stored or report.quarantined:
+        report = drain(self.app, self.spool, outages=self._outages, clock=self.clock)
+        if report.outage_until is not None:
+            self._outages += 1
+            return False, report.outage_until
+        self._outages = 0
+        if report.stored or report.quarantined or report.retried:
             return True, None  # there may be more waiting
         return False, self.spool.next_due()
 
     async def finish(self, deadline: float) -> int:
-        """At shutdown: ingest what is spooled until `deadline` (loop time); returns what is left.
-        What is left is safe in the spool and taken at the next start."""
+        """At shutdown: ingest what is spooled until `deadline` (loop time); returns what is
+        left, safe in the spool for the next start."""
         loop = asyncio.get_running_loop()
         while loop.time() < deadline:
             try:
                 # Bounded: a round still running on the executor would make this wait for it.
-                job = loop.run_in_executor(self.executor, drain, self.app, self.spool, 5)
+                job = loop.run_in_executor(self.executor, drain, self.app, self.spool, 5, 0, self.clock)
                 report = await asyncio.wait_for(job, timeout=deadline - loop.time())
             except Exception:
                 break
             if not report.stored:
                 break
-        try:
-            job = loop.run_in_executor(self.executor, self.spool.count)
-            return await asyncio.wait_for(job, timeout=max(deadline - loop.time(), 0.2))
-        except Exception:
-            return -1
+        return self.spool.count()

@@ -1,13 +1,12 @@
-"""The SMTP listener runs in a process of its own, the rest of the daemon in the other.
+"""The SMTP listener runs in a process of its own; the rest of the daemon in the other.
 
-Why a process: ingest() is CPU-bound Python (parsing, templates, the ORM), and a thread running
-it holds the GIL for up to 5 ms at a time. Every SMTP command the listener answers then waits
-for it; measured here, a listener beside one ingest thread fell from ~1,300 to ~160 mails/s.
-In its own process the listener only speaks SMTP and commits mail to the spool.
+Why a process: ingest() is CPU-bound Python (parsing, templates, the ORM) and holds the GIL
+for milliseconds at a time; in the same process every SMTP command would wait for it
+(bench/smtp.py measures both). The listener only speaks SMTP and writes each mail into the
+spool directory, like `mailgate ingest` does; every writer pokes the daemon's wake-up socket.
 
-The two talk over a pipe: the child says when it listens (or why it cannot), and sends a word
-for each spooled mail so the ingest worker starts at once. The child stops on SIGTERM/SIGINT
-or when the pipe closes (the parent died): it stops accepting, finishes the mail in flight and
+The child says over a pipe when it listens (or why it cannot). It stops on SIGTERM/SIGINT or
+when the pipe closes (the parent died): it stops accepting, finishes the mail in flight and
 exits; what it answered 250 to is in the spool.
 """
 
@@ -17,23 +16,20 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from mailgate.config import Settings
-from mailgate.db import describe
 from mailgate.spool import Spool
 from mailgate.transports import smtp
-from mailgate.transports.group_commit import GroupCommit
 
 log = logging.getLogger("mailgate.smtp")
 
 GRACE_SECONDS = 5.0  # for the mail in flight at SIGTERM
+WRITERS = 8  # spool writes at once: their syncs overlap, and the disk flushes them together
 
 
 class ListenerProcess:
@@ -49,9 +45,8 @@ class ListenerProcess:
         self.process.start()
         child_end.close()
         self.port = 0
-        self._reader: threading.Thread | None = None
         # join() is not thread-safe: two threads reaping one child, the loser gets ECHILD and
-        # takes the child for alive (stop() would then report it stuck and kill a dead process).
+        # takes the child for alive.
         self._reaping = threading.Lock()
 
     def wait_ready(self, timeout: float = 60) -> int:
@@ -70,22 +65,17 @@ class ListenerProcess:
         self.port = int(message[1])
         return self.port
 
-    def watch(self, on_queued: Callable[[], None], on_exit: Callable[[int | None], None]) -> None:
-        """Call `on_queued` (from a thread of ours) for each spooled mail, `on_exit` with the
-        child's exit code when it is gone (0: it was told to stop, by SIGTERM or SIGINT)."""
+    def watch(self, on_exit: Callable[[int | None], None]) -> None:
+        """Call `on_exit` with the child's exit code when it is gone (0: told to stop)."""
 
-        def read() -> None:
-            try:
-                while True:
-                    self._conn.recv_bytes()
-                    on_queued()
-            except (EOFError, OSError):
-                with self._reaping:  # the pipe closes a moment before the exit code is known
-                    self.process.join(2)
-                on_exit(self.process.exitcode)
+        def wait() -> None:
+            with contextlib.suppress(EOFError, OSError):
+                self._conn.recv_bytes()  # the child never writes again: this returns when it is gone
+            with self._reaping:
+                self.process.join(2)  # the pipe closes a moment before the exit code is known
+            on_exit(self.process.exitcode)
 
-        self._reader = threading.Thread(target=read, name="smtp-listener-pipe", daemon=True)
-        self._reader.start()
+        threading.Thread(target=wait, name="smtp-listener-watch", daemon=True).start()
 
     def stop(self, timeout: float = GRACE_SECONDS + 1) -> int | None:
         """SIGTERM, then wait; the child finishes the mail in flight. Returns its exit code."""
@@ -108,9 +98,6 @@ def _child_main(settings: Settings, secret: bytes, conn: Connection, levels: tup
     logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mailgate").setLevel(levels[1])
     logging.getLogger("mail.log").setLevel(levels[2])
-    # The spool thread, back from its commit, waits for the GIL until the busy event loop lets go:
-    # by default up to 5 ms, which would bound a batch to that. A short interval keeps it short.
-    sys.setswitchinterval(0.0005)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, secret, conn))
 
@@ -127,39 +114,18 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         stop.set()
 
     loop.add_reader(conn.fileno(), parent_gone)
-    try:
-        spool = Spool.open(settings.spool_database_url, pre_ping=False)  # a round trip less per mail
-    except Exception as exc:
-        conn.send(("error", f"cannot open the spool: {describe(exc)}"))
-        return
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-
-    def written(count: int) -> None:
-        listener.spooled_more(count)
-        _tell(conn)
-
-    listener = smtp.Listener(settings, secret, GroupCommit(spool, executor, on_written=written))
-    try:
-        server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
-    except Exception as exc:  # the port is taken, a certificate unreadable …
-        conn.send(("error", f"SMTP listener on {settings.smtp.host}:{settings.smtp.port}: {exc}"))
-        spool.close()
-        return
-    conn.send(("ready", server.sockets[0].getsockname()[1]))
-    os.set_blocking(conn.fileno(), False)
-    backlog = asyncio.create_task(listener.watch_backlog(lambda: loop.run_in_executor(executor, spool.count)))
-    await stop.wait()
-    backlog.cancel()
-    server.close()
-    deadline = loop.time() + GRACE_SECONDS
-    while listener.in_flight and loop.time() < deadline:
-        await asyncio.sleep(0.02)
-    executor.shutdown(wait=True)
-    spool.close()
-
-
-def _tell(conn: Connection) -> None:
-    # Never block the event loop on the pipe: a full pipe means the parent has wake-ups waiting
-    # already. (An empty message is 4 bytes, below PIPE_BUF: written whole or not at all.)
-    with contextlib.suppress(OSError):  # BlockingIOError, or the parent is gone: nobody to tell
-        conn.send_bytes(b"")
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="spool-write") as writers:
+        listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writers)
+        try:
+            server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
+        except Exception as exc:  # the port is taken, a certificate unreadable …
+            conn.send(("error", f"SMTP listener on {settings.smtp.host}:{settings.smtp.port}: {exc}"))
+            return
+        conn.send(("ready", server.sockets[0].getsockname()[1]))
+        backlog = asyncio.create_task(listener.watch_backlog())
+        await stop.wait()
+        backlog.cancel()
+        server.close()
+        deadline = loop.time() + GRACE_SECONDS
+        while listener.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.02)

@@ -1,9 +1,11 @@
-"""The SMTP (or LMTP) listener: aiosmtpd puts each mail into the spool and answers after the commit.
+"""The SMTP (or LMTP) listener: aiosmtpd writes each mail into the spool directory and answers
+250 once it is on stable storage.
 
 A page, not a subsystem: the protocol stays in aiosmtpd. This module decides which recipients
 we accept (our addresses and their signed plus addresses: never an open relay), how many
-clients may talk at once, and which reply code a spooled or failed mail gets. ingest() takes
-the mail from the spool in the daemon's other process (see listener_process.py and why there).
+clients may talk at once, and which reply code a spooled or failed mail gets. The daemon's
+spool worker ingests the mail (see listener_process.py for why the listener has a process of
+its own).
 """
 
 from __future__ import annotations
@@ -12,21 +14,19 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 import ssl
-from collections.abc import Awaitable, Callable
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate import spool as spooling
 from mailgate import tokens
 from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
-from mailgate.db import describe
-from mailgate.transports.group_commit import GroupCommit
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -42,18 +42,15 @@ BAD_SENDER = "553 5.1.7 Bad sender address syntax"
 class Listener:
     """State shared by all connections: settings, the spool, the connection count."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        secret: bytes,
-        spool: GroupCommit,
-    ) -> None:
+    def __init__(self, settings: Settings, secret: bytes, spool: spooling.Spool, executor: Executor) -> None:
         self.settings = settings
         self.secret = secret
         self.spool = spool
+        # Writes and syncs run here, off the event loop; several at once share the disk's flushes.
+        self.executor = executor
         self.connections = 0
         self.in_flight = 0
-        # Mails in the spool, as last counted plus those written since (see spooled_more()).
+        # Mails in the spool, as last counted plus those written since.
         self.spooled = 0
         self._deferring = False
 
@@ -71,8 +68,8 @@ class Listener:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         # With SMTPUTF8 on, aiosmtpd keeps bytes that are not UTF-8 as lone surrogates, and the
-        # address parser lets control characters through; neither can be stored (the spool
-        # insert would fail, and with it every mail of its group commit).
+        # address parser lets control characters through: neither is an address anyone can
+        # answer or the database can store. Refused at the door, where the client learns it.
         if not address.isprintable():
             log.info("refused sender %r from %s: not a storable address", address, session.peer)
             return BAD_SENDER
@@ -99,31 +96,36 @@ class Listener:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
+        spooled = spooling.Envelope(
+            source="lmtp" if isinstance(server, LMTP) else "smtp",
+            sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            received_at=datetime.now(UTC),
+        )
         self.in_flight += 1
         try:
-            # Answer after the commit; mails arriving meanwhile share the next one.
-            spool_id = await self.spool.put(raw, "smtp", envelope.mail_from or "", envelope.rcpt_tos)
-        except Exception as exc:  # database down or locked, disk full: the client keeps the mail
-            log.warning("451 to %s: %s", session.peer, describe(exc))
+            name = await asyncio.get_running_loop().run_in_executor(self.executor, self._keep, raw, spooled)
+        except OSError as exc:  # disk full, spool not writable: the client keeps the mail
+            log.warning("451 to %s: cannot write the spool: %s", session.peer, exc)
             return self._per_recipient(server, envelope, TEMPORARY)
         finally:
             self.in_flight -= 1
+        self.spooled += 1
         # One line per mail comes from ingest(), with its Message-ID and ticket.
-        log.debug("spooled id=%s from %s <%s> for %s", spool_id, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
-        return self._per_recipient(server, envelope, f"{QUEUED} as {spool_id}")
+        log.debug("spooled %s from %s <%s> for %s", name, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
+        return self._per_recipient(server, envelope, f"{QUEUED} as {name}")
 
-    def spooled_more(self, count: int) -> None:
-        """`count` more mails were written to the spool. Called from the write's own completion,
-        so a recount (on the same spool thread, see watch_backlog) never sees a mail that is then
-        counted again."""
-        self.spooled += count
+    def _keep(self, raw: bytes, envelope: spooling.Envelope) -> str:
+        name = self.spool.put(raw, envelope)
+        self.spool.wake_daemon()
+        return name
 
-    async def watch_backlog(self, count: Callable[[], Awaitable[int]], every: float = 1.0) -> None:
-        """Recount the spool every `every` seconds (the ingest worker, in the other process,
-        empties it). `count` must run on the thread that writes the spool."""
+    async def watch_backlog(self, every: float = 1.0) -> None:
+        """Recount the spool every `every` seconds (the daemon's worker empties it)."""
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(Exception):  # the spool unreadable: the next put will say so
-                self.spooled = await count()
+            with contextlib.suppress(OSError):  # the spool unreadable: the next put will say so
+                self.spooled = await loop.run_in_executor(self.executor, self.spool.count)
                 if self._deferring and self.spooled < self.settings.smtp.max_spooled:
                     self._deferring = False
                     log.warning("spool down to %d mails: accepting mail again", self.spooled)
@@ -147,15 +149,6 @@ class Listener:
             return AuthResult(success=ok, handled=False)
 
         return check
-
-
-# <dot-atom@domain> and the ESMTP parameters after it: what the stdlib parser returns as the
-# address and the rest for exactly these strings (RFC 5321 Path without quoting, source route,
-# address literal or comments; the parameters start with a keyword, RFC 5321 4.1.2).
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(
-    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([A-Za-z0-9].*)?)?\Z", re.S
-)
 
 
 def _protocol_class(lmtp: bool) -> type[SMTP]:
@@ -185,26 +178,6 @@ def _protocol_class(lmtp: bool) -> type[SMTP]:
                 return
             self.listener.connections -= 1
             super().connection_lost(error)
-
-        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-            # aiosmtpd 1.4's own version declares a typing.Protocol class on every call, twice
-            # per mail (MAIL, RCPT): 41 µs a call. The plain <local@domain> form that nearly
-            # every client sends is read by a regular expression (under 1 µs); anything else
-            # goes through the same stdlib parser as aiosmtpd's, 26 µs. Same results either way.
-            if not arg:
-                return "", ""
-            simple = _PLAIN_PATH.match(arg)
-            if simple:
-                addr, rest = simple.group(1), simple.group(2) or ""
-            else:
-                try:
-                    address, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
-                except HeaderParseError:
-                    return None, None
-                addr = address.addr_spec
-            if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-                return None, None
-            return addr, rest
 
         async def push(self, status: Any) -> None:
             if isinstance(status, str) and status.startswith("552 Error"):
