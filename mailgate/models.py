@@ -82,11 +82,6 @@ class Priority(enum.StrEnum):
     URGENT = "urgent"
 
 
-class Direction(enum.StrEnum):
-    IN = "in"
-    OUT = "out"
-
-
 class MessageKind(enum.StrEnum):
     """What a stored incoming mail turned out to be."""
 
@@ -315,7 +310,3 @@ class MailboxState(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[Timestamp]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -48,12 +48,10 @@ class ParsedMail:
     from_name: str
     to: list[tuple[str, str]]
     cc: list[tuple[str, str]]
-    reply_to: list[tuple[str, str]]
     subject: str
     date: datetime | None
     text: str
     attachments: list[MailAttachment] = field(default_factory=list)
-    defects: list[str] = field(default_factory=list)
     # SMTP MAIL FROM, when the transport knows it ("" is the null sender of bounces).
     envelope_sender: str | None = None
 
@@ -190,10 +188,8 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
         from_name=from_name,
         to=_addresses(parsed.to),
         cc=_addresses(parsed.cc),
-        reply_to=_addresses(email.utils.getaddresses([str(v) for v in message.get_all("Reply-To", [])])),
         subject=next(iter(raw_headers(message, "Subject")), ""),
         date=_date(message),
         text=text.strip("\n"),
         attachments=attachments,
-        defects=[str(d) for d in parsed.defects_categories],
     )

@@ -25,7 +25,6 @@ from mailgate.models import Message, Outbox, Participant, Person, Ticket
 @dataclass
 class ThreadDecision:
     ticket: Ticket | None = None
-    evidence: str = "none"
     token: tokens.ReplyToken | None = None
     # A ticket the new one should link to (stranger quoting its tag).
     linked: Ticket | None = None
@@ -58,7 +57,7 @@ def _by_token(session: Session, secret: bytes, candidates: list[tuple[str, str]]
         if ticket is None:
             decision.note("token", f"valid token in {where} names unknown ticket {verified.ticket_number}")
             continue
-        decision.ticket, decision.token, decision.evidence = ticket, verified, "token"
+        decision.ticket, decision.token = ticket, verified
         decision.note("token", f"signed token in {where} -> ticket {ticket.number}")
         return True
     return False
@@ -86,7 +85,7 @@ def _by_message_ids(session: Session, ids: Sequence[str], decision: ThreadDecisi
         if ticket_id is not None:
             ticket = session.get(Ticket, ticket_id)
             assert ticket is not None
-            decision.ticket, decision.evidence = ticket, "references"
+            decision.ticket = ticket
             decision.note("references", f"<{mid}> is a stored message of ticket {ticket.number}")
             return True
     decision.note("references", f"none of {len(ids)} referenced Message-IDs is known")
@@ -117,7 +116,7 @@ def _by_tag(session: Session, prefix: str, mail: ParsedMail, sender: Person, dec
         decision.linked = ticket
         decision.note("tag", f"tag #{number}, but {sender.address} is not on that ticket: new ticket, linked")
         return False
-    decision.ticket, decision.evidence = ticket, "tag"
+    decision.ticket = ticket
     decision.note("tag", f"tag #{number} from {sender.address}, who is on the ticket")
     return True
 
