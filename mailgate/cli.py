@@ -598,7 +598,8 @@ def _print(lines: list[str]) -> None:
 def _with_session(ctx: Context, action: Callable[[Any], None]) -> None:
     app = ctx.app()
     try:
-        with app.sessions() as session:
+        # A reader: `mailgate tickets list | less` may hold it open for as long as it likes.
+        with app.read_sessions() as session:
             action(session)
     finally:
         app.close()
