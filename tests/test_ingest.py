@@ -10,8 +10,10 @@ from sqlalchemy import func, select
 
 from mailgate import tickets, tokens
 from mailgate.app import App
-from mailgate.ingest import notices
-from mailgate.ingest.pipeline import TemporaryFailure, ingest
+from mailgate.ingest import notify, pipeline
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.pipeline import Outcome, TemporaryFailure, ingest
+from mailgate.ingest.thread import thread
 from mailgate.models import (
     Attachment,
     Event,
@@ -666,7 +668,7 @@ def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: py
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full while rendering the notice")
 
-    monkeypatch.setattr(notices, "queue_dispatcher_notice", broken)
+    monkeypatch.setattr(notify, "queue_dispatcher_notice", broken)
     raw = mail(attachments=[("a.txt", "text/plain", b"attached")])
     with pytest.raises(TemporaryFailure, match="disk full"):
         ingest(app, raw, "smtp")
@@ -677,3 +679,33 @@ def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: py
     monkeypatch.undo()
     # Offered again after the fault is gone, the same mail is stored normally.
     assert ingest(app, raw, "smtp").outcome == "new_ticket"
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+def test_a_step_added_after_thread_sees_its_decision_and_can_end_the_pipeline(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How the dispatcher desk adds its steps: one more entry in STEPS.
+    number = new_ticket(app)
+    seen: list[int | None] = []
+
+    def hold_replies(item: Incoming) -> Outcome | None:
+        ticket = item.thread.ticket
+        seen.append(ticket.number if ticket else None)
+        if ticket is None:
+            return None
+        item.note("hold", f"held back from ticket {ticket.number}")
+        return Outcome.REPLY
+
+    steps = list(pipeline.STEPS)
+    steps.insert(steps.index(thread) + 1, hold_replies)
+    monkeypatch.setattr(pipeline, "STEPS", tuple(steps))
+
+    result = ingest(app, mail(subject=f"Re: [HD #{number}] Printer", body="More.\n"), "smtp")
+    assert result.outcome == Outcome.REPLY and seen == [number]
+    assert result.trace[-1] == {"step": "hold", "decision": f"held back from ticket {number}"}
+    assert [m.kind for m in messages(app, number)] == ["new_ticket"]  # the steps after it did not run
+    other = ingest(app, mail(subject="Another problem"), "smtp")  # the step lets this one go on
+    assert other.outcome == Outcome.NEW_TICKET and seen == [number, None]

@@ -1,4 +1,4 @@
-"""Is this mail written by a person? Auto-generated mail is stored but never answered.
+"""Step classify: is this mail written by a person? Auto-generated mail is stored but never answered.
 
 Each rule is a small function returning a reason or None; the rules run in the order of RULES
 and every hit is kept, so "why did this mail get no acknowledgement?" has an answer.
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from mailgate.headers import LOOP_HEADER
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail, message_ids
 
 _ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.I)
@@ -151,7 +153,7 @@ class Verdict:
     reaction: bool  # answers earlier mail (auto-reply, bounce, loop): never a ticket of its own
 
 
-def classify(mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()) -> Verdict:
+def verdict(mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()) -> Verdict:
     ctx = Context(mail, own_addresses, loop_id, own_list_ids)
     hits = [(reason, reaction) for rule, reaction in RULES if (reason := rule(ctx))]
     return Verdict([reason for reason, _ in hits], any(reaction for _, reaction in hits))
@@ -161,7 +163,18 @@ def auto_reasons(
     mail: ParsedMail, own_addresses: set[str], loop_id: str, own_list_ids: tuple[str, ...] = ()
 ) -> list[str]:
     """Every reason to treat `mail` as auto-generated; empty when a person wrote it."""
-    return classify(mail, own_addresses, loop_id, own_list_ids).reasons
+    return verdict(mail, own_addresses, loop_id, own_list_ids).reasons
+
+
+def classify(item: Incoming) -> Outcome | None:
+    """Step classify: every rule's reason on the trace; a reaction is read as a bounce too."""
+    addresses, outgoing = item.app.settings.addresses, item.app.settings.outgoing
+    found = verdict(item.mail, addresses.our_senders(), outgoing.loop_id, tuple(addresses.own_list_ids))
+    item.reasons, item.reaction = found.reasons, found.reaction
+    for reason in found.reasons:
+        item.note("classify", reason)
+    item.bounce = read_bounce(item.mail) if found.reaction else None
+    return None
 
 
 # Bounces ------------------------------------------------------------------------------------

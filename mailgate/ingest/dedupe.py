@@ -1,4 +1,5 @@
-"""Is this mail a copy of one already stored? One key per mail, however often it arrives."""
+"""Step dedupe: is this mail a copy of one already stored? One key per mail, however often it
+arrives: redelivered, re-polled, or sent to both support and the dispatcher."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Ticket
 
@@ -81,3 +84,15 @@ def earlier_copy(session: Session, mail: ParsedMail, content: str) -> tuple[str,
             return key, row.number, True
         log.warning("msgid=<%s> reused by a different mail from %s: kept as well", mail.message_id, mail.from_addr)
         key = f"{key}#{content_hash(mail)}"
+
+
+def dedupe(item: Incoming) -> Outcome | None:
+    """A copy of a stored mail ends here (nothing changes); any other gets its key."""
+    item.content_sha256 = fingerprint(item.mail)
+    item.key, earlier_ticket, seen = earlier_copy(item.session, item.mail, item.content_sha256)
+    if seen:
+        item.ticket_number = earlier_ticket
+        item.note("dedupe", f"already stored as {item.key}")
+        return Outcome.DUPLICATE
+    item.note("dedupe", item.key)
+    return None

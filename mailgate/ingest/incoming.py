@@ -1,28 +1,54 @@
-"""One mail on its way through ingest(): what the steps so far found out about it."""
+"""One mail on its way through the steps of ingest(): what it is, where it runs, and what each
+step decided about it. Every step takes this one object; nothing else travels between them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
+from mailgate.app import App
 from mailgate.ingest.parse import ParsedMail
-from mailgate.models import Person
+from mailgate.models import Message, Person, Ticket
+
+if TYPE_CHECKING:
+    from mailgate.ingest.classify import Bounce
+    from mailgate.ingest.thread import ThreadDecision
 
 
 @dataclass
 class Incoming:
+    app: App
+    session: Session  # the one transaction the whole mail is stored in
     mail: ParsedMail
-    key: str  # the dedupe key it is stored under
-    content_sha256: str  # dedupe.fingerprint(): what a person reads, hashed once
     source: str
     now: datetime  # when ingest() runs: what it changes and sends is dated this
     arrived: datetime  # when the mail reached us: earlier if it waited in the spool
-    sender: Person
-    reasons: list[str] = field(default_factory=list)  # why it is auto-generated, if it is
-    # Why this mail landed where it did: [{"step": …, "decision": …}, …], kept on the message.
-    trace: list[dict[str, str]] = field(default_factory=list)
+    envelope_recipients: list[str]  # lowercased RCPT TO, when the transport knows them
     # Attachment files this transaction created: removed again if it rolls back.
     new_files: list[str] = field(default_factory=list)
+    # Why this mail landed where it did: [{"step": …, "decision": …}, …], kept on the message.
+    trace: list[dict[str, str]] = field(default_factory=list)
+
+    # What the steps decided, each set by the step named beside it (unset before it ran).
+    key: str = field(init=False)  # dedupe: the key it is stored under
+    content_sha256: str = field(init=False)  # dedupe: fingerprint(), what a person reads, hashed once
+    sender: Person = field(init=False)  # identify
+    reasons: list[str] = field(default_factory=list)  # classify: why it is automatic ([]: a person wrote it)
+    reaction: bool = False  # classify: answers earlier mail (auto-reply, bounce): never a ticket of its own
+    bounce: Bounce | None = None  # classify: what a delivery report says
+    thread: ThreadDecision = field(init=False)  # thread: the ticket it belongs to, and why
+    # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
+    # (for a duplicate, the earlier copy's).
+    ticket: Ticket | None = None
+    ticket_number: int | None = None
+    dispatcher: Person = field(init=False)  # apply, for a new ticket: who is told of it
+    linked: Ticket | None = None  # apply: the ticket a new one was linked to
+    link_reason: str = ""  # apply: why, for the dispatcher
+    message: Message | None = None
+    queued: int = 0  # notify: outgoing mails queued
 
     def note(self, step: str, decision: str) -> None:
         self.trace.append({"step": step, "decision": decision})

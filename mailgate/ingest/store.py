@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy.orm import Session
-
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.text import extract_reply
 from mailgate.models import Attachment, Message, MessageKind, Ticket
-from mailgate.storage import AttachmentStore
 
 
-def store_message(
-    session: Session, store: AttachmentStore, attachment_limit: int, item: Incoming, ticket: Ticket | None, kind: str
-) -> Message:
-    mail = item.mail
+def store_message(item: Incoming, ticket: Ticket | None, kind: MessageKind) -> Message:
+    """The message row of `item` (on `ticket`, or on none), with its attachments: files up to
+    limits.max_attachment_bytes are written to the attachment store, larger ones only noted."""
+    mail, store, attachment_limit = item.mail, item.app.store, item.app.settings.limits.max_attachment_bytes
     message = Message(
         ticket_id=ticket.id if ticket else None,
         direction="in",
@@ -38,11 +35,11 @@ def store_message(
         text_new=extract_reply(mail.text) if kind == MessageKind.REPLY else mail.text,
         text_full=mail.text,
         auto_reasons=item.reasons,
-        trace=item.trace,
+        trace=list(item.trace),  # later steps' notes are set on it at the end (see pipeline)
         raw=mail.raw,
         attachments=[],  # known to be empty so far: reading it later needs no query
     )
-    session.add(message)
+    item.session.add(message)
     for part in mail.attachments:
         size = len(part.data)
         row = Attachment(size=size, content_type=part.content_type, filename=part.filename)

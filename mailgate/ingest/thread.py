@@ -1,4 +1,4 @@
-"""Which ticket does a mail belong to? Strongest evidence first, and every step is traced.
+"""Step thread: which ticket does a mail belong to? Strongest evidence first, and each is traced.
 
 1. a signed reply token: in a plus address, or inside one of our Message-IDs quoted back in
    In-Reply-To/References (survives Exchange stripping plus addresses);
@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from mailgate import subject as subjects
 from mailgate import tokens
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Outbox, Participant, Person, Ticket
 
@@ -145,3 +147,19 @@ def decide(
         return decision
     _by_tag(session, tag_prefix, mail, sender, decision)
     return decision
+
+
+def thread(item: Incoming) -> Outcome | None:
+    """Step thread: the decision, with its evidence on the trace. A bounce is also matched by
+    the Message-IDs of our mail that it quotes."""
+    item.thread = decide(
+        item.session,
+        mail=item.mail,
+        sender=item.sender,
+        secret=item.app.secret,
+        tag_prefix=item.app.settings.tickets.tag_prefix,
+        envelope_recipients=item.envelope_recipients,
+        extra_ids=item.bounce.original_ids if item.bounce else (),
+    )
+    item.trace += item.thread.trace
+    return None

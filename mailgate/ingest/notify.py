@@ -1,0 +1,108 @@
+"""Step notify: the mail the change causes, queued in the outbox in the same transaction. A new
+ticket gets the requester's acknowledgement (unless there is a reason not to answer) and the
+dispatcher's notice; a reply causes no mail yet."""
+
+from __future__ import annotations
+
+from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.outcome import Outcome
+from mailgate.models import Message, MessageKind, Ticket
+from mailgate.outgoing.compose import local_time
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
+
+
+def notify(item: Incoming) -> Outcome:
+    """Ends the pipeline: with a new ticket or a reply (automatic mail ended at apply)."""
+    message, ticket = item.message, item.ticket
+    assert message is not None and ticket is not None, "notify runs after apply stored the mail on a ticket"
+    if message.kind != MessageKind.NEW_TICKET:
+        return Outcome.REPLY
+    no_ack = why_no_acknowledgement(item)
+    if no_ack:
+        item.note("notify", f"no acknowledgement: {no_ack}")
+    else:
+        queue_acknowledgement(item, ticket, message)
+    queue_dispatcher_notice(item, ticket, message)
+    return Outcome.NEW_TICKET
+
+
+def excerpt(text: str, *, lines: int, chars: int) -> str:
+    """The start of a text for a notification, marked when cut."""
+    kept = [line.rstrip() for line in text.strip().splitlines()[:lines]]
+    short = "\n".join(kept)[:chars].rstrip()
+    return short + (" […]" if short != text.strip() else "")
+
+
+def why_no_acknowledgement(item: Incoming) -> str | None:
+    """The reason not to acknowledge this new ticket, or None to acknowledge it."""
+    sender, limits = item.sender, item.app.settings.limits
+    if item.reasons:
+        return "automatic mail"
+    if sender.undeliverable_since is not None:
+        return f"{sender.address} is undeliverable ({sender.undeliverable_reason})"
+    if not sender.address.isascii():
+        return f"{sender.address} needs SMTPUTF8, which outgoing mail does not use"
+    # It counts what earlier transactions queued, which nothing pending here changes: no flush.
+    with item.session.no_autoflush:
+        recent = acks_recently(item.session, sender.address, item.now, limits.ack_window_minutes)
+    if recent >= limits.acks_per_sender:
+        return f"rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)"
+    return None
+
+
+def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
+    context = {
+        "due": local_time(item.app.settings, ticket.first_response_due),
+        "over_limit": [a for a in message.attachments if not a.stored],
+        "summary": excerpt(item.mail.text, lines=6, chars=500),
+    }
+    outgoing = OutgoingMail(
+        "ack",
+        f"ack:{ticket.number}",
+        ticket,
+        item.sender,
+        "ack",
+        context,
+        auto_submitted=AutoSubmitted.REPLIED,
+        in_reply_to=item.mail.message_id,
+    )
+    _queue(item, outgoing)
+
+
+def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) -> None:
+    """The dispatcher's copy of a new ticket."""
+    settings, sender = item.app.settings, item.sender
+    context = {
+        "requester_line": ", ".join(
+            p for p in (sender.name or sender.address, sender.department, sender.location) if p
+        ),
+        "requester_address": sender.address if sender.name else "",
+        "received": local_time(settings, item.arrived),
+        "channel": item.source,
+        "due": local_time(settings, ticket.first_response_due),
+        "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
+        "attachments": message.attachments,
+        "linked": item.linked,
+        "link_reason": item.link_reason,
+        "automatic": item.reasons,
+    }
+    outgoing = OutgoingMail(
+        "dispatcher_new",
+        f"dispatcher_new:{ticket.number}",
+        ticket,
+        item.dispatcher,
+        "dispatcher_new",
+        context,
+        # A notification, not a reply: RFC 3834 keeps auto-replied for answers to one mail.
+        auto_submitted=AutoSubmitted.GENERATED,
+    )
+    _queue(item, outgoing)
+
+
+def _queue(item: Incoming, outgoing: OutgoingMail) -> None:
+    app = item.app
+    # ticket_is_new: the ticket was opened in this transaction, so nothing was queued for it yet.
+    row = queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
+    if row is not None:
+        item.queued += 1
+        item.note("notify", f"{outgoing.kind} to {outgoing.to.address}")
