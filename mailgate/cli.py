@@ -306,7 +306,7 @@ def _mails(box: mailbox.Mailbox[Any]) -> Iterator[bytes]:
 @pass_ctx
 def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     """Ingest every mail of an mbox file or a Maildir folder, with a summary at the end."""
-    from mailgate.ingest.pipeline import TemporaryFailure, ingest
+    from mailgate.ingest.pipeline import Outcome, TemporaryFailure, ingest
 
     app = ctx.app()
     source = f"import:{path.name}"
@@ -329,12 +329,12 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     finally:
         box.close()  # an mbox holds its file open (and locked) until then
     labels = [
-        ("new_ticket", "new tickets"),
-        ("reply", "replies"),
-        ("duplicate", "duplicates"),
-        ("auto", "auto-generated"),
-        ("bounce", "bounces"),
-        ("quarantined", "quarantined"),
+        (Outcome.NEW_TICKET, "new tickets"),
+        (Outcome.REPLY, "replies"),
+        (Outcome.DUPLICATE, "duplicates"),
+        (Outcome.AUTO, "auto-generated"),
+        (Outcome.BOUNCE, "bounces"),
+        (Outcome.QUARANTINED, "quarantined"),
         ("failed", "failed (not stored)"),
     ]
     click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))

@@ -49,7 +49,7 @@ def retry(app: App, qid: int) -> str:
     # ingest() itself puts mail into quarantine, so it is imported here, where it is used.
     from mailgate.ingest.pipeline import ingest
 
-    with app.sessions() as session:
+    with app.read_sessions() as session:
         row = session.get(Quarantine, qid)
         if row is None:
             raise NotRetried(f"there is no quarantined mail {qid}")
