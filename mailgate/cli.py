@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import mailbox
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 if TYPE_CHECKING:
+    import mailbox
+
     from mailgate.app import App
     from mailgate.config import Settings
     from mailgate.spool import Waiting
@@ -283,6 +284,8 @@ def _each_mail(files: tuple[Path, ...], keep: Callable[[Path, bytes], int]) -> N
 
 
 def _open_box(kind: str, path: Path) -> mailbox.Mailbox[Any]:
+    import mailbox  # the email package behind it costs a pipe process more than the spool write
+
     if kind == "mbox":
         if not path.is_file():
             _fail(f"{path} is not a file; an mbox is one file (use `import maildir` for a folder)", EX_DATAERR)
@@ -293,6 +296,8 @@ def _open_box(kind: str, path: Path) -> mailbox.Mailbox[Any]:
 
 
 def _mails(box: mailbox.Mailbox[Any]) -> Iterator[bytes]:
+    import mailbox
+
     for key in box.iterkeys():
         data = box.get_bytes(key)
         if isinstance(box, mailbox.mbox) and data.startswith(b"From "):
