@@ -189,8 +189,11 @@ async def _shutdown(
         left = await running.spool_worker.finish(deadline - 1.5)
         if left:
             log.info("%s spooled mails left for the next start", left)
-    if "sender" in tasks:
-        await settle("sender", tasks["sender"], deadline - 0.5)
+    if "sender" in tasks and running.sender is not None:
+        await settle("sender", tasks["sender"], deadline - 2)
+        # A delivery still hanging on a silent relay would hold the process past systemd's
+        # patience: cut its connection, and the round ends at once.
+        running.sender.transport.abort()
     for thread in running.poller_threads:
         thread.join(timeout=max(deadline - loop.time(), 0.1))
     if running.scheduler is not None and running.scheduler.running:

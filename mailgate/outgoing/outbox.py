@@ -39,6 +39,9 @@ class Transport(Protocol):
     def close(self) -> None:
         """Let go of any connection; the next deliver() opens a new one."""
 
+    def abort(self) -> None:
+        """From another thread, at shutdown: cut the connection a delivery may hang on."""
+
 
 class AutoSubmitted(StrEnum):
     """RFC 3834's Auto-Submitted, carried by every mail mailgate sends, so that no one's robot

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import mailbox
 import smtplib
+import socket
 import ssl
 from concurrent.futures import Executor
 from datetime import datetime
@@ -44,6 +45,9 @@ class MaildirSink:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        pass
+
 
 class SmtpRelay:
     """Delivers through the configured relay, keeping one connection open while there is mail
@@ -53,6 +57,7 @@ class SmtpRelay:
         self.settings = settings
         self.timeout = timeout
         self._client: smtplib.SMTP | None = None
+        self._connecting: smtplib.SMTP | None = None
         self._tls: ssl.SSLContext | None = None
 
     def tls_context(self) -> ssl.SSLContext:
@@ -66,10 +71,12 @@ class SmtpRelay:
         s = self.settings
         client: smtplib.SMTP
         if s.relay_security == "tls":
-            client = smtplib.SMTP_SSL(s.relay_host, s.relay_port, timeout=self.timeout, context=self.tls_context())
+            client = smtplib.SMTP_SSL(timeout=self.timeout, context=self.tls_context())
         else:
-            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=self.timeout)
+            client = smtplib.SMTP(timeout=self.timeout)
+        self._connecting = client  # abort() can cut a relay that accepts and never greets
         try:
+            client.connect(s.relay_host, s.relay_port)
             client.ehlo()
             if s.relay_security == "starttls":
                 client.starttls(context=self.tls_context())
@@ -79,6 +86,8 @@ class SmtpRelay:
         except BaseException:
             client.close()
             raise
+        finally:
+            self._connecting = None
         return client
 
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
@@ -115,6 +124,15 @@ class SmtpRelay:
                 self._client.rset()
         except (smtplib.SMTPException, OSError):
             self.close()
+
+    def abort(self) -> None:
+        # A relay that stopped answering mid-mail holds deliver() for its timeout; shutting the
+        # socket down makes the blocked read return at once. The mail was not recorded as sent:
+        # it goes out after the next start (at least once, never lost).
+        for client in (self._client, self._connecting):
+            if client is not None and client.sock is not None:
+                with contextlib.suppress(OSError):
+                    client.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         client, self._client = self._client, None
