@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import socket
@@ -24,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from mailgate.app import App
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.legacy_spool import drain_legacy_spool
+from mailgate.outgoing.outbox import release_claims
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
 from mailgate.transports.listener_process import ListenerProcess
@@ -76,6 +78,26 @@ def open_spool(app: App) -> Spool:
     return spool
 
 
+def daemon_name(spool: Spool) -> str:
+    """What this daemon calls itself on the outbox rows it claims: its host and its spool, which
+    only one running daemon can hold. Several daemons on one PostgreSQL database differ in it."""
+    name = f"{socket.gethostname()}:{spool.root.resolve()}"
+    return name if len(name) <= 200 else hashlib.sha256(name.encode()).hexdigest()
+
+
+def take_back_outbox_claims(app: App, name: str) -> None:
+    """Mail this daemon's previous run was delivering when it died goes out now, not in ten
+    minutes when the claims run out."""
+    try:
+        with app.sessions() as session:
+            back = release_claims(session, name, app.clock.now())
+    except Exception as exc:  # the database is down: the daemon still takes mail into its spool
+        log.warning("could not look for outgoing mail left claimed (%s): it goes out when its claim ends", exc)
+        return
+    if back:
+        log.warning("%d outgoing mails a stopped daemon was delivering are due again at once", back)
+
+
 async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT arrives), then shut down gracefully."""
     loop = asyncio.get_running_loop()
@@ -85,6 +107,8 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
             loop.add_signal_handler(sig, stop.set)
     settings = app.settings
     spool = open_spool(app)
+    name = daemon_name(spool)
+    take_back_outbox_claims(app, name)
     # Each loop has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
     ingest_thread = ThreadPoolExecutor(1, "mailgate-ingest")
     sender_thread = ThreadPoolExecutor(1, "mailgate-sender")
@@ -94,7 +118,8 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
     failure: list[str] = []
     wakeups: socket.socket | None = None
     try:
-        running.sender = Sender(app, transport_for(settings.outgoing, settings.outgoing_maildir), sender_thread)
+        transport = transport_for(settings.outgoing, settings.outgoing_maildir)
+        running.sender = Sender(app, transport, sender_thread, claimer=name)
         app.outbox_hook = running.sender.wake_up
         tasks["sender"] = asyncio.create_task(running.sender.run(stop), name="sender")
         # Every writer of the spool (the listener, `mailgate ingest` from an MTA) pokes this.

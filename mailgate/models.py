@@ -263,6 +263,8 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Timestamp]
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # The daemon delivering it (see outbox.claim_due): its next start takes the claim back.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[Timestamp]
     sent_at: Mapped[Timestamp | None]
 

@@ -414,3 +414,34 @@ def _cmdline(pid: int) -> str:
 
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_mail_a_killed_daemon_was_delivering_goes_out_at_its_restart_not_ten_minutes_later(tmp_path: Path) -> None:
+    from tests.smtp_peers import relay
+
+    log = (tmp_path / "daemon.log").open("wb")
+    try:
+        with silent_relay() as (connections, silent_port):
+            process, port = _start_daemon(
+                tmp_path, log, f'[outgoing]\nrelay_host = "127.0.0.1"\nrelay_port = {silent_port}\n'
+            )
+            try:
+                wait_listening(port, process)
+                with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+                    client.sendmail("dana@example.com", ["support@example.com"], mail(subject="claimed, then killed"))
+                wait_for(lambda: connections, timeout=20)  # the sender claimed the mail and hangs on the relay
+            finally:
+                _stop(process)  # kill -9 of the whole daemon
+        with relay() as (capturing, relay_port):
+            process, _ = _start_daemon(
+                tmp_path, log, f'[outgoing]\nrelay_host = "127.0.0.1"\nrelay_port = {relay_port}\n', port=port
+            )
+            try:
+                wait_for(lambda: len(capturing.received) >= 1, timeout=15)
+            finally:
+                _stop(process)
+    finally:
+        log.close()
+    assert (
+        "outgoing mails a stopped daemon was delivering are due again at once" in (tmp_path / "daemon.log").read_text()
+    )

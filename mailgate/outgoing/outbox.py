@@ -159,14 +159,15 @@ class FlushReport:
 
 
 # A claimed row is not due again before this: time enough to deliver it. If the sender dies
-# while delivering, the row comes back after it (a mail may then go out twice: never zero times).
+# while delivering, the row comes back after it (a mail may then go out twice: never zero times),
+# or at once when the daemon that claimed it starts again (release_claims).
 CLAIM_SECONDS = 600
 
 
-def claim_due(session: Session, now: datetime, limit: int) -> list[Outbox]:
+def claim_due(session: Session, now: datetime, limit: int, claimer: str | None = None) -> list[Outbox]:
     """Take up to `limit` due rows for this sender and commit at once, so no transaction (and, on
     SQLite, no write lock) stays open while mail travels. SKIP LOCKED: on PostgreSQL two senders
-    never take the same row."""
+    never take the same row. `claimer` names the daemon (see release_claims)."""
     rows = list(
         session.scalars(
             select(Outbox)
@@ -180,8 +181,20 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[Outbox]:
     for row in rows:
         row.attempts += 1
         row.next_attempt_at = now + timedelta(seconds=CLAIM_SECONDS)
+        row.claimed_by = claimer
     session.commit()
     return rows
+
+
+def release_claims(session: Session, claimer: str, now: datetime) -> int:
+    """At a daemon's start: the rows its previous run claimed and never settled (it was killed
+    mid-delivery) are due again now rather than when their claim runs out. Only that daemon
+    uses its name (it holds its spool's lock), so no other sender's work is taken."""
+    rows = list(session.scalars(select(Outbox).where(Outbox.state == OutboxState.QUEUED, Outbox.claimed_by == claimer)))
+    for row in rows:
+        row.next_attempt_at, row.claimed_by = now, None
+    session.commit()
+    return len(rows)
 
 
 # Outcomes are committed this many rows at a time: one write per mail would make the sender
@@ -191,11 +204,16 @@ COMMIT_EVERY = 10
 
 
 def deliver_due(
-    session: Session, transport: Transport, now: datetime, max_attempts: int, limit: int = 100
+    session: Session,
+    transport: Transport,
+    now: datetime,
+    max_attempts: int,
+    limit: int = 100,
+    claimer: str | None = None,
 ) -> FlushReport:
     """Deliver up to `limit` due rows over `transport` (left open for the next call)."""
     report = FlushReport()
-    rows = claim_due(session, now, limit)
+    rows = claim_due(session, now, limit, claimer)
     relay_down: Exception | None = None
     try:
         for done, row in enumerate(rows, start=1):
@@ -254,18 +272,18 @@ def _attempt(
             _dead(session, row, now, f"gave up after {row.attempts} attempts: {row.last_error}")
             report.dead += 1
         else:
-            row.next_attempt_at = now + retry.OUTBOX.delay(row.attempts)
+            row.next_attempt_at, row.claimed_by = now + retry.OUTBOX.delay(row.attempts), None
             log.info("outbox id=%s msgid=%s retry at %s: %s", row.id, row.message_id, row.next_attempt_at, exc)
             report.retried += 1
         return exc if isinstance(exc, RELAY_DOWN) else None
-    row.state, row.sent_at, row.last_error = OutboxState.SENT, now, ""
+    row.state, row.sent_at, row.last_error, row.claimed_by = OutboxState.SENT, now, "", None
     log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.rcpt_key)
     report.sent += 1
     return None
 
 
 def _dead(session: Session, row: Outbox, now: datetime, reason: str) -> None:
-    row.state, row.last_error = OutboxState.DEAD, reason[:2000]
+    row.state, row.last_error, row.claimed_by = OutboxState.DEAD, reason[:2000], None
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
     tickets.record(
         session,

@@ -151,10 +151,11 @@ IDLE_SECONDS = 30.0  # look again at least this often (another daemon may have q
 
 
 class Sender:
-    def __init__(self, app: App, transport: Transport, executor: Executor) -> None:
+    def __init__(self, app: App, transport: Transport, executor: Executor, claimer: str | None = None) -> None:
         self.app = app
         self.transport = transport
         self.executor = executor
+        self.claimer = claimer  # this daemon's name on the rows it claims (outbox.release_claims)
         # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
         self.wake_up = Wakeup()
 
@@ -182,7 +183,12 @@ class Sender:
         settings = self.app.settings
         with self.app.sessions() as session:
             report = deliver_due(
-                session, self.transport, self.app.clock.now(), settings.outgoing.max_attempts, limit=50
+                session,
+                self.transport,
+                self.app.clock.now(),
+                settings.outgoing.max_attempts,
+                limit=50,
+                claimer=self.claimer,
             )
             next_due = session.scalar(
                 select(func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.QUEUED)
