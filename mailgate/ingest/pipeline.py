@@ -40,8 +40,6 @@ Step = Callable[[Incoming], Outcome | None]
 # permissions go between thread and apply.
 STEPS: tuple[Step, ...] = (dedupe, identify, classify, thread, apply, notify)
 
-# The spool worker (ingest/spooled.py) still imports quarantine.put by this name.
-quarantine = put_in_quarantine
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.

@@ -17,10 +17,10 @@ from datetime import datetime
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from mailgate import retry
+from mailgate import quarantine, retry
 from mailgate.app import App
 from mailgate.clock import Clock, SystemClock
-from mailgate.ingest.pipeline import TemporaryFailure, ingest, quarantine
+from mailgate.ingest.pipeline import TemporaryFailure, ingest
 from mailgate.spool import Claimed, Spool
 from mailgate.wakeup import Wakeup, work_loop
 
@@ -122,7 +122,7 @@ def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> boo
         reason = f"not stored after {max_attempts} attempts; the last: {last}"
         source = claimed.envelope.source
     try:
-        quarantine(app, claimed.raw, source, reason, app.clock.now())
+        quarantine.put(app, claimed.raw, source, reason, app.clock.now())
     except TemporaryFailure:
         spool.retry(claimed.name, "quarantine not writable", SystemClock().now(), count=False)
         return False
