@@ -8,19 +8,17 @@ earlier release left in its database spool into the directory.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from mailgate.app import App
 from mailgate.ingest.spooled import SpoolWorker
@@ -41,10 +39,11 @@ class Running:
 
     spool: Spool
     spool_worker: SpoolWorker
-    listener: ListenerProcess | None = None
     sender: Sender | None = None
-    scheduler: AsyncIOScheduler | None = None
+    listener: ListenerProcess | None = None
+    scheduler: BackgroundScheduler | None = None
     poller_threads: list[threading.Thread] = field(default_factory=list)
+    stop_pollers: threading.Event = field(default_factory=threading.Event)
 
     @property
     def smtp_port(self) -> int:
@@ -98,40 +97,35 @@ def take_back_outbox_claims(app: App, name: str) -> None:
         log.warning("%d outgoing mails a stopped daemon was delivering are due again at once", back)
 
 
-async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
+def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT arrives), then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():  # tests run the daemon in a thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _signum, _frame: stop.set())
     settings = app.settings
     spool = open_spool(app)
     name = daemon_name(spool)
     take_back_outbox_claims(app, name)
-    # Each loop has a thread of its own: queued behind a burst of ingest jobs, acks would wait.
-    ingest_thread = ThreadPoolExecutor(1, "mailgate-ingest")
-    sender_thread = ThreadPoolExecutor(1, "mailgate-sender")
-    running = Running(spool, SpoolWorker(app, spool, ingest_thread))
-    stop_threads = threading.Event()
-    tasks: dict[str, asyncio.Task[None]] = {}
+    transport = transport_for(settings.outgoing, settings.outgoing_maildir)
+    running = Running(spool, SpoolWorker(app, spool), sender=Sender(app, transport, claimer=name))
     failure: list[str] = []
-    wakeups: socket.socket | None = None
     try:
-        transport = transport_for(settings.outgoing, settings.outgoing_maildir)
-        running.sender = Sender(app, transport, sender_thread, claimer=name)
+        assert running.sender is not None
         app.outbox_hook = running.sender.wake_up
-        tasks["sender"] = asyncio.create_task(running.sender.run(stop), name="sender")
+        running.sender.worker.start()
+        running.spool_worker.worker.start()
         # Every writer of the spool (the listener, `mailgate ingest` from an MTA) pokes this.
         wakeups = spool.listen_for_wakeups()
-        loop.add_reader(wakeups.fileno(), _on_poke, wakeups, running.spool_worker.wake_up)
-        tasks["spool"] = asyncio.create_task(running.spool_worker.run(stop), name="spool")
+        threading.Thread(
+            target=_pass_on_pokes, args=(wakeups, running.spool_worker.wake_up, stop), name="spool-wakeups", daemon=True
+        ).start()
         if settings.smtp.enabled:
             running.listener = ListenerProcess(settings, app.secret)
-            await loop.run_in_executor(None, running.listener.wait_ready)
-            running.listener.watch(_on_listener_exit(loop, stop, failure))
-        running.poller_threads = _start_pollers(app, stop_threads)
-        running.scheduler = AsyncIOScheduler(timezone=UTC)
+            running.listener.wait_ready()
+            running.listener.watch(_on_listener_exit(stop, failure))
+        running.poller_threads = _start_pollers(app, running.stop_pollers)
+        running.scheduler = BackgroundScheduler(timezone=UTC)
         running.scheduler.start()  # its jobs (reminders, escalations) arrive with the SLA issue
         log.info(
             "mailgate running: smtp=%s imap=%d outgoing=%s spool=%s",
@@ -142,31 +136,32 @@ async def serve(app: App, stop: asyncio.Event | None = None, on_ready: Callable[
         )
         if on_ready is not None:
             on_ready(running)
-        await stop.wait()
+        while not stop.wait(1.0):  # a timeout: signal handlers run between the waits
+            pass
         log.info("stopping: no new connections; finishing the mail in flight")
     finally:
-        await _shutdown(running, stop, stop_threads, tasks)
-        if wakeups is not None:
-            loop.remove_reader(wakeups.fileno())
-            wakeups.close()
-        for pool in (ingest_thread, sender_thread):
-            pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
+        _shutdown(running)
         spool.unlock()
         app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])
 
 
-def _on_poke(wakeups: socket.socket, wake_up: Callable[[], None]) -> None:
-    with contextlib.suppress(BlockingIOError):
-        while wakeups.recv(64):  # many pokes, one round
-            pass
-    wake_up()
+def _pass_on_pokes(wakeups: socket.socket, wake_up: Callable[[], None], stop: threading.Event) -> None:
+    with wakeups:
+        wakeups.settimeout(0.5)  # to notice the stop
+        while not stop.is_set():
+            try:
+                wakeups.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            wake_up()
 
 
-def _on_listener_exit(
-    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, failure: list[str]
-) -> Callable[[int | None], None]:
+def _on_listener_exit(stop: threading.Event, failure: list[str]) -> Callable[[int | None], None]:
     """The listener process went away: expected at shutdown, otherwise the daemon stops too
     (systemd restarts it) rather than run on without taking mail. Exit code 0 means it was told
     to stop: `systemctl stop` signals both processes, and the listener may be done before this
@@ -182,49 +177,29 @@ def _on_listener_exit(
             log.error("the SMTP listener process exited unexpectedly (exit code %s): stopping", code)
         stop.set()
 
-    def from_thread(code: int | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(gone, code)
-
-    return from_thread
+    return gone
 
 
-async def _shutdown(
-    running: Running, stop: asyncio.Event, stop_threads: threading.Event, tasks: dict[str, asyncio.Task[None]]
-) -> None:
-    stop.set()
-    stop_threads.set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + GRACE_SECONDS
+def _shutdown(running: Running) -> None:
+    deadline = time.monotonic() + GRACE_SECONDS
+    running.stop_pollers.set()
     if running.listener is not None:
         # No new connections; the mail in flight is spooled (250) or refused (the client retries).
-        code = await loop.run_in_executor(None, running.listener.stop)
+        code = running.listener.stop()
         if code:
             log.warning("SMTP listener exited with code %s", code)
-
-    async def settle(name: str, task: asyncio.Task[None], until: float) -> None:
-        try:
-            await asyncio.wait_for(task, timeout=max(until - loop.time(), 0.1))
-        except (TimeoutError, asyncio.CancelledError):
-            log.warning("%s still busy at shutdown; its work stays queued for next time", name)
-
-    if "spool" in tasks:
-        await settle("ingest worker", tasks["spool"], deadline - 1)
-        # Use the time left to ingest what is spooled; the rest waits safely for the next start.
-        left = await running.spool_worker.finish(deadline - 1.5)
-        if left:
-            log.info("%s spooled mails left for the next start", left)
-    if "sender" in tasks and running.sender is not None:
-        await settle("sender", tasks["sender"], deadline - 2)
-        # A delivery still hanging on a silent relay would hold the process past systemd's
-        # patience: cut its connection, and the round ends at once.
-        running.sender.transport.abort()
+    # Use the time left to ingest what is spooled; the rest waits safely for the next start.
+    left = running.spool_worker.stop(deadline - 2)
+    if left:
+        log.info("%s spooled mails left for the next start", left)
+    if running.sender is not None:
+        running.sender.stop(max(deadline - 1.5 - time.monotonic(), 0.1))
     for thread in running.poller_threads:
-        thread.join(timeout=max(deadline - loop.time(), 0.1))
+        thread.join(timeout=max(deadline - time.monotonic(), 0.1))
     if running.scheduler is not None and running.scheduler.running:
         running.scheduler.shutdown(wait=False)
     log.info("stopped")
 
 
 def run(app: App) -> None:
-    asyncio.run(serve(app))
+    serve(app)

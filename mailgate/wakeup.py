@@ -1,12 +1,17 @@
-"""A loop that sleeps until there is work: woken from any thread, or after a timeout."""
+"""A background thread that works in rounds: again at once while a round finds work, otherwise
+asleep until woken (from any thread), until its next thing is due, or for `idle_seconds`
+(another daemon on the same database may have queued work meanwhile).
+
+The thread is a daemon thread: a round stuck at shutdown (a database that stopped answering)
+never keeps the process from exiting. What such a round did is committed or done again after
+the next start: at least once, never lost.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
 from datetime import datetime
 
 from mailgate.db import describe
@@ -17,70 +22,45 @@ log = logging.getLogger("mailgate")
 Round = Callable[[], tuple[bool, datetime | None]]
 
 
-class Wakeup:
-    """An asyncio event that any thread may set (IMAP pollers, the listener's pipe reader)."""
+class Worker:
+    def __init__(self, name: str, one_round: Round, idle_seconds: float, now: Callable[[], datetime]) -> None:
+        self.name = name
+        self.one_round = one_round
+        self.idle_seconds = idle_seconds
+        self.now = now  # the clock the rounds' due times are on
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+    def wake_up(self) -> None:
+        """Look for work now; safe from any thread, cheap to call often."""
+        self._wake.set()
 
-    def bind(self) -> None:
-        """Call from the loop that will wait; wake-ups before this are not needed (it looks first)."""
-        self._loop = asyncio.get_running_loop()
+    def start(self) -> None:
+        self._thread.start()
 
-    def __call__(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed() or self._event.is_set():
-            # Already set: the loop has not yet started the round that will see this work (it
-            # clears the event first). Under a burst this saves a thread switch per mail.
-            return
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        if current is loop:
-            self._event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown): nobody waits
-                loop.call_soon_threadsafe(self._event.set)
+    def stop(self) -> None:
+        """Finish the round in progress, then end; join() waits for that."""
+        self._stop.set()
+        self._wake.set()
 
-    def clear(self) -> None:
-        self._event.clear()
+    def join(self, timeout: float) -> bool:
+        """Whether the thread ended within `timeout` seconds."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
-    async def wait(self, stop: asyncio.Event, timeout: float) -> None:
-        """Until woken, `stop` is set, or `timeout` seconds passed."""
-        waiters = [asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-
-async def work_loop(
-    wake_up: Wakeup,
-    stop: asyncio.Event,
-    executor: Executor,
-    one_round: Round,
-    now: Callable[[], datetime],
-    idle_seconds: float,
-    what: str,
-) -> None:
-    """Run `one_round` on `executor` until `stop`: again at once while it finds work, otherwise
-    after a wake-up, at the next due time, or after `idle_seconds` (another daemon may have
-    queued work). A failing round (the database is down) is logged and tried again later."""
-    wake_up.bind()
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        wake_up.clear()
-        next_due = None
-        try:
-            busy, next_due = await loop.run_in_executor(executor, one_round)
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                busy, next_due = self.one_round()
+            except Exception as exc:  # the database is down …: logged, tried again later
+                log.warning("%s round failed, trying again later: %s", self.name, describe(exc))
+                busy, next_due = False, None
             if busy:
                 continue
-        except Exception as exc:
-            log.warning("%s round failed, trying again later: %s", what, describe(exc))
-        delay = idle_seconds
-        if next_due is not None:
-            delay = min(delay, max((next_due - now()).total_seconds(), 0.05))
-        await wake_up.wait(stop, timeout=delay)
+            delay = self.idle_seconds
+            if next_due is not None:
+                delay = min(delay, max((next_due - self.now()).total_seconds(), 0.05))
+            self._wake.wait(delay)

@@ -1,8 +1,7 @@
-"""Run the daemon's serve() in a background thread with its own event loop, for tests."""
+"""Run the daemon's serve() in a background thread, for tests; helpers for real daemon processes."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import threading
@@ -16,8 +15,7 @@ from mailgate.daemon import Running, serve
 
 @contextmanager
 def running_daemon(app: App) -> Iterator[Running]:
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
+    stop = threading.Event()
     ready = threading.Event()
     holder: dict[str, Running] = {}
     failure: list[BaseException] = []
@@ -27,14 +25,11 @@ def running_daemon(app: App) -> Iterator[Running]:
         ready.set()
 
     def main() -> None:
-        asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(serve(app, stop, on_ready))
+            serve(app, stop, on_ready)
         except BaseException as exc:  # surfaced to the test below
             failure.append(exc)
             ready.set()
-        finally:
-            loop.close()
 
     thread = threading.Thread(target=main, name="daemon-under-test", daemon=True)
     thread.start()
@@ -44,7 +39,7 @@ def running_daemon(app: App) -> Iterator[Running]:
     try:
         yield holder["running"]
     finally:
-        loop.call_soon_threadsafe(stop.set)
+        stop.set()
         thread.join(15)
         assert not thread.is_alive(), "daemon did not stop within 15 s"
 

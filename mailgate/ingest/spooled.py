@@ -9,9 +9,8 @@ back and the worker waits (retry.SPOOL) before it tries again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import Executor
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +21,7 @@ from mailgate.app import App
 from mailgate.clock import Clock, SystemClock
 from mailgate.ingest.pipeline import TemporaryFailure, ingest
 from mailgate.spool import Claimed, Spool
-from mailgate.wakeup import Wakeup, work_loop
+from mailgate.wakeup import Worker
 
 log = logging.getLogger("mailgate.spool")
 
@@ -132,21 +131,18 @@ def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> boo
 
 
 class SpoolWorker:
-    """Drains the spool on its own thread: woken by every writer (the listener, `mailgate
+    """Drains the spool on a thread of its own: woken by every writer (the listener, `mailgate
     ingest`) through the spool's wake-up socket, and at least every IDLE_SECONDS."""
 
     IDLE_SECONDS = 10.0
 
-    def __init__(self, app: App, spool: Spool, executor: Executor, clock: Clock | None = None) -> None:
+    def __init__(self, app: App, spool: Spool, clock: Clock | None = None) -> None:
         self.app = app
         self.spool = spool
-        self.executor = executor
         self.clock = clock or SystemClock()
-        self.wake_up = Wakeup()
+        self.worker = Worker("mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now)
+        self.wake_up = self.worker.wake_up
         self._outages = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await work_loop(self.wake_up, stop, self.executor, self._round, self.clock.now, self.IDLE_SECONDS, "spool")
 
     def _round(self) -> tuple[bool, datetime | None]:
         report = drain(self.app, self.spool, outages=self._outages, clock=self.clock)
@@ -158,17 +154,11 @@ class SpoolWorker:
             return True, None  # there may be more waiting
         return False, self.spool.next_due()
 
-    async def finish(self, deadline: float) -> int:
-        """At shutdown: ingest what is spooled until `deadline` (loop time); returns what is
-        left, safe in the spool for the next start."""
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
-            try:
-                # Bounded: a round still running on the executor would make this wait for it.
-                job = loop.run_in_executor(self.executor, drain, self.app, self.spool, 5, 0, self.clock)
-                report = await asyncio.wait_for(job, timeout=deadline - loop.time())
-            except Exception:
-                break
-            if not report.stored:
-                break
+    def stop(self, deadline: float) -> int:
+        """At shutdown: let the round in progress end, ingest what is spooled until `deadline`
+        (time.monotonic()), and return how many mails are left, safe for the next start."""
+        self.worker.stop()
+        if self.worker.join(max(deadline - time.monotonic(), 0.1)):
+            while time.monotonic() < deadline and drain(self.app, self.spool, 5, clock=self.clock).stored:
+                pass
         return self.spool.count()

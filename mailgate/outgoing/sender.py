@@ -7,14 +7,12 @@ acknowledgement leaves within a second, not at the next minute.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import mailbox
 import smtplib
 import socket
 import ssl
-from concurrent.futures import Executor
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from mailgate.app import App
 from mailgate.config import Outgoing as OutgoingSettings
 from mailgate.models import Outbox, OutboxState
 from mailgate.outgoing.outbox import FlushReport, PermanentFailure, Transport, deliver_due
-from mailgate.wakeup import Wakeup, work_loop
+from mailgate.wakeup import Worker
 
 log = logging.getLogger("mailgate.sender")
 
@@ -151,22 +149,26 @@ IDLE_SECONDS = 30.0  # look again at least this often (another daemon may have q
 
 
 class Sender:
-    def __init__(self, app: App, transport: Transport, executor: Executor, claimer: str | None = None) -> None:
+    """Delivers the outbox on a thread of its own: woken when a transaction queued mail, and at
+    least every IDLE_SECONDS."""
+
+    def __init__(self, app: App, transport: Transport, claimer: str | None = None) -> None:
         self.app = app
         self.transport = transport
-        self.executor = executor
         self.claimer = claimer  # this daemon's name on the rows it claims (outbox.release_claims)
+        self.worker = Worker("mailgate-sender", self._round, IDLE_SECONDS, app.clock.now)
         # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
-        self.wake_up = Wakeup()
+        self.wake_up = self.worker.wake_up
 
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            await work_loop(self.wake_up, stop, self.executor, self._round, self.app.clock.now, IDLE_SECONDS, "outbox")
-        finally:
-            # Not awaited: behind a round still running (a relay that stopped answering), waiting
-            # would hold up the shutdown. The connection is closed when that round ends.
-            with contextlib.suppress(RuntimeError):  # the executor is shut down already
-                asyncio.get_running_loop().run_in_executor(self.executor, self.transport.close)
+    def stop(self, timeout: float) -> None:
+        """Let the round in progress finish within `timeout`; a delivery still hanging on a
+        silent relay then has its connection cut, so the round ends at once."""
+        self.worker.stop()
+        if not self.worker.join(timeout):
+            self.transport.abort()
+            if not self.worker.join(1.0):
+                return  # left behind: its thread does not keep the process from exiting
+        self.transport.close()
 
     def _round(self) -> tuple[bool, datetime | None]:
         try:
