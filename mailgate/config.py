@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILGATE_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     data_dir: Path = Path("data")
+    # Attachment files; empty: <data_dir>/attachments. Daemons on several hosts sharing one
+    # PostgreSQL database must share this folder (one network mount) while each keeps its own
+    # data_dir, whose spool must be on a local disk.
+    attachments_path: Path | None = None
     database_url: str = ""
     # HMAC key for reply tokens. Empty: generated once and kept in <data_dir>/secret.
     secret: str = ""
@@ -201,6 +205,11 @@ class Settings(BaseSettings):
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @field_validator("attachments_path", mode="before")
+    @classmethod
+    def _empty_means_the_default(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("secret")
     @classmethod
@@ -244,7 +253,7 @@ class Settings(BaseSettings):
 
     @property
     def attachments_dir(self) -> Path:
-        return self.data_dir / "attachments"
+        return self.attachments_path or self.data_dir / "attachments"
 
     def secret_bytes(self) -> bytes:
         """The token key; an empty setting means one generated once and kept in the data dir."""
@@ -301,6 +310,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     values = {k: getattr(loaded, k) for k in Settings.model_fields}
     # The data directory as `mailgate ingest` finds it without pydantic: the two never disagree.
     values["data_dir"] = config.beside(loaded.data_dir) if "data_dir" in overrides else find_data_dir(config)
+    if values["attachments_path"] is not None:
+        values["attachments_path"] = config.beside(values["attachments_path"])
     maildir = values["outgoing"].maildir
     if maildir is not None:
         values["outgoing"] = values["outgoing"].model_copy(update={"maildir": config.beside(maildir)})

@@ -68,11 +68,34 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "etc").mkdir()
     path = tmp_path / "etc" / "mailgate.toml"
-    path.write_text('data_dir = "var"\n[outgoing]\nmaildir = "out"\n')
+    path.write_text('data_dir = "var"\nattachments_path = "shared/files"\n[outgoing]\nmaildir = "out"\n')
     monkeypatch.chdir(tmp_path)
     settings = load_settings(Path("etc/mailgate.toml"))
     assert settings.data_dir == tmp_path / "etc" / "var"
     assert settings.outgoing_maildir == tmp_path / "etc" / "out"
+    assert settings.attachments_dir == tmp_path / "etc" / "shared" / "files"
+    assert settings.spool_dir == tmp_path / "etc" / "var" / "spool"  # the spool stays local
+
+
+def test_attachments_are_stored_where_attachments_path_says(tmp_path: Path, sqlite_template: Path) -> None:
+    """Daemons on several hosts share one attachment folder: a mail's file lands there."""
+    import shutil
+
+    from mailgate.app import App
+    from mailgate.ingest.pipeline import ingest
+    from tests.mails import mail
+
+    shutil.copy(sqlite_template, tmp_path / "mailgate.db")
+    (tmp_path / "mailgate.toml").write_text(
+        f'data_dir = "local"\ndatabase_url = "sqlite:///{tmp_path / "mailgate.db"}"\nattachments_path = "shared"\n'
+    )
+    app = App.build(load_settings(tmp_path / "mailgate.toml"))
+    try:
+        ingest(app, mail(attachments=[("log.txt", "text/plain", b"disk full")]), "test")
+    finally:
+        app.close()
+    assert [p.read_bytes() for p in (tmp_path / "shared").rglob("*") if p.is_file()] == [b"disk full"]
+    assert not (tmp_path / "local" / "attachments").exists()
 
 
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
