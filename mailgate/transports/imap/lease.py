@@ -25,6 +25,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 
+class LeaseLost(Exception):
+    """Another daemon may now own this job: stop working on it."""
+
+
 class Lease(Protocol):
     def acquire(self) -> bool:
         """Try to take the lease without waiting; True when held (also when already held)."""
