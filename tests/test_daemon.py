@@ -341,23 +341,6 @@ def _signal_the_listener(tmp_path: Path, signum: int) -> tuple[int, str, int]:
         os.kill(listener[0], signum)
         _, stderr = process.communicate(timeout=15)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, stderr.decode(), port
-
-
-def _signal_the_listener(tmp_path: Path, signum: int) -> tuple[int, str, int]:
-    """Start the daemon, send `signum` to its listener process alone; (exit code, stderr, port)."""
-    process, port = _start_daemon(tmp_path, subprocess.PIPE)
-    try:
-        wait_listening(port, process)
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        listener = [int(pid) for pid in children if "spawn_main" in _cmdline(int(pid))]
-        assert len(listener) == 1, children
-        os.kill(listener[0], signum)
-        _, stderr = process.communicate(timeout=15)
-    finally:
         _stop(process)
     return process.returncode, stderr.decode(), port
 
