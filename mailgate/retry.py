@@ -20,7 +20,8 @@ class Backoff:
 
     def seconds(self, failures: int) -> float:
         """How long to wait after `failures` failures in a row (1 for the first)."""
-        wait = min(self.first * 2 ** max(failures - 1, 0), self.cap)
+        # The exponent is bounded: after a thousand failures 2**n would overflow a float.
+        wait = min(self.first * 2 ** min(max(failures - 1, 0), 64), self.cap)
         if self.jitter:
             wait *= random.uniform(1 - self.jitter, 1.0)
         return wait
