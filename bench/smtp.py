@@ -2,10 +2,15 @@
 acknowledgement latency (from the client's 250 to the relay receiving the ack).
 
     python bench/smtp.py [--mails 1000] [--rounds 3] [--postgres postgresql+psycopg:///mailgate_bench]
+                         [--listener in-process]
 
 Both servers run as separate processes (`mailgate run`, and this file with --serve-null), the
 clients are threads here, the capturing relay is an aiosmtpd server in a third process. Same
 clients, same mails, same run.
+
+`--listener in-process` runs the daemon with its SMTP listener on a thread of the daemon's own
+process instead of a process of its own (mailgate has no such mode; the bench swaps it in): the
+measurement behind keeping the listener in its own process.
 """
 
 from __future__ import annotations
@@ -162,9 +167,14 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=1000, help="mails per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per mode and server (median shown)")
     parser.add_argument("--postgres", help="database URL for mailgate (default: SQLite in a temp dir)")
+    parser.add_argument("--listener", choices=["process", "in-process"], default="process")
+    parser.add_argument("--serve-daemon-in-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-null", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_daemon_in_process:
+        serve_daemon_in_process()
+        return
     if args.serve_null:
         serve(NullHandler(), args.serve_null)
         return
@@ -184,7 +194,10 @@ def main() -> None:
         env = configure(folder, url, port, relay_port)
         backend = url.split(":")[0].split("+")[0]
         with (folder / "daemon.log").open("wb") as log:
-            daemon = subprocess.Popen([sys.executable, "-m", "mailgate", "run"], env=env, stderr=log)
+            command = [sys.executable, "-m", "mailgate", "run"]
+            if args.listener == "in-process":
+                command = [sys.executable, __file__, "--serve-daemon-in-process"]
+            daemon = subprocess.Popen(command, env=env, stderr=log)
             try:
                 wait_listening(null_port)
                 wait_listening(port)
@@ -202,7 +215,7 @@ def main() -> None:
                             burst += latencies(relay, accepted)  # and the daemon is idle again
                         null_rate, rate = statistics.median(null_rates), statistics.median(rates)
                         print(f"{mode:<10} {conns} client(s): do-nothing aiosmtpd {null_rate:6.0f} mails/s, ", end="")
-                        print(f"mailgate ({backend}) {rate:6.0f} mails/s = {rate / null_rate:.0%}")
+                        print(f"mailgate ({backend}, {args.listener}) {rate:6.0f} mails/s = {rate / null_rate:.0%}")
                 # Latency when mail arrives at a steady pace instead of in a flood.
                 steady = [paced_latencies(port, relay, pace) for pace in (20, 100)]
             finally:
@@ -214,6 +227,58 @@ def main() -> None:
     print(summary("acknowledgement latency, 250 -> relay, during the bursts above", burst))
     for achieved, values in steady:
         print(summary(f"acknowledgement latency, 250 -> relay, {achieved:.0f} mails/s steady", values))
+
+
+class ThreadListener:
+    """mailgate's listener on a thread of the daemon's process, in place of ListenerProcess."""
+
+    def __init__(self, settings: object, secret: bytes) -> None:
+        import asyncio
+        import multiprocessing
+
+        self._conn, child = multiprocessing.Pipe()
+        self.port = 0
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(settings, secret, child)), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    async def _serve(settings: object, secret: bytes, conn: object) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mailgate.spool import Spool
+        from mailgate.transports import smtp
+        from mailgate.transports.listener_process import WRITERS
+
+        with ThreadPoolExecutor(WRITERS) as writers:
+            listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writers)  # type: ignore[attr-defined]
+            server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)  # type: ignore[attr-defined]
+            conn.send(("ready", server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_reader(conn.fileno(), stop.set)  # type: ignore[attr-defined]
+            await stop.wait()
+            server.close()
+
+    def wait_ready(self) -> int:
+        self.port = int(self._conn.recv()[1])
+        return self.port
+
+    def watch(self, on_exit: object) -> None:
+        pass
+
+    def stop(self) -> int:
+        self._conn.close()
+        self._thread.join(5)
+        return 0
+
+
+def serve_daemon_in_process() -> None:
+    import mailgate.daemon
+    from mailgate.cli import main as mailgate_main
+
+    mailgate.daemon.ListenerProcess = ThreadListener  # type: ignore[assignment, misc]
+    sys.argv = ["mailgate", "run"]
+    mailgate_main()
 
 
 def configure(folder: Path, url: str, port: int, relay_port: int) -> dict[str, str]:
