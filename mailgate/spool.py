@@ -226,10 +226,21 @@ class Spool:
         return back
 
     def due(self, now: datetime) -> list[EntryName]:
-        """Waiting mail that may be tried now, oldest first."""
+        """Waiting mail that may be tried now, oldest first. A file someone put into new/ by
+        hand under a name of their own is taken in too (renamed), never passed over."""
         now_ms = int(now.timestamp() * 1000)
-        names = (EntryName.parse(n) for n in os.listdir(self.new))
+        names = [EntryName.parse(n) or self._adopt(n) for n in os.listdir(self.new)]
         return sorted((n for n in names if n is not None and n.due_ms <= now_ms), key=lambda n: n.base)
+
+    def _adopt(self, foreign: str) -> EntryName | None:
+        if foreign.startswith("."):  # a tool's hidden temporary file
+            return None
+        name = EntryName(f"{time.time_ns() // 1000}.0.{secrets.token_hex(4)}")
+        try:
+            os.rename(self.new / foreign, self.new / str(name))
+        except OSError:
+            return None
+        return name
 
     def next_due(self) -> datetime | None:
         """When the earliest waiting mail that is not due yet will be."""

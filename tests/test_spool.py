@@ -169,8 +169,9 @@ def test_a_mail_that_never_stores_goes_to_quarantine_with_its_bytes(app: App, sp
     assert "tickets" in row.reason  # the last error says what failed
 
 
-def test_a_spool_file_without_an_envelope_goes_to_quarantine_whole(app: App, spool: Spool) -> None:
-    (spool.new / "1.1.abc").write_bytes(b"Subject: dropped here by hand\r\n\r\nhello\r\n")
+def test_a_file_dropped_into_the_spool_by_hand_goes_to_quarantine_whole(app: App, spool: Spool) -> None:
+    """Not a file mailgate wrote (no envelope, a name of its own): kept, never passed over."""
+    (spool.new / "urgent.eml").write_bytes(b"Subject: dropped here by hand\r\n\r\nhello\r\n")
     assert drain(app, spool).quarantined == 1
     with app.sessions() as s:
         row = s.scalars(select(Quarantine)).one()
