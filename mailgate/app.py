@@ -39,7 +39,7 @@ class App:
             clock=clock or SystemClock(),
             secret=settings.secret_bytes(),
             store=AttachmentStore(settings.attachments_dir),
-            templates=Templates(),
+            templates=Templates(settings.templates_path),
         )
 
     def outbox_changed(self) -> None:

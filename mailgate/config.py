@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     # PostgreSQL database must share this folder (one network mount) while each keeps its own
     # data_dir, whose spool must be on a local disk.
     attachments_path: Path | None = None
+    # A folder of templates that reword outgoing mail: the same layout as the shipped templates/
+    # (<occasion>/subject.txt, body.txt); what it lacks comes from the shipped ones.
+    templates_path: Path | None = None
     database_url: str = ""
     # HMAC key for reply tokens. Empty: generated once and kept in <data_dir>/secret.
     secret: str = ""
@@ -206,7 +209,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
-    @field_validator("attachments_path", mode="before")
+    @field_validator("attachments_path", "templates_path", mode="before")
     @classmethod
     def _empty_means_the_default(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -310,8 +313,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     values = {k: getattr(loaded, k) for k in Settings.model_fields}
     # The data directory as `mailgate ingest` finds it without pydantic: the two never disagree.
     values["data_dir"] = config.beside(loaded.data_dir) if "data_dir" in overrides else find_data_dir(config)
-    if values["attachments_path"] is not None:
-        values["attachments_path"] = config.beside(values["attachments_path"])
+    for key in ("attachments_path", "templates_path"):
+        if values[key] is not None:
+            values[key] = config.beside(values[key])
     maildir = values["outgoing"].maildir
     if maildir is not None:
         values["outgoing"] = values["outgoing"].model_copy(update={"maildir": config.beside(maildir)})

@@ -159,12 +159,14 @@ def test_a_dispatcher_notice_coming_back_opens_no_ticket(app: App) -> None:
         assert len(list(s.scalars(select(Ticket)))) == 1
 
 
-def test_a_site_template_overrides_the_shipped_one(app: App, tmp_path) -> None:
-    app.templates = Templates(_site(tmp_path, {"ack/subject.txt": "Got it: {{ ticket.subject }}"}))
+def test_a_site_template_overrides_the_shipped_one(tmp_path, db_url: str, clock) -> None:
+    site = _site(tmp_path, {"ack/subject.txt": "Got it: {{ ticket.subject }}"})
+    app = App.build(make_settings(tmp_path, db_url, templates_path=site), clock=clock)  # config key templates_path
     ingest(app, mail(), "smtp")
     (ack,) = (r for r in _rows(app) if r.kind == "ack")
     assert ack.headers["Subject"] == "[HD #1] Got it: Printer on 3rd floor jams"
     assert "we received your request" in ack.body  # the body the site did not override is the shipped one
+    app.close()
 
 
 def test_queued_mail_reaches_the_relay_once(app: App) -> None:
