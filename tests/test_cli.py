@@ -26,6 +26,20 @@ from tests.mails import mail
 # What `mailgate ingest`, `--help` and `--version` must never load: each costs an MTA's pipe
 # process a multiple of the work of writing the mail into the spool.
 HEAVY_PACKAGES = {"alembic", "sqlalchemy", "jinja2", "pydantic", "pydantic_settings", "mailparser"}
+# The commands of the README's table: each loads only when asked for, and --help lists them all.
+COMMANDS = (
+    "run",
+    "imap",
+    "check-config",
+    "db",
+    "ingest",
+    "import",
+    "tickets",
+    "messages",
+    "spool",
+    "quarantine",
+    "outbox",
+)
 CONFIG = (
     'secret = "cli-test-secret-0123"\n'
     '[addresses]\nsupport = "support@example.com"\ndispatcher = "dispatch@example.com"\n'
@@ -209,6 +223,19 @@ def test_ingest_now_exits_75_when_it_cannot_start(here: Path) -> None:
     (here / "afile").write_text("not a folder")
     result = run("ingest", "--now", "-", stdin=mail(), env={"MAILGATE_DATA_DIR": str(here / "afile")})
     assert result.exit_code == 75 and "mail left with the MTA" in result.stderr
+
+
+def test_help_lists_every_command_with_its_short_help() -> None:
+    listing = run("--help").stdout
+    for name in COMMANDS:
+        assert re.search(rf"^  {re.escape(name)} +\S", listing, re.M), f"{name} is not listed with its help"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_explains_itself(name: str) -> None:
+    result = run(name, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Usage: ") and f" {name} " in result.stdout.splitlines()[0]
 
 
 def test_version_is_the_installed_package_version() -> None:

@@ -1,0 +1,39 @@
+"""`mailgate run` (the daemon) and `mailgate check-config` (what the daemon would find)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mailgate.cli import Context, pass_ctx
+
+
+@click.command("run")
+@pass_ctx
+def run_cmd(ctx: Context) -> None:
+    """Run the daemon: SMTP listener, IMAP pollers, outbox sender and scheduler."""
+    import logging
+
+    from mailgate.daemon import run
+
+    if logging.getLogger("mailgate").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("mailgate").setLevel(logging.INFO)  # the daemon logs every event
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per SMTP command
+    app = ctx.app()
+    try:
+        run(app)
+    finally:
+        app.close()
+
+
+@click.command("check-config")
+@pass_ctx
+def check_config_cmd(ctx: Context) -> None:
+    """Check the configuration: the database, each IMAP mailbox and the relay, one line each."""
+    from mailgate.checks import run_checks
+
+    results = run_checks(ctx.settings)
+    for name, problem in results:
+        click.echo(f"{'OK  ' if problem is None else 'FAIL'} {name}{'' if problem is None else ': ' + problem}")
+    sys.exit(0 if all(problem is None for _, problem in results) else 1)

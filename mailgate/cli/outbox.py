@@ -1,0 +1,40 @@
+"""`mailgate outbox list|flush`: queued outgoing mail; deliver it now."""
+
+from __future__ import annotations
+
+import click
+
+from mailgate.cli import Context, pass_ctx, print_lines, with_session
+
+
+@click.group()
+def outbox() -> None:
+    """Queued outgoing mail."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice(["queued", "sent", "dead"]))
+@pass_ctx
+def outbox_list(ctx: Context, state: str | None) -> None:
+    from mailgate import views
+
+    with_session(ctx, lambda s: print_lines(views.outbox_list(s, state) or ["outbox is empty"]))
+
+
+@outbox.command("flush")
+@pass_ctx
+def outbox_flush(ctx: Context) -> None:
+    """Deliver queued mail now: to the relay, or to the local Maildir when no relay is set."""
+    from mailgate.outgoing.outbox import deliver_due
+    from mailgate.outgoing.sender import transport_for
+
+    app = ctx.app()
+    settings = app.settings
+    transport = transport_for(settings.outgoing, settings.outgoing_maildir)
+    try:
+        with app.sessions() as session:
+            report = deliver_due(session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000)
+    finally:
+        transport.close()
+    where = f"relay {settings.outgoing.relay_host}" if settings.outgoing.relay_host else settings.outgoing_maildir
+    click.echo(f"sent {report.sent}, will retry {report.retried}, dead {report.dead} (to {where})")
