@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_CONFIG_PATHS = (Path("mailgate.toml"), Path("/etc/mailgate/mailgate.toml"))
 DEFAULT_DATA_DIR = Path("data")
@@ -23,12 +22,14 @@ class ConfigError(Exception):
     """A configuration problem a person must fix; the message says which key and why."""
 
 
-@dataclass(frozen=True)
-class ConfigFile:
-    """The config file in use (None: none, mailgate runs on its defaults) and its parsed table."""
+class ConfigFile(NamedTuple):
+    """The config file in use (None: none, mailgate runs on its defaults) and its parsed table.
+
+    A NamedTuple, not a dataclass: a dataclass compiles its methods at import, a cost every
+    process of the MTA pipe would pay for nothing."""
 
     path: Path | None
-    table: Mapping[str, Any] = field(default_factory=dict)
+    table: Mapping[str, Any] = {}  # one dict shared by every ConfigFile(None): nobody writes to it
 
     def beside(self, value: Path) -> Path:
         """Relative paths mean "beside the config file", whatever directory mailgate runs in:
