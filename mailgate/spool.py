@@ -15,25 +15,25 @@ A file is one line of JSON (the envelope) followed by the raw mail, byte for byt
 `<arrival in µs>.<pid>.<random>`, so names sort by arrival; a mail that was tried carries
 `.a<attempts>.d<due, ms since the epoch>` after it.
 
-Only the standard library is imported here: `mailgate ingest`, run by an MTA once per mail,
-writes into the spool and must start fast.
+Only the standard library is imported here, and of it only what is cheap to import (named
+tuples rather than dataclasses, which bring in `inspect`): `mailgate ingest`, run by an MTA once
+per mail, writes into the spool and must start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
-import secrets
 import socket
 import time
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 # Leftovers in tmp/ are writers that died before their rename (their client never got a yes).
 # A writer may still be busy with a big mail: only this old a file is taken for dead.
@@ -55,8 +55,7 @@ class BrokenEntry(Exception):
     """A spool file without a readable envelope line."""
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
     source: str  # "smtp", "pipe", "lmtp", …
     sender: str | None  # MAIL FROM; "" is the null sender (bounces); None: not known
     recipients: tuple[str, ...]
@@ -86,8 +85,7 @@ class Envelope:
             raise BrokenEntry(f"no envelope line: {exc}") from None
 
 
-@dataclass(frozen=True)
-class EntryName:
+class EntryName(NamedTuple):
     base: str
     attempts: int = 0
     due_ms: int = 0  # not before this; 0 = at once
@@ -105,8 +103,7 @@ class EntryName:
         return f"{self.base}.a{self.attempts}.d{self.due_ms}"
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A mail the worker took: renamed into cur/ with the attempt counted."""
 
     name: EntryName
@@ -114,8 +111,7 @@ class Claimed:
     raw: bytes
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(NamedTuple):
     """One line of `mailgate spool list`."""
 
     name: str
@@ -143,7 +139,7 @@ class Spool:
         power cut after this cannot lose it. OSError (disk full, read-only) if it could not."""
         if not self.new.is_dir():
             self._make_dirs()
-        base = f"{time.time_ns() // 1000}.{os.getpid()}.{secrets.token_hex(4)}"
+        base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
         tmp = self.tmp / base
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -173,9 +169,10 @@ class Spool:
     @property
     def wakeup_address(self) -> str:
         # Linux's abstract socket namespace: no file to leave behind after a crash and no limit
-        # of 108 bytes on the path; the name is derived from the spool's real path.
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:32]
-        return f"\0mailgate-spool-{digest}"
+        # of 108 bytes on the path; the name is derived from the spool's real path. (Two spools
+        # whose names collide only wake each other's daemon for nothing.)
+        path = str(self.root.resolve()).encode()
+        return f"\0mailgate-spool-{zlib.crc32(path):08x}-{len(path)}"
 
     # -- the worker: one per spool, holding the lock -----------------------------------------------
 
@@ -235,7 +232,7 @@ class Spool:
     def _adopt(self, foreign: str) -> EntryName | None:
         if foreign.startswith("."):  # a tool's hidden temporary file
             return None
-        name = EntryName(f"{time.time_ns() // 1000}.0.{secrets.token_hex(4)}")
+        name = EntryName(f"{time.time_ns() // 1000}.0.{os.urandom(4).hex()}")
         try:
             os.rename(self.new / foreign, self.new / str(name))
         except OSError:
