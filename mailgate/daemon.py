@@ -21,6 +21,7 @@ from datetime import UTC
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from mailgate.app import App
+from mailgate.db import describe
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.legacy_spool import drain_legacy_spool
 from mailgate.outgoing.outbox import release_claims
@@ -73,7 +74,10 @@ def open_spool(app: App) -> Spool:
     back = spool.recover()
     if back:
         log.warning("%d mails a stopped daemon was ingesting are due again at once", back)
-    drain_legacy_spool(app.settings, spool)
+    try:
+        drain_legacy_spool(app.settings, spool)
+    except Exception as exc:  # the database is down: mail is still accepted; moved at a later start
+        log.warning("could not look for mail an earlier release left in the database spool: %s", describe(exc))
     return spool
 
 

@@ -428,3 +428,36 @@ def test_mail_a_killed_daemon_was_delivering_goes_out_at_its_restart_not_ten_min
     assert (
         "outgoing mails a stopped daemon was delivering are due again at once" in (tmp_path / "daemon.log").read_text()
     )
+
+
+def test_a_daemon_started_while_the_database_is_down_accepts_mail_and_spends_no_try_on_it(tmp_path: Path) -> None:
+    """A restart during a database outage (the host rebooted, PostgreSQL is not up yet)."""
+    log = (tmp_path / "daemon.log").open("wb")
+    unreachable = "[spool]\nmax_attempts = 2\n"
+    port = free_port()
+    config = _write_config(tmp_path, port, unreachable)
+    config.write_text(
+        config.read_text().replace(
+            f"sqlite:///{tmp_path / 'mailgate.db'}", "postgresql+psycopg://nobody@127.0.0.1:1/none"
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgate", "--config", str(config), "run"],
+        stderr=log,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        wait_listening(port, process)
+        for i in range(3):
+            with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+                assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
+        spool = Spool(tmp_path / "data" / "spool")
+        # Each was tried (and given back: no try is spent on an outage, or max_attempts = 2
+        # would have sent them to a quarantine that is not there either).
+        wait_for(lambda: len(list(spool.notes.iterdir())) == 3, timeout=15)
+        waiting = spool.waiting()
+        assert len(waiting) == 3 and all(w.attempts == 0 for w in waiting if not w.claimed)
+    finally:
+        _stop(process)
+        log.close()
