@@ -30,7 +30,7 @@ import re
 import socket
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -137,27 +137,39 @@ class Spool:
     def put(self, raw: bytes, envelope: Envelope) -> str:
         """Keep the mail. When this returns it is on stable storage: a crash, a kill -9 or a
         power cut after this cannot lose it. OSError (disk full, read-only) if it could not."""
+        return self.put_many([(raw, envelope)])[0]
+
+    def put_many(self, mails: Sequence[tuple[bytes, Envelope]]) -> list[str]:
+        """Keep several mails, each as durably as put() does, with one sync of the folder for
+        all of them (the listener's concurrent clients share it). Their names, in order.
+
+        If it fails part way, it raises for all: a mail whose rename happened may then be
+        ingested although its client was told to try again; the second copy is a duplicate."""
         if not self.new.is_dir():
             self._make_dirs()
-        base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
-        tmp = self.tmp / base
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        written: list[str] = []
         try:
-            try:
-                with os.fdopen(fd, "wb", closefd=False) as out:
-                    out.write(envelope.to_line())
-                    out.write(raw)
-                # The contents first, then the name: after a crash the file in new/ is whole.
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.new / base)
+            for raw, envelope in mails:
+                base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
+                fd = os.open(self.tmp / base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                written.append(base)
+                try:
+                    with os.fdopen(fd, "wb", closefd=False) as out:
+                        out.write(envelope.to_line())
+                        out.write(raw)
+                    # The contents first, then the name: after a crash a file in new/ is whole.
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for base in written:
+                os.rename(self.tmp / base, self.new / base)
         except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            for base in written:
+                with contextlib.suppress(OSError):
+                    (self.tmp / base).unlink()
             raise
-        _sync_folder(self.new)  # the rename itself survives a power cut only once this is done
-        return base
+        _sync_folder(self.new)  # the renames survive a power cut only once this is done
+        return written
 
     def wake_daemon(self) -> None:
         """Tell the daemon working this spool, if one runs, to look now. Never raises: without

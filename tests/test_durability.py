@@ -15,6 +15,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,24 +47,31 @@ def _calls(trace: Path) -> list[tuple[str, str]]:
     return done
 
 
-def _order_of_durability(calls: list[tuple[str, str]], spool: Path) -> dict[str, int]:
-    """Where in `calls` the mail's file was synced, renamed into new/, and new/ synced."""
-    renames = [i for i, (call, args) in enumerate(calls) if call.startswith("rename") and f"{spool}/new/" in args]
-    assert renames, "the mail was never renamed into new/"
-    name = re.search(rf"{re.escape(str(spool))}/new/([\w.]+)", calls[renames[0]][1])
-    assert name is not None
-    synced_file = [
-        i for i, (call, args) in enumerate(calls) if call in ("fsync", "fdatasync") and f"/tmp/{name[1]}>" in args
-    ]
-    synced_dir = [
-        i for i, (call, args) in enumerate(calls) if call in ("fsync", "fdatasync") and f"{spool}/new>" in args
-    ]
-    return {
-        "file synced": synced_file[0] if synced_file else -1,
-        "renamed": renames[0],
-        "folder synced": next((i for i in synced_dir if i > renames[0]), -1),
-        "name": name[1],  # type: ignore[dict-item]
-    }
+def _durability(calls: list[tuple[str, str]], spool: Path) -> dict[str, tuple[int, int, int]]:
+    """For each mail renamed into new/: where in `calls` its file was synced, it was renamed,
+    and new/ was synced after the rename (-1: never)."""
+    found: dict[str, tuple[int, int, int]] = {}
+    syncs = [(i, args) for i, (call, args) in enumerate(calls) if call in ("fsync", "fdatasync")]
+    for index, (call, args) in enumerate(calls):
+        # Into new/ (the destination); the worker's claim later renames it out of new/.
+        renamed = re.search(rf'", "{re.escape(str(spool))}/new/([\w.]+)"', args) if call.startswith("rename") else None
+        if renamed is None:
+            continue
+        name = renamed[1]
+        file_synced = next((i for i, a in syncs if f"/tmp/{name}>" in a), -1)
+        folder_synced = next((i for i, a in syncs if i > index and f"{spool}/new>" in a), -1)
+        found.setdefault(name, (file_synced, index, folder_synced))
+    return found
+
+
+def _answers(calls: list[tuple[str, str]]) -> dict[str, int]:
+    """Where each "250 … Queued as NAME" went out on a client's connection."""
+    answered: dict[str, int] = {}
+    for index, (call, args) in enumerate(calls):
+        queued = re.search(r'"250 2\.0\.0 Queued as ([\w.]+)', args)
+        if call in ("write", "sendto", "sendmsg") and re.search(r"<(socket|TCP):", args) and queued:
+            answered.setdefault(queued[1], index)
+    return answered
 
 
 def _config(tmp_path: Path, port: int = 0) -> Path:
@@ -77,7 +85,7 @@ def _config(tmp_path: Path, port: int = 0) -> Path:
 
 def _strace(output: Path, calls: str) -> list[str]:
     # -f: every thread and child; -y: file descriptors with their paths; -s: enough of a write.
-    return [str(STRACE), "-f", "-qq", "-y", "-s", "40", "-o", str(output), "-e", f"trace={calls}"]
+    return [str(STRACE), "-f", "-qq", "-y", "-s", "80", "-o", str(output), "-e", f"trace={calls}"]
 
 
 def _env() -> dict[str, str]:
@@ -95,13 +103,13 @@ def test_the_mta_pipe_exits_0_only_after_the_mail_and_its_name_are_synced(tmp_pa
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    calls = _calls(trace)
-    order = _order_of_durability(calls, tmp_path / "data" / "spool")
+    [(file_synced, renamed, folder_synced)] = _durability(_calls(trace), tmp_path / "data" / "spool").values()
     # The process exits after the last call traced: the folder sync came before its exit 0.
-    assert 0 <= order["file synced"] < order["renamed"] < order["folder synced"]
+    assert 0 <= file_synced < renamed < folder_synced
 
 
-def test_the_listener_answers_250_only_after_the_mail_and_its_name_are_synced(tmp_path: Path) -> None:
+def _traced_daemon_taking(tmp_path: Path, mails: int, clients: int) -> list[tuple[str, str]]:
+    """`mailgate run` under strace; `clients` send `mails` mails at once; its system calls."""
     port, trace = free_port(), tmp_path / "trace"
     config = _config(tmp_path, port)
     from mailgate.db import upgrade
@@ -114,24 +122,43 @@ def test_the_listener_answers_250_only_after_the_mail_and_its_name_are_synced(tm
         stderr=log,
         env=_env(),
     )
+
+    def send(chunk: list[bytes]) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            for raw in chunk:
+                client.sendmail("dana@example.com", ["support@example.com"], raw)
+
     try:
         wait_listening(port, daemon, timeout=60)
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-            client.sendmail("dana@example.com", ["support@example.com"], mail())
+        all_mails = [mail(subject=f"mail {i}") for i in range(mails)]
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, [all_mails[i::clients] for i in range(clients)]))
     finally:
         # The daemon itself, not strace in front of it.
         for child in Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split():
             os.kill(int(child), signal.SIGTERM)
         daemon.wait(timeout=60)
         log.close()
-    calls = _calls(trace)
-    order = _order_of_durability(calls, tmp_path / "data" / "spool")
-    answered = [
-        i
-        for i, (call, args) in enumerate(calls)
-        if call in ("write", "sendto", "sendmsg")
-        and ("TCP:" in args or "<socket:" in args)
-        and '"250 2.0.0 Queued' in args
-    ]
-    assert answered, "no 250 seen on the client's connection"
-    assert 0 <= order["file synced"] < order["renamed"] < order["folder synced"] < answered[0]
+    return _calls(trace)
+
+
+def test_the_listener_answers_250_only_after_the_mail_and_its_name_are_synced(tmp_path: Path) -> None:
+    calls = _traced_daemon_taking(tmp_path, mails=1, clients=1)
+    [(name, (file_synced, renamed, folder_synced))] = _durability(calls, tmp_path / "data" / "spool").items()
+    answered = _answers(calls)
+    assert name in answered, "no 250 seen on the client's connection"
+    assert 0 <= file_synced < renamed < folder_synced < answered[name]
+
+
+def test_concurrent_clients_share_folder_syncs_and_each_250_still_follows_its_own(tmp_path: Path) -> None:
+    """Eight clients at once: mails that arrive while one is written are written together, with
+    one sync of the folder for all (the disk flushes less than once per mail), and no client
+    hears 250 before its own mail and its name are synced."""
+    calls = _traced_daemon_taking(tmp_path, mails=80, clients=8)
+    spool = tmp_path / "data" / "spool"
+    durable, answered = _durability(calls, spool), _answers(calls)
+    assert len(durable) == 80 and set(answered) == set(durable)
+    for name, (file_synced, renamed, folder_synced) in durable.items():
+        assert 0 <= file_synced < renamed < folder_synced < answered[name], name
+    folder_syncs = sum(1 for call, args in calls if call in ("fsync", "fdatasync") and f"{spool}/new>" in args)
+    assert folder_syncs < 80

@@ -70,7 +70,7 @@ def drain(app: App, spool: Spool, limit: int = 50, outages: int = 0, clock: Cloc
                 # Every other mail would fail alike: stop the round, keep the attempt unspent.
                 report.outage_until = now + retry.SPOOL.delay(outages + 1)
                 spool.retry(claimed.name, str(exc), report.outage_until, count=False)
-                log.warning("spool %s: the database is unavailable (%s); trying again soon", name.base, exc)
+                log.info("spool %s: the database is unavailable (%s); trying again soon", name.base, exc)
                 break
             due = now + retry.SPOOL.delay(claimed.name.attempts)
             spool.retry(claimed.name, str(exc), due)
@@ -143,12 +143,21 @@ class SpoolWorker:
         self.worker = Worker("mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now)
         self.wake_up = self.worker.wake_up
         self._outages = 0
+        self._outage_until: datetime | None = None
 
     def _round(self) -> tuple[bool, datetime | None]:
+        if self._outage_until is not None and self.clock.now() < self._outage_until:
+            # Mail keeps arriving and waking us: the database is not back any sooner for it.
+            return False, self._outage_until
         report = drain(self.app, self.spool, outages=self._outages, clock=self.clock)
+        self._outage_until = report.outage_until
         if report.outage_until is not None:
+            if not self._outages:
+                log.warning("the database is unavailable: accepted mail waits in the spool %s", self.spool.root)
             self._outages += 1
             return False, report.outage_until
+        if self._outages:
+            log.warning("the database is back after %d tries: ingesting the spool", self._outages)
         self._outages = 0
         if report.stored or report.quarantined or report.retried:
             return True, None  # there may be more waiting

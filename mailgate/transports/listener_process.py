@@ -29,7 +29,6 @@ from mailgate.transports import smtp
 log = logging.getLogger("mailgate.smtp")
 
 GRACE_SECONDS = 5.0  # for the mail in flight at SIGTERM
-WRITERS = 8  # spool writes at once: their syncs overlap, and the disk flushes them together
 
 
 class ListenerProcess:
@@ -114,8 +113,8 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         stop.set()
 
     loop.add_reader(conn.fileno(), parent_gone)
-    with ThreadPoolExecutor(WRITERS, thread_name_prefix="spool-write") as writers:
-        listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writers)
+    with ThreadPoolExecutor(1, thread_name_prefix="spool-write") as writer:
+        listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)
         try:
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
         except Exception as exc:  # the port is taken, a certificate unreadable …

@@ -27,6 +27,7 @@ from mailgate import spool as spooling
 from mailgate import tokens
 from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
+from mailgate.transports.spool_writes import SpoolWrites
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -46,8 +47,9 @@ class Listener:
         self.settings = settings
         self.secret = secret
         self.spool = spool
-        # Writes and syncs run here, off the event loop; several at once share the disk's flushes.
+        # Writes and syncs run on this one thread, off the event loop, several mails at once.
         self.executor = executor
+        self.writes = SpoolWrites(spool, executor)
         self.connections = 0
         self.in_flight = 0
         # Mails in the spool, as last counted plus those written since.
@@ -104,7 +106,7 @@ class Listener:
         )
         self.in_flight += 1
         try:
-            name = await asyncio.get_running_loop().run_in_executor(self.executor, self._keep, raw, spooled)
+            name = await self.writes.put(raw, spooled)
         except OSError as exc:  # disk full, spool not writable: the client keeps the mail
             log.warning("451 to %s: cannot write the spool: %s", session.peer, exc)
             return self._per_recipient(server, envelope, TEMPORARY)
@@ -114,11 +116,6 @@ class Listener:
         # One line per mail comes from ingest(), with its Message-ID and ticket.
         log.debug("spooled %s from %s <%s> for %s", name, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {name}")
-
-    def _keep(self, raw: bytes, envelope: spooling.Envelope) -> str:
-        name = self.spool.put(raw, envelope)
-        self.spool.wake_daemon()
-        return name
 
     async def watch_backlog(self, every: float = 1.0) -> None:
         """Recount the spool every `every` seconds (the daemon's worker empties it)."""
