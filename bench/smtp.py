@@ -248,6 +248,7 @@ class ThreadListener:
 
         from mailgate.spool import Spool
         from mailgate.transports import smtp
+
         with ThreadPoolExecutor(1) as writer:
             listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)  # type: ignore[attr-defined]
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)  # type: ignore[attr-defined]

@@ -132,9 +132,7 @@ def test_a_writer_that_died_before_its_rename_leaves_nothing_behind(tmp_path: Pa
 # -- the worker: spool -> ingest() ----------------------------------------------------------------
 
 
-def test_a_spooled_mail_waits_out_a_failing_ingest_and_is_stored_once(
-    app: App, spool: Spool, wall: FixedClock
-) -> None:
+def test_a_spooled_mail_waits_out_a_failing_ingest_and_is_stored_once(app: App, spool: Spool, wall: FixedClock) -> None:
     raw = mail(message_id="<spooled@client.example.org>")
     spool.put(raw, _envelope())
     _tickets_table_away(app, True)
