@@ -8,7 +8,6 @@ earlier release left in its database spool into the directory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import socket
@@ -21,10 +20,7 @@ from datetime import UTC
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from mailgate.app import App
-from mailgate.db import describe
 from mailgate.ingest.spooled import SpoolWorker
-from mailgate.legacy_spool import drain_legacy_spool
-from mailgate.outgoing.outbox import release_claims
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
 from mailgate.transports.listener_process import ListenerProcess
@@ -68,37 +64,14 @@ def _start_pollers(app: App, stop: threading.Event) -> list[threading.Thread]:
 
 def open_spool(app: App) -> Spool:
     """This daemon's spool, locked, with a dead worker's claims given back: SpoolBusy if another
-    daemon works it."""
+    daemon works it. No database work here: the database may be down, or hang, and mail must
+    be accepted all the same (what needs the database is done by the workers' first rounds)."""
     spool = Spool(app.settings.spool_dir)
     spool.lock()
     back = spool.recover()
     if back:
         log.warning("%d mails a stopped daemon was ingesting are due again at once", back)
-    try:
-        drain_legacy_spool(app.settings, spool)
-    except Exception as exc:  # the database is down: mail is still accepted; moved at a later start
-        log.warning("could not look for mail an earlier release left in the database spool: %s", describe(exc))
     return spool
-
-
-def daemon_name(spool: Spool) -> str:
-    """What this daemon calls itself on the outbox rows it claims: its host and its spool, which
-    only one running daemon can hold. Several daemons on one PostgreSQL database differ in it."""
-    name = f"{socket.gethostname()}:{spool.root.resolve()}"
-    return name if len(name) <= 200 else hashlib.sha256(name.encode()).hexdigest()
-
-
-def take_back_outbox_claims(app: App, name: str) -> None:
-    """Mail this daemon's previous run was delivering when it died goes out now, not in ten
-    minutes when the claims run out."""
-    try:
-        with app.sessions() as session:
-            back = release_claims(session, name, app.clock.now())
-    except Exception as exc:  # the database is down: the daemon still takes mail into its spool
-        log.warning("could not look for outgoing mail left claimed (%s): it goes out when its claim ends", exc)
-        return
-    if back:
-        log.warning("%d outgoing mails a stopped daemon was delivering are due again at once", back)
 
 
 def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
@@ -109,10 +82,10 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             signal.signal(sig, lambda _signum, _frame: stop.set())
     settings = app.settings
     spool = open_spool(app)
-    name = daemon_name(spool)
-    take_back_outbox_claims(app, name)
+    previous_run, this_run = spool.new_run()
     transport = transport_for(settings.outgoing, settings.outgoing_maildir)
-    running = Running(spool, SpoolWorker(app, spool), sender=Sender(app, transport, claimer=name))
+    sender = Sender(app, transport, claimer=this_run, previous_claimer=previous_run)
+    running = Running(spool, SpoolWorker(app, spool, legacy=True), sender=sender)
     failure: list[str] = []
     try:
         assert running.sender is not None

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # A writer waits this long for SQLite's write lock before it gives up; the transport then
 # answers "try again later" (SMTP 451, exit 75), never waits forever.
 SQLITE_BUSY_SECONDS = 5.0
+PG_CONNECT_SECONDS = 10
 
 
 def make_engine(url: str) -> Engine:
@@ -30,7 +31,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A server that accepts and never answers (a frozen host, a dead network path) must fail
+    # a connection in seconds, like one that refuses: the caller retries later.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_SECONDS})
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:

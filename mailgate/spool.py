@@ -202,6 +202,20 @@ class Spool:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def new_run(self) -> tuple[str | None, str]:
+        """With the lock held: a fresh name for this run of the daemon (it marks the outbox rows
+        it claims), and the name of the run before it, whose claims are now nobody's. Random and
+        kept here, so no two daemons share one, whatever their host names and paths."""
+        path = self.root / "run-id"
+        try:
+            previous: str | None = path.read_text().strip() or None
+        except FileNotFoundError:
+            previous = None
+        current = os.urandom(16).hex()
+        (self.root / "run-id.new").write_text(current + "\n")
+        os.replace(self.root / "run-id.new", path)
+        return previous, current
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock

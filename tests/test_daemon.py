@@ -453,3 +453,33 @@ def test_a_daemon_started_while_the_database_is_down_accepts_mail_and_spends_no_
     finally:
         _stop(process)
         log.close()
+
+
+def test_a_database_that_hangs_neither_keeps_mail_out_nor_the_daemon_from_stopping(tmp_path: Path) -> None:
+    """The database host accepts connections and never answers (frozen, or a dead network path):
+    the listener still starts and answers 250, and SIGTERM still ends the daemon in time."""
+    log = (tmp_path / "daemon.log").open("wb")
+    port = free_port()
+    with silent_relay() as (_, hanging_port):  # accepts, never says a word
+        config = _write_config(tmp_path, port)
+        config.write_text(
+            config.read_text().replace(
+                f"sqlite:///{tmp_path / 'mailgate.db'}", f"postgresql+psycopg://nobody@127.0.0.1:{hanging_port}/none"
+            )
+        )
+        command = [sys.executable, "-m", "mailgate", "--config", str(config), "run"]
+        process = subprocess.Popen(command, stderr=log, env=_env(), start_new_session=True)
+        try:
+            wait_listening(port, process, timeout=15)
+            with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+                assert client.sendmail("dana@example.com", ["support@example.com"], mail()) == {}
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            _stop(process)
+            log.close()
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    assert elapsed < 10
+    assert Spool(tmp_path / "data" / "spool").count() == 1  # kept for when the database answers

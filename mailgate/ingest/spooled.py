@@ -19,7 +19,9 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from mailgate import quarantine, retry
 from mailgate.app import App
 from mailgate.clock import Clock, SystemClock
+from mailgate.db import describe
 from mailgate.ingest.pipeline import TemporaryFailure, ingest
+from mailgate.legacy_spool import drain_legacy_spool
 from mailgate.spool import Claimed, Spool
 from mailgate.wakeup import Worker
 
@@ -136,9 +138,11 @@ class SpoolWorker:
 
     IDLE_SECONDS = 10.0
 
-    def __init__(self, app: App, spool: Spool, clock: Clock | None = None) -> None:
+    def __init__(self, app: App, spool: Spool, clock: Clock | None = None, *, legacy: bool = False) -> None:
         self.app = app
         self.spool = spool
+        # Mail an earlier release left in its database spool is still to be moved in (once).
+        self._legacy = legacy
         self.clock = clock or SystemClock()
         self.worker = Worker("mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now)
         self.wake_up = self.worker.wake_up
@@ -149,6 +153,12 @@ class SpoolWorker:
         if self._outage_until is not None and self.clock.now() < self._outage_until:
             # Mail keeps arriving and waking us: the database is not back any sooner for it.
             return False, self._outage_until
+        if self._legacy:
+            try:
+                drain_legacy_spool(self.app.settings, self.spool)
+                self._legacy = False
+            except Exception as exc:  # the database is down: next round; the spool is tried anyway
+                log.info("the old database spool is not reachable yet: %s", describe(exc))
         report = drain(self.app, self.spool, outages=self._outages, clock=self.clock)
         self._outage_until = report.outage_until
         if report.outage_until is not None:

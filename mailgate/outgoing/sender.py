@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from mailgate.app import App
 from mailgate.config import Outgoing as OutgoingSettings
 from mailgate.models import Outbox, OutboxState
-from mailgate.outgoing.outbox import FlushReport, PermanentFailure, Transport, deliver_due
+from mailgate.outgoing.outbox import FlushReport, PermanentFailure, Transport, deliver_due, release_claims
 from mailgate.wakeup import Worker
 
 log = logging.getLogger("mailgate.sender")
@@ -152,10 +152,14 @@ class Sender:
     """Delivers the outbox on a thread of its own: woken when a transaction queued mail, and at
     least every IDLE_SECONDS."""
 
-    def __init__(self, app: App, transport: Transport, claimer: str | None = None) -> None:
+    def __init__(
+        self, app: App, transport: Transport, claimer: str | None = None, previous_claimer: str | None = None
+    ) -> None:
         self.app = app
         self.transport = transport
-        self.claimer = claimer  # this daemon's name on the rows it claims (outbox.release_claims)
+        self.claimer = claimer  # this run's name on the rows it claims (outbox.release_claims)
+        # The run before, killed while delivering: its claims go out at once, not in ten minutes.
+        self.previous_claimer = previous_claimer
         self.worker = Worker("mailgate-sender", self._round, IDLE_SECONDS, app.clock.now)
         # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
         self.wake_up = self.worker.wake_up
@@ -184,6 +188,11 @@ class Sender:
     def _deliver(self) -> tuple[FlushReport, datetime | None]:
         settings = self.app.settings
         with self.app.sessions() as session:
+            if self.previous_claimer is not None:
+                back = release_claims(session, self.previous_claimer, self.app.clock.now())
+                if back:
+                    log.warning("%d outgoing mails a stopped daemon was delivering are due again at once", back)
+                self.previous_claimer = None
             report = deliver_due(
                 session,
                 self.transport,
