@@ -19,7 +19,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from mailgate import quarantine, retry
 from mailgate.app import App
 from mailgate.clock import Clock, SystemClock
-from mailgate.db import describe
+from mailgate.db import describe, reader
 from mailgate.ingest.pipeline import TemporaryFailure, ingest
 from mailgate.legacy_spool import drain_legacy_spool
 from mailgate.spool import Claimed, Spool
@@ -90,24 +90,37 @@ def drain(app: App, spool: Spool, limit: int = 50, outages: int = 0, clock: Cloc
     return report
 
 
+# PostgreSQL's SQLSTATEs for "the database cannot take anything now", whatever the mail:
+# connection (08), resources such as a full disk (53), operator intervention and statement
+# timeouts (57), system errors (58), a read-only standby after a failover (25006), a lock not
+# granted (55P03), a table missing during a migration (42P01), serialization and deadlocks.
+_PG_OUTAGE_CLASSES = ("08", "53", "57", "58")
+_PG_OUTAGE_STATES = ("25006", "55P03", "42P01", "40001", "40P01")
+# SQLite's: the lock not granted in time, a full or failing disk, a read-only or missing file.
+_SQLITE_OUTAGES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+
+
 def _database_unavailable(app: App, exc: BaseException) -> bool:
-    """Whether the failure was the database's or the disk's rather than this mail's: a disk
-    error, SQLite's write lock not granted in time, or an operational error while the database
-    does not even answer a ping. (PostgreSQL reports some errors a mail causes, an oversized
-    index row for one, as operational too: those count against the mail.)"""
+    """Whether the failure was the database's or the disk's rather than this mail's. Only the
+    mail's own failures count against it: an outage must never send mail to quarantine."""
     causes = []
     cause: BaseException | None = exc.__cause__
     while cause is not None:
         causes.append(cause)
         cause = cause.__cause__
-    if any(isinstance(c, OSError) for c in causes):
-        return True
-    if any(isinstance(c, OperationalError) and "locked" in str(c.orig) for c in causes):
-        return True
+    for failure in causes:
+        if isinstance(failure, OSError):  # the attachment store's disk
+            return True
+        orig = getattr(failure, "orig", None)
+        state = getattr(orig, "sqlstate", None) or ""
+        if state.startswith(_PG_OUTAGE_CLASSES) or state in _PG_OUTAGE_STATES:
+            return True
+        if getattr(orig, "sqlite_errorname", "") in _SQLITE_OUTAGES or "no such table" in str(orig or ""):
+            return True
     if not any(isinstance(c, _DATABASE_ERRORS) for c in causes):
         return False
-    try:
-        with app.engine.connect() as conn:
+    try:  # an error of another kind while the database does not even answer (a reader: no lock)
+        with reader(app.engine).connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except Exception:
         return True
@@ -125,7 +138,8 @@ def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> boo
     try:
         quarantine.put(app, claimed.raw, source, reason, app.clock.now())
     except TemporaryFailure:
-        spool.retry(claimed.name, "quarantine not writable", SystemClock().now(), count=False)
+        # The note keeps the reason it is going to quarantine for.
+        spool.retry(claimed.name, spool.notes_for(claimed.name), SystemClock().now(), count=False)
         return False
     spool.done(claimed.name)
     log.error("spool %s quarantined: %s", claimed.name.base, reason)
