@@ -93,10 +93,21 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
         running.sender.worker.start()
         running.spool_worker.worker.start()
         # Every writer of the spool (the listener, `mailgate ingest` from an MTA) pokes this.
-        wakeups = spool.listen_for_wakeups()
-        threading.Thread(
-            target=_pass_on_pokes, args=(wakeups, running.spool_worker.wake_up, stop), name="spool-wakeups", daemon=True
-        ).start()
+        try:
+            wakeups = spool.listen_for_wakeups()
+        except OSError as exc:  # another process holds the name: mail is still found, only later
+            log.warning(
+                "cannot listen for wake-ups (%s): spooled mail is looked for every %.0f s instead",
+                exc,
+                SpoolWorker.IDLE_SECONDS,
+            )
+        else:
+            threading.Thread(
+                target=_pass_on_pokes,
+                args=(wakeups, running.spool_worker.wake_up, stop),
+                name="spool-wakeups",
+                daemon=True,
+            ).start()
         if settings.smtp.enabled:
             running.listener = ListenerProcess(settings, app.secret)
             running.listener.wait_ready()

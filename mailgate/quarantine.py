@@ -8,6 +8,7 @@ import logging
 from datetime import datetime
 
 from mailgate.app import App
+from mailgate.db import describe
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.models import Quarantine
 
@@ -34,8 +35,9 @@ def put(app: App, raw: bytes, source: str, reason: str, now: datetime) -> int:
             session.flush()
             row_id = row.id
     except Exception as exc:
-        log.error("could not write quarantine: %s: %s", type(exc).__name__, exc)
-        raise TemporaryFailure(f"could not quarantine: {exc}") from exc
+        # describe(): one line, without the SQL statement and the mail's bytes it would carry.
+        log.error("could not write quarantine: %s", describe(exc))
+        raise TemporaryFailure(f"could not quarantine: {describe(exc)}") from exc
     log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
     return row_id
 

@@ -55,6 +55,10 @@ class BrokenEntry(Exception):
     """A spool file without a readable envelope line."""
 
 
+class Unreadable(OSError):
+    """A spool file this process may not read (another user wrote it): moved to unreadable/."""
+
+
 class Envelope(NamedTuple):
     source: str  # "smtp", "pipe", "lmtp", …
     sender: str | None  # MAIL FROM; "" is the null sender (bounces); None: not known
@@ -79,7 +83,7 @@ class Envelope(NamedTuple):
                 source=str(fields["source"]),
                 sender=None if fields["sender"] is None else str(fields["sender"]),
                 recipients=tuple(str(r) for r in fields["recipients"]),
-                received_at=datetime.fromisoformat(fields["received_at"]),
+                received_at=_aware(datetime.fromisoformat(fields["received_at"])),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BrokenEntry(f"no envelope line: {exc}") from None
@@ -224,8 +228,12 @@ class Spool:
     def listen_for_wakeups(self) -> socket.socket:
         """The socket writers poke (see wake_daemon); non-blocking, bound while the lock is held."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind(self.wakeup_address)
+        try:
+            sock.setblocking(False)
+            sock.bind(self.wakeup_address)
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     def recover(self) -> int:
@@ -280,7 +288,13 @@ class Spool:
             os.rename(self.new / str(name), self.cur / str(taken))
         except FileNotFoundError:
             return None
-        data = (self.cur / str(taken)).read_bytes()
+        try:
+            data = (self.cur / str(taken)).read_bytes()
+        except OSError as exc:
+            # Kept for a person to look at, out of the way of the mail behind it.
+            (self.root / "unreadable").mkdir(exist_ok=True)
+            os.rename(self.cur / str(taken), self.root / "unreadable" / str(taken))
+            raise Unreadable(f"{self.root / 'unreadable' / str(taken)}: {exc.strerror}") from exc
         line, newline, raw = data.partition(b"\n")
         try:
             if not newline or len(line) > ENVELOPE_MAX_BYTES:
@@ -348,6 +362,10 @@ def _read_envelope(path: Path) -> Envelope | None:
             return Envelope.from_line(fh.readline(ENVELOPE_MAX_BYTES))
     except (OSError, BrokenEntry):
         return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -329,3 +329,15 @@ def test_outbox_flush_delivers_to_the_local_maildir(workdir: Path) -> None:
     assert subjects[0] == "[HD #1] New: Printer on 3rd floor jams — Dana Smith"
     assert subjects[1] == "[HD #1] Printer on 3rd floor jams"
     assert "sent 0" in run("outbox", "flush").stdout  # nothing is delivered twice
+
+
+def test_an_envelope_sender_that_is_not_an_address_is_dropped_and_the_mail_kept(workdir: Path) -> None:
+    """What the listener refuses with 553 (a line break, bytes that are not UTF-8) cannot reach
+    a person's address through the pipe: the mail is kept, its sender read from its From."""
+    raw = mail(sender="Dana Smith <dana@example.com>")
+    result = run_process(workdir, "ingest", "--sender", "evil@example.com\r\nBcc: victim@example.org", stdin=raw)
+    assert result.returncode == 0, result.stderr
+    assert b"ignoring an envelope sender that is not an address" in result.stderr
+    (entry,) = spooled(workdir / "data").due(datetime.now(UTC))
+    taken = spooled(workdir / "data").claim(entry)
+    assert taken is not None and taken.envelope.sender is None and taken.raw == raw

@@ -483,3 +483,23 @@ def test_a_database_that_hangs_neither_keeps_mail_out_nor_the_daemon_from_stoppi
     assert code == 0, (tmp_path / "daemon.log").read_text()
     assert elapsed < 10
     assert Spool(tmp_path / "data" / "spool").count() == 1  # kept for when the database answers
+
+
+def test_a_squatted_wake_up_name_does_not_keep_the_daemon_from_running(tmp_path: Path, db_url: str, clock) -> None:
+    """Anyone on the host can bind the daemon's wake-up name first: the daemon starts all the
+    same and finds piped mail at its next look."""
+    import socket as sockets
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
+    squatter = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    squatter.bind(Spool(settings.spool_dir).wakeup_address)
+    app = App.build(settings, clock=clock)
+    try:
+        with running_daemon(app):
+            Spool(settings.spool_dir).put(mail(), Envelope("pipe", None, (), datetime.now(UTC)))
+            wait_for(lambda: _count(app, Ticket) == 1, timeout=15)
+    finally:
+        squatter.close()
+        app.close()

@@ -363,3 +363,26 @@ def test_sqlites_lock_held_past_the_busy_timeout_is_an_outage_not_the_mails_faul
         assert drain(app, spool, clock=wall).stored == 1
     finally:
         app.close()
+
+
+def test_an_unexpected_error_on_one_mail_counts_as_its_try_and_never_strands_it(
+    app: App, spool: Spool, wall: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailgate.ingest.spooled as worker
+
+    def ingest(*args: object, **kwargs: object) -> object:
+        raise TypeError("a bug, not a TemporaryFailure")
+
+    monkeypatch.setattr(worker, "ingest", ingest)
+    spool.put(mail(), _envelope())
+    assert drain(app, spool, clock=wall).retried == 1
+    [waiting] = spool.waiting()
+    assert not waiting.claimed and waiting.attempts == 1 and "TypeError" in waiting.last_error
+
+
+def test_an_envelope_with_a_time_without_zone_is_taken_as_utc(app: App, spool: Spool) -> None:
+    (spool.new / "1.1.abcd").write_bytes(
+        b'{"source": "pipe", "sender": "dana@example.com", "recipients": [], "received_at": "2026-11-23T09:00:00"}\n'
+        + mail()
+    )
+    assert drain(app, spool).stored == 1

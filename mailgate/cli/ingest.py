@@ -32,6 +32,13 @@ def ingest_cmd(
     With --now the mail is parsed and stored in this process instead: exit 0 when stored,
     duplicate or quarantined, 75 on a temporary failure (the database is down or locked).
     """
+    if sender is not None and not sender.isprintable():
+        # Control characters or bytes that are not UTF-8 (the listener answers such a MAIL FROM
+        # with 553): not an address anyone can answer or store. The MTA has accepted the mail
+        # already, so it is kept, its sender taken from its From header instead.
+        click.echo(f"ignoring an envelope sender that is not an address: {sender!r}", err=True)
+        sender = None
+    recipients = tuple(r for r in recipients if r.isprintable())
     if now:
         _ingest_now(ctx, files, source, recipients, sender)
     _drop_into_spool(ctx, files, source, recipients, sender)

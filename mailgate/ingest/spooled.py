@@ -22,7 +22,7 @@ from mailgate.clock import Clock, SystemClock
 from mailgate.db import describe, reader
 from mailgate.ingest.pipeline import TemporaryFailure, ingest
 from mailgate.legacy_spool import drain_legacy_spool
-from mailgate.spool import Claimed, Spool
+from mailgate.spool import Claimed, Spool, Unreadable
 from mailgate.wakeup import Worker
 
 log = logging.getLogger("mailgate.spool")
@@ -47,7 +47,11 @@ def drain(app: App, spool: Spool, limit: int = 50, outages: int = 0, clock: Cloc
     report = DrainReport()
     max_attempts = app.settings.spool.max_attempts
     for name in spool.due(clock.now())[:limit]:
-        claimed = spool.claim(name)
+        try:
+            claimed = spool.claim(name)
+        except Unreadable as exc:
+            log.error("spool %s cannot be read by this daemon, moved aside: %s", name.base, exc)
+            continue
         if claimed is None:
             continue
         if claimed.envelope is None or claimed.name.attempts > max_attempts:
@@ -84,6 +88,13 @@ def drain(app: App, spool: Spool, limit: int = 50, outages: int = 0, clock: Cloc
                 max_attempts,
                 exc,
             )
+            continue
+        except Exception as exc:  # a bug this mail hits: counted like a failure of its own
+            spool.retry(
+                claimed.name, f"{type(exc).__name__}: {exc}", clock.now() + retry.SPOOL.delay(claimed.name.attempts)
+            )
+            report.retried += 1
+            log.exception("spool %s: ingest failed unexpectedly (attempt %d)", name.base, claimed.name.attempts)
             continue
         spool.done(claimed.name)
         report.stored += 1
