@@ -270,13 +270,17 @@ class Outbox(Base):
 
 
 class Quarantine(Base):
-    """Mail that could not be parsed at all: raw bytes and the reason, until retried."""
+    """Mail that could not be stored as a message: raw bytes, envelope and reason, until retried."""
 
     __tablename__ = "quarantine"
     id: Mapped[int] = mapped_column(primary_key=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
+    # The envelope it came with, when the transport knew it: a retry threads like the original
+    # (a reply token may be in the recipient address alone).
+    envelope_sender: Mapped[str | None] = mapped_column(Text)
+    envelope_recipients: Mapped[list[Any] | None]
     received_at: Mapped[Timestamp]
     released_at: Mapped[Timestamp | None]
     released_as: Mapped[str | None] = mapped_column(Text)

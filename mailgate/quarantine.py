@@ -5,6 +5,7 @@ retries it. The only module that changes quarantine rows."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from mailgate.app import App
@@ -25,12 +26,28 @@ class StillQuarantined(Exception):
     """The mail went through ingest() again and still cannot be stored; the message says why."""
 
 
-def put(app: App, raw: bytes, source: str, reason: str, now: datetime) -> int:
-    """Keep `raw` in quarantine, in a transaction of its own; returns the quarantine id.
-    Raises TemporaryFailure when the database cannot take it: the caller keeps the mail."""
+def put(
+    app: App,
+    raw: bytes,
+    source: str,
+    reason: str,
+    now: datetime,
+    envelope_sender: str | None = None,
+    envelope_recipients: Sequence[str] = (),
+) -> int:
+    """Keep `raw` in quarantine, with its envelope, in a transaction of its own; returns the
+    quarantine id. Raises TemporaryFailure when the database cannot take it: the caller keeps
+    the mail."""
     try:
         with app.sessions() as session, session.begin():
-            row = Quarantine(raw=raw, reason=reason, source=source[:100], received_at=now)
+            row = Quarantine(
+                raw=raw,
+                reason=reason,
+                source=source[:100],
+                envelope_sender=envelope_sender,
+                envelope_recipients=list(envelope_recipients),
+                received_at=now,
+            )
             session.add(row)
             session.flush()
             row_id = row.id
@@ -58,7 +75,8 @@ def retry(app: App, qid: int) -> str:
         if row.released_at is not None:
             raise NotRetried(f"quarantined mail {qid} was already released as {row.released_as}")
         raw, source = row.raw, row.source
-    result = ingest(app, raw, f"{source}+retry")
+        sender, recipients = row.envelope_sender, row.envelope_recipients or []
+    result = ingest(app, raw, f"{source}+retry", recipients, sender)
     if result.outcome == Outcome.QUARANTINED:
         # The same mail for the same reason: one row of it is enough.
         with app.sessions() as session, session.begin():

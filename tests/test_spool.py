@@ -386,3 +386,38 @@ def test_an_envelope_with_a_time_without_zone_is_taken_as_utc(app: App, spool: S
         + mail()
     )
     assert drain(app, spool).stored == 1
+
+
+def test_a_quarantined_mail_keeps_its_envelope_so_its_retry_threads_like_the_original(
+    app: App, spool: Spool, wall: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply whose only evidence is the signed token in the address it was sent to (the
+    envelope recipient): quarantined after its tries, then retried, it still lands on its ticket."""
+    import email.utils
+
+    import mailgate.ingest.spooled as worker
+    from mailgate import quarantine
+    from mailgate.ingest.pipeline import ingest as real_ingest
+
+    real_ingest(app, mail(subject="Printer jams"), "smtp")
+    with app.sessions() as s:
+        ack = s.scalars(select(Outbox).where(Outbox.kind == "ack")).one()
+    token_address = email.utils.parseaddr(ack.headers["Reply-To"])[1]
+    reply = mail(subject="more details", body="It jams on A3 paper too.\n")
+
+    def failing(*args: object, **kwargs: object) -> object:
+        try:
+            raise RuntimeError("a bug, fixed later")
+        except RuntimeError as exc:
+            raise worker.TemporaryFailure(str(exc)) from exc
+
+    monkeypatch.setattr(worker, "ingest", failing)
+    spool.put(reply, Envelope("smtp", "dana@example.com", (token_address,), NOW))
+    for attempt in range(1, app.settings.spool.max_attempts + 1):
+        drain(app, spool, clock=wall)
+        wall.advance(SPOOL.delay(attempt))
+    assert drain(app, spool, clock=wall).quarantined == 1
+    monkeypatch.undo()
+    with app.sessions() as s:
+        qid = s.scalars(select(Quarantine.id)).one()
+    assert quarantine.retry(app, qid) == "reply 1"

@@ -79,10 +79,11 @@ def ingest(
     try:
         mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
     except Unparseable as exc:
-        return _quarantined(app, raw, source, str(exc), now)
+        return _quarantined(app, raw, source, str(exc), now, envelope_sender, envelope_recipients)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
         log.warning("parser failed on a mail from %s", source, exc_info=log.isEnabledFor(logging.DEBUG))
-        return _quarantined(app, raw, source, f"parser failed: {type(exc).__name__}: {exc}", now)
+        reason = f"parser failed: {type(exc).__name__}: {exc}"
+        return _quarantined(app, raw, source, reason, now, envelope_sender, envelope_recipients)
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
@@ -91,7 +92,8 @@ def ingest(
         raise
     except DataError as exc:
         # The database refuses a value of this mail (SQLSTATE class 22): retrying cannot help.
-        return _quarantined(app, raw, source, f"the database refused a value: {describe(exc)}", now)
+        reason = f"the database refused a value: {describe(exc)}"
+        return _quarantined(app, raw, source, reason, now, envelope_sender, envelope_recipients)
     except Exception as exc:
         # One line for the operator (database down, disk full …); the traceback only with -v.
         log.error(
@@ -116,8 +118,16 @@ def ingest(
     return result
 
 
-def _quarantined(app: App, raw: bytes, source: str, reason: str, now: datetime) -> IngestResult:
-    row_id = put_in_quarantine(app, raw, source, reason, now)
+def _quarantined(
+    app: App,
+    raw: bytes,
+    source: str,
+    reason: str,
+    now: datetime,
+    envelope_sender: str | None,
+    envelope_recipients: Sequence[str],
+) -> IngestResult:
+    row_id = put_in_quarantine(app, raw, source, reason, now, envelope_sender, envelope_recipients)
     return IngestResult(Outcome.QUARANTINED, trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
 
 

@@ -147,7 +147,8 @@ def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> boo
         reason = f"not stored after {max_attempts} attempts; the last: {last}"
         source = claimed.envelope.source
     try:
-        quarantine.put(app, claimed.raw, source, reason, app.clock.now())
+        sender, recipients = (claimed.envelope.sender, claimed.envelope.recipients) if claimed.envelope else (None, ())
+        quarantine.put(app, claimed.raw, source, reason, app.clock.now(), sender, recipients)
     except TemporaryFailure:
         # The note keeps the reason it is going to quarantine for.
         spool.retry(claimed.name, spool.notes_for(claimed.name), SystemClock().now(), count=False)
