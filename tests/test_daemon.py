@@ -4,6 +4,7 @@ deliveries, a mail that kills the process, a second daemon, the MTA pipe waking 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -63,6 +64,19 @@ def _relay_at(port: int) -> str:
     return f'[outgoing]\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
 
 
+def _sigterm(process: subprocess.Popen, timeout: float = 30) -> tuple[int, float]:
+    """SIGTERM, as systemd sends it; the exit code and how long the daemon took to exit."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=timeout)
+    return code, time.monotonic() - started
+
+
+def _on_database(config: Path, url: str) -> None:
+    """The daemon of `config` (see _write_config) on the database at `url` instead of SQLite."""
+    config.write_text(re.sub(r'database_url = "[^"]*"', f'database_url = "{url}"', config.read_text()))
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -108,10 +122,7 @@ def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: 
         for t in threads:
             t.start()
         wait_for(lambda: len(accepted) >= 40, timeout=30, interval=0.01)
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=15)
-        elapsed = time.monotonic() - started
+        code, elapsed = _sigterm(process, timeout=15)
     finally:
         stop_sending.set()
         _stop(process)
@@ -369,10 +380,7 @@ def test_sigterm_while_the_relay_hangs_mid_delivery_still_exits_0_within_10_s(tm
             with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
                 client.sendmail("dana@example.com", ["support@example.com"], mail())
             wait_for(lambda: connections, timeout=20)  # the sender is stuck on the silent relay
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
-            elapsed = time.monotonic() - started
+            code, elapsed = _sigterm(process, timeout=30)
         finally:
             _stop(process)
             log.close()
@@ -427,11 +435,7 @@ def test_a_daemon_started_while_the_database_is_down_accepts_mail_and_spends_no_
     unreachable = "[spool]\nmax_attempts = 2\n"
     port = free_port()
     config = _write_config(tmp_path, port, unreachable)
-    config.write_text(
-        config.read_text().replace(
-            f"sqlite:///{tmp_path / 'mailgate.db'}", "postgresql+psycopg://nobody@127.0.0.1:1/none"
-        )
-    )
+    _on_database(config, "postgresql+psycopg://nobody@127.0.0.1:1/none")
     process = subprocess.Popen(
         [sys.executable, "-m", "mailgate", "--config", str(config), "run"],
         stderr=log,
@@ -462,21 +466,14 @@ def test_a_database_that_hangs_neither_keeps_mail_out_nor_the_daemon_from_stoppi
     port = free_port()
     with silent_relay() as (_, hanging_port):  # accepts, never says a word
         config = _write_config(tmp_path, port)
-        config.write_text(
-            config.read_text().replace(
-                f"sqlite:///{tmp_path / 'mailgate.db'}", f"postgresql+psycopg://nobody@127.0.0.1:{hanging_port}/none"
-            )
-        )
+        _on_database(config, f"postgresql+psycopg://nobody@127.0.0.1:{hanging_port}/none")
         command = [sys.executable, "-m", "mailgate", "--config", str(config), "run"]
         process = subprocess.Popen(command, stderr=log, env=_env(), start_new_session=True)
         try:
             wait_listening(port, process, timeout=15)
             with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
                 assert client.sendmail("dana@example.com", ["support@example.com"], mail()) == {}
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
-            elapsed = time.monotonic() - started
+            code, elapsed = _sigterm(process, timeout=30)
         finally:
             _stop(process)
             log.close()
