@@ -176,7 +176,7 @@ def setup_tracker(bin_dir: Path, tracker: Path) -> None:
 def pipe_argv(mailgate: list[str], config: Path, *extra: str) -> list[str]:
     """As Postfix's master.cf in the README passes them; SENDER becomes each mail's sender."""
     envelope = ["--sender", SENDER, "--recipient", "support@example.com"]
-    return [*mailgate, "--config", str(config), "ingest", "--source", "postfix", *extra, *envelope]
+    return [*mailgate, "ingest", "--config", str(config), "--source", "postfix", *extra, *envelope]
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The `mailgate` command. Thin: each command builds the App once and calls one operation.
 
 An MTA runs `mailgate ingest` once per mail, so this package loads only what the command given
-needs: the root group below names every command and the module that defines it (click's
-"lazily loading subcommands" pattern), and each command imports what it uses when it runs.
-`mailgate --help` loads every command module for its short help; none imports more than click.
+needs. `main` hands `mailgate ingest …` straight to ingest.py, which parses its arguments with
+the standard library's argparse: the spool drop imports neither click nor any database code.
+Every other command goes through click's root group in root.py, which names each command and the
+module that defines it (click's "lazily loading subcommands" pattern); each command imports what
+it uses when it runs.
 
+    root.py         the click group, `--help`, `--version`; forwards `ingest` to ingest.py
     db.py           db upgrade                    tickets.py     tickets list|show
     daemon.py       run, check-config             messages.py    messages list|show
     ingest.py       ingest (the MTA pipe)         spool.py       spool list
@@ -14,13 +17,9 @@ needs: the root group below names every command and the module that defines it (
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
-
-import click
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from mailgate.app import App
@@ -32,24 +31,19 @@ EX_NOINPUT = 66  # sysexits: an input file does not exist or cannot be read (the
 EX_TEMPFAIL = 75  # sysexits: the MTA keeps the mail and tries again
 EX_CONFIG = 78
 
-# Each command and where it is defined, as "module.attribute".
-COMMANDS = {
-    "check-config": "mailgate.cli.daemon.check_config_cmd",
-    "db": "mailgate.cli.db.db",
-    "imap": "mailgate.cli.imap.imap",
-    "import": "mailgate.cli.import_mail.import_cmd",
-    "ingest": "mailgate.cli.ingest.ingest_cmd",
-    "messages": "mailgate.cli.messages.messages",
-    "outbox": "mailgate.cli.outbox.outbox",
-    "quarantine": "mailgate.cli.quarantine.quarantine",
-    "run": "mailgate.cli.daemon.run_cmd",
-    "spool": "mailgate.cli.spool.spool",
-    "tickets": "mailgate.cli.tickets.tickets",
-}
+
+def main() -> None:
+    if sys.argv[1:2] == ["ingest"]:  # what an MTA runs once per mail: no click, see ingest.py
+        from mailgate.cli.ingest import main as ingest
+
+        ingest(sys.argv[2:])
+    from mailgate.cli.root import cli
+
+    cli()
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"mailgate: {message}", err=True)
+    print(f"mailgate: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -85,9 +79,6 @@ class Context:
         return App.build(self.settings)
 
 
-pass_ctx = click.make_pass_decorator(Context)
-
-
 def _start_logging(verbose: bool) -> None:
     import logging
 
@@ -101,32 +92,8 @@ def _start_logging(verbose: bool) -> None:
         logging.getLogger("mailgate").setLevel(logging.DEBUG)
 
 
-class _Mailgate(click.Group):
-    """The root group: loads a command's module only when that command is asked for, and turns
-    whatever a command lets escape into one line and an exit status."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, name = COMMANDS[cmd_name].rsplit(".", 1)
-        command = getattr(importlib.import_module(module), name)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
-        return command
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
-            raise  # click prints these itself
-        except Exception as exc:  # the last line of defence: one readable line, not a traceback
-            fail(*_explain(exc))
-
-
-def _explain(exc: Exception) -> tuple[str, int]:
+def explain(exc: Exception) -> tuple[str, int]:
+    """What a command let escape, as one line and an exit status: the last line of defence."""
     from mailgate.config_file import ConfigError
 
     if isinstance(exc, ConfigError):
@@ -142,49 +109,3 @@ def _explain(exc: Exception) -> tuple[str, int]:
 
     logging.getLogger("mailgate").debug("unhandled", exc_info=True)
     return f"error: {type(exc).__name__}: {exc}", 1
-
-
-class EnumChoice(click.Choice):
-    """A click.Choice over an enum's values, imported only when the option is used or its help
-    shown: the enums live beside the ORM models, which most commands never load."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self._enum = (module, name)
-        super().__init__(())
-
-    @property
-    def choices(self) -> Sequence[str]:
-        module, name = self._enum
-        return [member.value for member in getattr(importlib.import_module(module), name)]
-
-    @choices.setter
-    def choices(self, _value: Sequence[str]) -> None:
-        """click.Choice.__init__ sets the choices; the property above answers instead."""
-
-
-def print_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
-
-
-def with_session(ctx: Context, action: Callable[[Any], None]) -> None:
-    app = ctx.app()
-    try:
-        # A reader: `mailgate tickets list | less` may hold it open for as long as it likes.
-        with app.read_sessions() as session:
-            action(session)
-    finally:
-        app.close()
-
-
-@click.group(cls=_Mailgate, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mailgate", prog_name="mailgate", message="%(prog)s %(version)s")
-@click.option("--config", "-c", type=click.Path(path_type=Path), help="Config file (default: mailgate.toml).")
-@click.option("--verbose", "-v", is_flag=True, help="Log every step to stderr.")
-@click.pass_context
-def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
-    """mailgate: turn a support mailbox into a help desk."""
-    ctx.obj = Context(config, verbose)
-
-
-def main() -> None:
-    cli()

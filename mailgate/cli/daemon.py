@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from mailgate.cli import Context, pass_ctx
+from mailgate.cli import Context
+from mailgate.cli.root import pass_ctx
 
 
 @click.command("run")

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from mailgate.cli import EX_OK, EX_TEMPFAIL, Context, fail, pass_ctx
+from mailgate.cli import EX_OK, EX_TEMPFAIL, Context, fail
+from mailgate.cli.root import pass_ctx
 
 
 @click.group()

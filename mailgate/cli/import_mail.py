@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail, pass_ctx
+from mailgate.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail
+from mailgate.cli.root import pass_ctx
 
 if TYPE_CHECKING:
     import mailbox

@@ -1,47 +1,89 @@
-"""`mailgate ingest`: what an MTA pipe runs, once per mail. It loads the spool and the config
-file's reader only (the standard library), unless --now asks for the whole pipeline."""
+"""`mailgate ingest`: what an MTA pipe runs, once per mail.
+
+The spool drop loads the spool and the config file's reader only, from the standard library:
+its arguments are parsed with argparse, not click, because click's import alone costs more than
+writing the mail durably (see bench/pipe.py). `mailgate ingest` reaches `main` straight from the
+package's entry point; `mailgate --config F ingest …` reaches `run` through the click group with
+the same parser. --now loads the whole pipeline.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import click
+from mailgate.cli import EX_NOINPUT, EX_OK, EX_TEMPFAIL, Context, explain, fail
 
-from mailgate.cli import EX_NOINPUT, EX_OK, EX_TEMPFAIL, Context, fail, pass_ctx
+DESCRIPTION = """\
+Take mail from FILES (or standard input, '-'): what an MTA pipe runs, once per mail.
+
+The mail is written to the spool, and the running daemon (`mailgate run`) ingests it at once.
+Exit status 0 once the mail is on stable storage; 75 (EX_TEMPFAIL) when it cannot be kept for
+now, so the MTA keeps it and retries; 66 (EX_NOINPUT) when a FILE cannot be read.
+
+With --now the mail is parsed and stored in this process instead: exit 0 when stored,
+duplicate or quarantined, 75 on a temporary failure (the database is down or locked).
+"""
 
 
-@click.command("ingest")
-@click.argument("files", nargs=-1, type=click.Path(allow_dash=True, path_type=Path))
-@click.option("--now", is_flag=True, help="Parse and store in this process, for setups without a running daemon.")
-@click.option("--source", default="pipe", show_default=True, help="Where the mail came from (shown in history).")
-@click.option("--recipient", "recipients", multiple=True, help="Envelope recipient (as the MTA passes it).")
-@click.option("--sender", default=None, help="Envelope sender (MAIL FROM; '' for a bounce), e.g. Postfix's ${sender}.")
-@pass_ctx
-def ingest_cmd(
-    ctx: Context, files: tuple[Path, ...], now: bool, source: str, recipients: tuple[str, ...], sender: str | None
-) -> None:
-    """Take mail from FILES (or standard input, '-'): what an MTA pipe runs, once per mail.
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailgate ingest", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("files", nargs="*", type=Path, metavar="FILES")
+    p.add_argument("--now", action="store_true", help="Parse and store in this process, for setups without a daemon.")
+    p.add_argument(
+        "--source", default="pipe", metavar="NAME", help="Where the mail came from, shown in history (default: pipe)."
+    )
+    p.add_argument(
+        "--recipient",
+        dest="recipients",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="Envelope recipient; repeatable.",
+    )
+    p.add_argument(
+        "--sender", metavar="ADDRESS", help="Envelope sender (MAIL FROM; '' for a bounce), e.g. Postfix's ${sender}."
+    )
+    p.add_argument(
+        "--config", "-c", type=Path, metavar="FILE", help="Config file (default: mailgate.toml); also before `ingest`."
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="Log every step to stderr.")
+    return p
 
-    The mail is written to the spool, and the running daemon (`mailgate run`) ingests it at once.
-    Exit status 0 once the mail is on stable storage; 75 (EX_TEMPFAIL) when it cannot be kept for
-    now, so the MTA keeps it and retries; 66 (EX_NOINPUT) when a FILE cannot be read.
 
-    With --now the mail is parsed and stored in this process instead: exit 0 when stored,
-    duplicate or quarantined, 75 on a temporary failure (the database is down or locked).
-    """
+def main(argv: Sequence[str]) -> NoReturn:
+    """`mailgate ingest ARGS`, straight from the entry point."""
+    args = parser().parse_args(argv)
+    run_parsed(args, Context(args.config, args.verbose))
+
+
+def run(argv: Sequence[str], ctx: Context) -> NoReturn:
+    """`mailgate [--config F] [-v] ingest ARGS` through the click group: its options are defaults."""
+    args = parser().parse_args(argv)
+    run_parsed(args, Context(args.config or ctx.config, args.verbose or ctx.verbose))
+
+
+def run_parsed(args: argparse.Namespace, ctx: Context) -> NoReturn:
+    sender: str | None = args.sender
     if sender is not None and not sender.isprintable():
         # Control characters or bytes that are not UTF-8 (the listener answers such a MAIL FROM
         # with 553): not an address anyone can answer or store. The MTA has accepted the mail
         # already, so it is kept, its sender taken from its From header instead.
-        click.echo(f"ignoring an envelope sender that is not an address: {sender!r}", err=True)
+        print(f"ignoring an envelope sender that is not an address: {sender!r}", file=sys.stderr)
         sender = None
-    recipients = tuple(r for r in recipients if r.isprintable())
-    if now:
-        _ingest_now(ctx, files, source, recipients, sender)
-    _drop_into_spool(ctx, files, source, recipients, sender)
+    recipients = tuple(r for r in args.recipients if r.isprintable())
+    files = tuple(args.files)
+    try:
+        if args.now:
+            _ingest_now(ctx, files, args.source, recipients, sender)
+        _drop_into_spool(ctx, files, args.source, recipients, sender)
+    except Exception as exc:  # the last line of defence: one readable line, not a traceback
+        fail(*explain(exc))
 
 
 def _drop_into_spool(
@@ -62,10 +104,10 @@ def _drop_into_spool(
         try:
             name = spool.put(raw, envelope)
         except OSError as exc:  # disk full, read-only, no such folder: the MTA tries again later
-            click.echo(f"{path}: cannot write to the spool {spool.root}, mail left with the MTA: {exc}", err=True)
+            print(f"{path}: cannot write to the spool {spool.root}, mail left with the MTA: {exc}", file=sys.stderr)
             return EX_TEMPFAIL
         spool.wake_daemon()
-        click.echo(f"{path}: spooled as {name}")
+        print(f"{path}: spooled as {name}")
         return EX_OK
 
     _each_mail(files, keep)
@@ -85,10 +127,10 @@ def _ingest_now(
         try:
             result = ingest(app, raw, source, recipients, sender)
         except TemporaryFailure as exc:
-            click.echo(f"{path}: temporary failure, not stored: {exc}", err=True)
+            print(f"{path}: temporary failure, not stored: {exc}", file=sys.stderr)
             return EX_TEMPFAIL
         number = f" {app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
-        click.echo(f"{path}: {result.outcome}{number}")
+        print(f"{path}: {result.outcome}{number}")
         return EX_OK
 
     try:
@@ -104,9 +146,9 @@ def _each_mail(files: tuple[Path, ...], keep: Callable[[Path, bytes], int]) -> N
     for path in files or (Path("-"),):
         stdin = str(path) == "-"
         try:
-            raw = click.get_binary_stream("stdin").read() if stdin else path.read_bytes()
+            raw = sys.stdin.buffer.read() if stdin else path.read_bytes()
         except OSError as exc:
-            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
             # A FILE that is not there is the caller's mistake; the MTA's own pipe failing is not.
             status = max(status, EX_TEMPFAIL if stdin else EX_NOINPUT)
             continue

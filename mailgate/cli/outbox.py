@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mailgate.cli import Context, pass_ctx, print_lines, with_session
+from mailgate.cli import Context
+from mailgate.cli.root import pass_ctx, print_lines, with_session
 
 
 @click.group()

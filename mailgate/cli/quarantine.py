@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, Context, fail, pass_ctx, print_lines, with_session
+from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, Context, fail
+from mailgate.cli.root import pass_ctx, print_lines, with_session
 
 
 @click.group()

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mailgate.cli import Context, pass_ctx, print_lines
+from mailgate.cli import Context
+from mailgate.cli.root import pass_ctx, print_lines
 
 if TYPE_CHECKING:
     from mailgate.spool import Waiting

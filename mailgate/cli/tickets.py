@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from mailgate.cli import Context, EnumChoice, fail, pass_ctx, print_lines, with_session
+from mailgate.cli import Context, fail
+from mailgate.cli.root import EnumChoice, pass_ctx, print_lines, with_session
 
 
 @click.group()
