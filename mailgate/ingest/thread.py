@@ -224,7 +224,10 @@ def _admit(
     else:
         decision.linked = ticket
         decision.link_kind, decision.link_reason = LINK_KINDS[named.step], _WHY_LINKED[named.step]
-        decision.note(named.step, f"ticket {number}: {who} is not on it and holds no token for it: new ticket, linked")
+        why = "is not on it and holds no token issued to them for it"
+        if sender.is_staff:
+            why = "is staff, on a ticket only as its assignee or by a token issued to them"
+        decision.note(named.step, f"ticket {number}: {who} {why}: new ticket, linked")
 
 
 def thread(item: Incoming) -> Outcome | None:
