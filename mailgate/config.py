@@ -162,6 +162,9 @@ class Limits(_Section):
     # Acknowledgements per sender address within ack_window_minutes (robots ping-pong otherwise).
     acks_per_sender: int = Field(default=3, ge=0)
     ack_window_minutes: int = Field(default=60, ge=1)
+    # People a new ticket's first mail can make participants (To and Cc): each costs a person
+    # and a participant row in the mail's one transaction. The rest stay in the stored mail.
+    max_participants_per_mail: int = Field(default=50, ge=0)
 
 
 class StaffMember(_Section):

@@ -111,6 +111,26 @@ def link(session: Session, ticket: Ticket, other: Ticket, kind: str, *, channel:
     )
 
 
+def assign(session: Session, ticket: Ticket, person: Person | None, *, actor: str, channel: str, now: datetime) -> None:
+    """`person` works on `ticket` from now on (None: nobody). The assignee is on the ticket:
+    their mail threads into it by its tag."""
+    if ticket.assignee_id == (person.id if person else None):
+        return
+    old = ticket.assignee.address if ticket.assignee else None
+    ticket.assignee = person
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="assigned",
+        field="assignee",
+        old=old,
+        new=person.address if person else None,
+        channel=channel,
+        at=now,
+    )
+
+
 def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, channel: str, now: datetime) -> None:
     if ticket.status == status:
         return

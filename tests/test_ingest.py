@@ -176,8 +176,17 @@ def test_cc_of_the_original_mail_may_reply_by_tag(app: App) -> None:
     assert (result.outcome, result.ticket_number) == ("reply", number)
 
 
-def test_staff_reply_by_tag_threads_and_counts_as_first_response(app: App, clock) -> None:
+def assign(app: App, number: int, address: str) -> None:
+    with app.sessions() as s, s.begin():
+        t = s.scalar(select(Ticket).where(Ticket.number == number))
+        person = s.scalar(select(Person).where(Person.address == address))
+        tickets.assign(s, t, person, actor="dispatch@example.com", channel="test", now=t.created_at)
+
+
+def test_assignee_reply_by_tag_threads_and_counts_as_first_response(app: App, clock) -> None:
     number = new_ticket(app)
+    ingest(app, mail(sender="Alice Jones <alice@example.com>", subject="my own question"), "smtp")  # Alice is known
+    assign(app, number, "alice@example.com")
     clock.advance(timedelta(minutes=30))
     result = ingest(app, mail(sender="Alice Jones <alice@example.com>", subject=f"Re: [HD #{number}] x"), "smtp")
     assert (result.outcome, result.ticket_number) == ("reply", number)
@@ -396,6 +405,8 @@ def test_the_same_mail_with_a_rewritten_from_is_still_a_copy(app: App) -> None:
 
 def test_someone_taken_off_the_staff_list_loses_the_staff_role(app: App) -> None:
     number = new_ticket(app)
+    ingest(app, mail(sender="alice@example.com", subject="my own question"), "smtp")
+    assign(app, number, "alice@example.com")
     assert ingest(app, mail(sender="alice@example.com", subject=f"Re: [HD #{number}] x"), "smtp").outcome == "reply"
     former = App.build(app.settings.model_copy(update={"staff": []}), clock=app.clock, engine=app.engine)
     result = ingest(former, mail(sender="alice@example.com", subject=f"Re: [HD #{number + 5}] y"), "smtp")
@@ -469,7 +480,8 @@ def test_forged_dsn_threaded_by_a_chosen_message_id_marks_nobody(app: App) -> No
     ingest(app, mail(sender="mallory@evil.example", message_id="<chosen@evil.example>"), "smtp")
     ingest(app, mail(sender="ceo@example.com", subject="budget"), "smtp")
     result = ingest(app, _dsn("<chosen@evil.example>", "ceo@example.com"), "smtp")
-    assert result.outcome == "bounce" and result.ticket_number == 1
+    # Not even on Mallory's ticket: a bounce names its ticket by our signed token alone.
+    assert result.outcome == "bounce" and result.ticket_number is None
     with app.sessions() as s:
         assert s.scalar(select(Person).where(Person.address == "ceo@example.com")).undeliverable_since is None
 

@@ -2,6 +2,9 @@
 threads) and changes nothing; a reply is added to its ticket; anything else opens a ticket.
 
 Every change to a ticket goes through tickets.py, every change to a person through people.py.
+No one becomes a participant by mailing in: the people a new ticket's first mail names in To
+and Cc are on it from the start (the requester chose them, and they may answer), at most
+limits.max_participants_per_mail of them; a reply adds no one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from mailgate import subject as subjects
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
-from mailgate.models import MessageKind, Ticket
+from mailgate.models import MessageKind, Person, Ticket
 
 
 def apply(item: Incoming) -> Outcome | None:
@@ -25,9 +28,10 @@ def apply(item: Incoming) -> Outcome | None:
     window = item.app.settings.tickets.reopen_window_days
     if ticket is not None and tickets.is_past_reopen_window(ticket, item.now, window):
         item.note("apply", f"ticket {ticket.number} closed beyond the reopen window: follow-up")
-        _new_ticket(item, linked=ticket)
+        _new_ticket(item, ticket, "follow-up", "follow-up of a closed ticket")
     elif ticket is None:
-        _new_ticket(item, linked=item.thread.linked)
+        decision = item.thread
+        _new_ticket(item, decision.linked, decision.link_kind, decision.link_reason)
     else:
         _reply(item, ticket)
     return None
@@ -72,7 +76,6 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
     item.ticket, item.ticket_number = ticket, ticket.number
     item.note("apply", f"reply on ticket {ticket.number}")
     item.message = message = store_message(item, ticket, MessageKind.REPLY)
-    tickets.add_participant(session, ticket, sender, "staff" if sender.is_staff else "cc")
     session.flush()  # the event names the message by its id
     tickets.record(
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
@@ -80,16 +83,12 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
     tickets.message_added(session, ticket, sender, channel=item.source, now=item.now)
 
 
-def _new_ticket(item: Incoming, linked: Ticket | None) -> None:
+def _new_ticket(item: Incoming, linked: Ticket | None, link_kind: str, link_reason: str) -> None:
     session, settings, mail, sender = item.session, item.app.settings, item.mail, item.sender
     priority = settings.tickets.default_priority
     # People first, the ticket number last (see identify): those copied, and the dispatcher the
     # new ticket is reported to.
-    copied = [
-        people.person_for(session, settings, address, name, item.now)
-        for name, address in mail.to + mail.cc
-        if address != sender.address and not people.is_own_address(settings, address)
-    ]
+    copied = _copied_people(item)
     item.dispatcher = people.dispatcher(session, settings, item.now)
     ticket = tickets.create_ticket(
         session,
@@ -104,12 +103,28 @@ def _new_ticket(item: Incoming, linked: Ticket | None) -> None:
     for person in {p.id: p for p in copied if p.id != sender.id}.values():  # each once, in order
         tickets.add_participant(session, ticket, person, "cc", new_ticket=True)
     if linked is not None:
-        follow_up = linked.requester_id == sender.id
-        tickets.link(
-            session, ticket, linked, "follow-up" if follow_up else "quoted-tag", channel=item.source, now=item.now
-        )
-        item.linked = linked
-        item.link_reason = "follow-up of a closed ticket" if follow_up else "the sender quoted its tag but is not on it"
+        tickets.link(session, ticket, linked, link_kind, channel=item.source, now=item.now)
+        item.linked, item.link_reason = linked, link_reason
     item.ticket, item.ticket_number = ticket, ticket.number
     item.note("apply", f"new ticket {ticket.number}")
     item.message = store_message(item, ticket, MessageKind.NEW_TICKET)
+
+
+def _copied_people(item: Incoming) -> list[Person]:
+    """The people the first mail copies (To and Cc, not us, not the sender), each once and at
+    most limits.max_participants_per_mail: a mail naming 60,000 addresses costs 60,000 people
+    otherwise. The rest stay in the stored mail; the trace says how many were left out."""
+    settings, sender = item.app.settings, item.sender
+    named: dict[str, str] = {}
+    for name, address in item.mail.to + item.mail.cc:
+        if address != sender.address and address not in named and not people.is_own_address(settings, address):
+            named[address] = name
+    limit = settings.limits.max_participants_per_mail
+    if len(named) > limit:
+        item.note(
+            "apply",
+            f"{len(named)} people in To/Cc: the first {limit} made participants, {len(named) - limit} left out "
+            f"(kept in the stored mail; limits.max_participants_per_mail)",
+        )
+    chosen = list(named.items())[:limit]
+    return [people.person_for(item.session, settings, address, name, item.now) for address, name in chosen]

@@ -1,11 +1,20 @@
-"""Step thread: which ticket does a mail belong to? Strongest evidence first, and each is traced.
+"""Step thread: which ticket does a mail belong to? The evidence names a ticket; the sender decides
+whether the mail may go on it. Each is traced.
 
+The evidence, strongest first:
 1. a signed reply token: in a plus address, or inside one of our Message-IDs quoted back in
    In-Reply-To/References (survives Exchange stripping plus addresses);
 2. In-Reply-To/References matching a Message-ID we stored or sent;
-3. the subject tag [PREFIX #N], but only for someone already on that ticket: a stranger quoting a
-   tag gets a new ticket linked to the tagged one, so no one can write into another's ticket.
+3. the subject tag [PREFIX #N].
 Subject text alone never threads.
+
+Whatever the evidence, it is only a claim about where the mail belongs: Message-IDs are visible
+to everyone who got the first mail, reply addresses get forwarded, tags are typed, and From
+proves nothing. So one rule decides: the mail goes on the ticket when its sender is on that
+ticket (see `on_ticket`) or the mail carries a token we issued to the sender for it. Anyone else
+gets a new ticket linked to the one the evidence names. A reaction (an auto-reply or a bounce)
+never opens a ticket: it goes on the ticket only with our token (it then reports on our mail),
+else on none.
 """
 
 from __future__ import annotations
@@ -23,17 +32,39 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Outbox, Participant, Person, Ticket
 
+# What a new ticket's link says about the evidence its sender had no right to: by the step that
+# found it (tickets.link kind).
+LINK_KINDS = {"token": "quoted-token", "references": "quoted-reference", "tag": "quoted-tag"}
+_WHY_LINKED = {
+    "token": "the sender used a reply address or Message-ID issued to someone else",
+    "references": "the sender replied to a message of it but is not on it",
+    "tag": "the sender quoted its tag but is not on it",
+}
+
 
 @dataclass
 class ThreadDecision:
+    # The ticket the mail goes on: named by the evidence, and the sender may write on it.
     ticket: Ticket | None = None
+    # Our signed token for `ticket` that the mail carried, if any (a bounce names the person our
+    # mail went to by it).
     token: tokens.ReplyToken | None = None
-    # A ticket the new one should link to (stranger quoting its tag).
+    # A ticket the evidence named but the sender may not write on: a new ticket links to it.
     linked: Ticket | None = None
+    link_kind: str = ""
+    link_reason: str = ""
     trace: list[dict[str, str]] = field(default_factory=list)
 
     def note(self, step: str, decision: str) -> None:
         self.trace.append({"step": step, "decision": decision})
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A ticket the evidence points at, and which step found it."""
+
+    ticket: Ticket
+    step: str
 
 
 def _plus_tokens(addresses: Iterable[str]) -> list[tuple[str, str]]:
@@ -49,25 +80,36 @@ def _ticket(session: Session, number: int) -> Ticket | None:
     return session.scalar(select(Ticket).where(Ticket.number == number))
 
 
-def _by_token(session: Session, secret: bytes, candidates: list[tuple[str, str]], decision: ThreadDecision) -> bool:
+def _verified_tokens(
+    session: Session, secret: bytes, candidates: list[tuple[str, str]], decision: ThreadDecision
+) -> list[tuple[tokens.ReplyToken, Ticket]]:
+    """Every token of ours among `candidates` that names an existing ticket, each once, in their
+    order. Forged ones are counted in one note: a mail may carry thousands."""
+    found: list[tuple[tokens.ReplyToken, Ticket]] = []
+    forged: list[str] = []
+    first_seen: dict[str, str] = {}
     for where, token in candidates:
+        first_seen.setdefault(token, where)
+    for token, where in first_seen.items():
         verified = tokens.verify(secret, token)
         if verified is None:
-            decision.note("token", f"token in {where} has no valid signature: ignored")
+            forged.append(where)
             continue
         ticket = _ticket(session, verified.ticket_number)
         if ticket is None:
             decision.note("token", f"valid token in {where} names unknown ticket {verified.ticket_number}")
             continue
-        decision.ticket, decision.token = ticket, verified
         decision.note("token", f"signed token in {where} -> ticket {ticket.number}")
-        return True
-    return False
+        found.append((verified, ticket))
+    if forged:
+        more = f" (and {len(forged) - 1} more)" if len(forged) > 1 else ""
+        decision.note("token", f"token in {forged[0]}{more} has no valid signature: ignored")
+    return found
 
 
-def _by_message_ids(session: Session, ids: Sequence[str], decision: ThreadDecision) -> bool:
+def _by_message_ids(session: Session, ids: Sequence[str], decision: ThreadDecision) -> Ticket | None:
     if not ids:
-        return False
+        return None
     stored = dict(
         session.execute(
             select(Message.message_id, Message.ticket_id).where(
@@ -87,40 +129,40 @@ def _by_message_ids(session: Session, ids: Sequence[str], decision: ThreadDecisi
         if ticket_id is not None:
             ticket = session.get(Ticket, ticket_id)
             assert ticket is not None
-            decision.ticket = ticket
             decision.note("references", f"<{mid}> is a stored message of ticket {ticket.number}")
-            return True
+            return ticket
     decision.note("references", f"none of {len(ids)} referenced Message-IDs is known")
-    return False
+    return None
 
 
-def _is_on_ticket(session: Session, ticket: Ticket, person: Person) -> bool:
-    if person.is_staff or ticket.requester_id == person.id:
-        return True
-    return (
-        session.scalar(
-            select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
-        )
-        is not None
-    )
-
-
-def _by_tag(session: Session, prefix: str, mail: ParsedMail, sender: Person, decision: ThreadDecision) -> bool:
+def _by_tag(session: Session, prefix: str, mail: ParsedMail, decision: ThreadDecision) -> Ticket | None:
     number = subjects.find_tag(prefix, mail.subject)
     if number is None:
         decision.note("tag", "no subject tag")
-        return False
+        return None
     ticket = _ticket(session, number)
     if ticket is None:
         decision.note("tag", f"tag #{number} names no ticket: ignored")
-        return False
-    if not _is_on_ticket(session, ticket, sender):
-        decision.linked = ticket
-        decision.note("tag", f"tag #{number}, but {sender.address} is not on that ticket: new ticket, linked")
-        return False
-    decision.ticket = ticket
-    decision.note("tag", f"tag #{number} from {sender.address}, who is on the ticket")
-    return True
+    return ticket
+
+
+def on_ticket(session: Session, ticket: Ticket, person: Person) -> str | None:
+    """How `person` is on `ticket` by their address alone ('requester', 'assignee', 'cc'), or None.
+
+    Staff get nothing from a From header: until staff mail is authenticated, a staff member is
+    on a ticket only as its assignee (or by a token issued to them, see decide), never as a
+    participant someone else's mail named.
+    """
+    if ticket.requester_id == person.id:
+        return "requester"
+    if ticket.assignee_id == person.id:
+        return "assignee"
+    if person.is_staff:
+        return None
+    participant = session.scalar(
+        select(Participant.role).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
+    )
+    return "cc" if participant is not None else None
 
 
 def decide(
@@ -132,8 +174,10 @@ def decide(
     tag_prefix: str,
     envelope_recipients: Sequence[str] = (),
     extra_ids: Sequence[str] = (),
+    reaction: bool = False,
 ) -> ThreadDecision:
-    """Find the ticket `mail` belongs to. `extra_ids`: Message-IDs quoted inside a bounce."""
+    """Find the ticket `mail` belongs to. `extra_ids`: Message-IDs quoted inside a bounce.
+    `reaction`: the mail answers earlier mail (auto-reply, bounce) and never opens a ticket."""
     decision = ThreadDecision()
     recipients = [*envelope_recipients, *(a for _, a in mail.to + mail.cc)]
     for name in ("Delivered-To", "X-Original-To"):
@@ -141,12 +185,49 @@ def decide(
     candidates = _plus_tokens(recipients)
     ids = [*mail.thread_ids, *extra_ids]
     candidates += [(f"<{mid}>", t) for mid in ids for t in tokens.find_tokens(mid)]
-    if _by_token(session, secret, candidates, decision):
-        return decision
-    if _by_message_ids(session, ids, decision):
-        return decision
-    _by_tag(session, tag_prefix, mail, sender, decision)
+    held = _verified_tokens(session, secret, candidates, decision)
+    # A token issued to the sender is their evidence, before tokens of other people's mail.
+    held.sort(key=lambda found: found[0].person_id != sender.id)
+    named = None
+    if held:
+        named = _Named(held[0][1], "token")
+    elif (ticket := _by_message_ids(session, ids, decision)) is not None:
+        named = _Named(ticket, "references")
+    elif (ticket := _by_tag(session, tag_prefix, mail, decision)) is not None:
+        named = _Named(ticket, "tag")
+    if named is not None:
+        _admit(session, decision, named, sender, [token for token, t in held if t.id == named.ticket.id], reaction)
     return decision
+
+
+def _admit(
+    session: Session,
+    decision: ThreadDecision,
+    named: _Named,
+    sender: Person,
+    ticket_tokens: list[tokens.ReplyToken],
+    reaction: bool,
+) -> None:
+    """The one rule: may this sender write on the ticket the evidence named?"""
+    ticket, number, who = named.ticket, named.ticket.number, sender.address
+    own_token = next((t for t in ticket_tokens if t.person_id == sender.id), None)
+    how = "holds a token issued to them" if own_token else on_ticket(session, ticket, sender)
+    if how is not None:
+        decision.ticket = ticket
+        decision.token = own_token or next(iter(ticket_tokens), None)
+        decision.note(named.step, f"ticket {number}: {who} is on it ({how})")
+    elif reaction and ticket_tokens:
+        decision.ticket, decision.token = ticket, ticket_tokens[0]
+        decision.note(named.step, f"ticket {number}: an automatic reaction to our mail there (signed token)")
+    elif reaction:
+        decision.note(named.step, f"ticket {number}: {who} is not on it and has no token of it: on no ticket")
+    else:
+        decision.linked = ticket
+        decision.link_kind, decision.link_reason = LINK_KINDS[named.step], _WHY_LINKED[named.step]
+        why = "is not on it and holds no token issued to them for it"
+        if sender.is_staff:
+            why = "is staff, on a ticket only as its assignee or by a token issued to them"
+        decision.note(named.step, f"ticket {number}: {who} {why}: new ticket, linked")
 
 
 def thread(item: Incoming) -> Outcome | None:
@@ -160,6 +241,7 @@ def thread(item: Incoming) -> Outcome | None:
         tag_prefix=item.app.settings.tickets.tag_prefix,
         envelope_recipients=item.envelope_recipients,
         extra_ids=item.bounce.original_ids if item.bounce else (),
+        reaction=item.reaction,
     )
     item.trace += item.thread.trace
     return None
