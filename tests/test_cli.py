@@ -344,3 +344,30 @@ def test_an_envelope_sender_that_is_not_an_address_is_dropped_and_the_mail_kept(
     (entry,) = spooled(workdir / "data").due(datetime.now(UTC))
     taken = spooled(workdir / "data").claim(entry)
     assert taken is not None and taken.envelope.sender is None and taken.raw == raw
+
+
+# A terminal obeys what it is sent: ESC c resets it, ESC ] rewrites its title, CSI (ESC [ or
+# the single C1 byte U+009B) moves the cursor and recolours. Mail content may carry any of them.
+_HOSTILE = (
+    b"From: =?utf-8?q?Dana=1Bc_Smith=C2=9B2J?= <dana@example.com>\r\n"
+    b"To: support@example.com\r\n"
+    b"Subject: =?utf-8?q?Printer=1B]0;owned=07_jams=C2=85?=\r\n"
+    b"Message-ID: <hostile@client.example.org>\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    b"--B\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    b"The printer\x1bc jams\xc2\x9b31m.\r\n\tIndented line.\r\n"
+    b'--B\r\nContent-Type: application/pdf\x1b[2J\xc2\x9d; name="scan.pdf"\r\n'
+    b'Content-Disposition: attachment; filename="scan.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+    b"JVBERi0xLjQK\r\n--B--\r\n"
+)
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def test_mail_content_reaches_the_terminal_without_control_characters(workdir: Path) -> None:
+    assert run("ingest", "--now", "-", stdin=_HOSTILE).exit_code == 0
+    for command in (("tickets", "list"), ("tickets", "show", "1"), ("messages", "list"), ("messages", "show", "1")):
+        out = run(*command).stdout
+        assert not _TERMINAL_CONTROL.search(out), (command, out)
+        assert "Printer" in out and "jams" in out, (command, out)  # what is readable stays
+    shown = run("tickets", "show", "1").stdout
+    assert "Dana" in shown and "application/pdf" in shown and "\tIndented line." in shown

@@ -17,6 +17,7 @@ it uses when it runs.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -42,8 +43,19 @@ def main() -> None:
     cli()
 
 
+# C0 controls but tab and newline, DEL, and the C1 controls: mail content (a subject, a sender's
+# name, a body, an attachment's type) may carry any of them, and a terminal obeys them (ESC c
+# resets it, ESC ] rewrites its title, CSI moves the cursor).
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` without the characters a terminal would act on: for whatever shows mail content."""
+    return _TERMINAL_CONTROLS.sub("", text)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"mailgate: {message}", file=sys.stderr)
+    print(f"mailgate: {printable(message)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mailgate.cli import EX_OK, EX_TEMPFAIL, Context, fail
+from mailgate.cli import EX_OK, EX_TEMPFAIL, Context, fail, printable
 from mailgate.cli.root import pass_ctx
 
 
@@ -33,7 +33,7 @@ def imap_poll(ctx: Context, names: tuple[str, ...]) -> None:
             with ImapPoller(app, box) as poller:
                 report = poller.poll_once()
         except Exception as exc:  # the server is down, the password wrong …: say so, go on
-            click.echo(f"{box.name}: failed: {type(exc).__name__}: {exc}", err=True)
+            click.echo(printable(f"{box.name}: failed: {type(exc).__name__}: {exc}"), err=True)
             status = EX_TEMPFAIL
             continue
         if report.standby:

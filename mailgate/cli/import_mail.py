@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail
+from mailgate.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail, printable
 from mailgate.cli.root import pass_ctx
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
                     counts[ingest(app, raw, source).outcome] += 1
                 except TemporaryFailure as exc:
                     counts["failed"] += 1
-                    click.echo(f"\ntemporary failure (run the import again to retry): {exc}", err=True)
+                    click.echo(printable(f"\ntemporary failure (run the import again to retry): {exc}"), err=True)
     finally:
         box.close()  # an mbox holds its file open (and locked) until then
     labels = [

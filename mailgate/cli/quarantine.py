@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, Context, fail
+from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, Context, fail, printable
 from mailgate.cli.root import pass_ctx, print_lines, with_session
 
 
@@ -35,7 +35,7 @@ def quarantine_show(ctx: Context, qid: int) -> None:
         row = session.get(Quarantine, qid)
         if row is None:
             fail(f"there is no quarantined mail {qid}")
-        click.echo(f"reason: {row.reason}\nsource: {row.source}\nreceived: {row.received_at}\n")
+        click.echo(printable(f"reason: {row.reason}\nsource: {row.source}\nreceived: {row.received_at}\n"))
         sys.stdout.buffer.write(row.raw)
 
     with_session(ctx, show)

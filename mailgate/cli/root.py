@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli import Context, explain, fail
+from mailgate.cli import Context, explain, fail, printable
 
 # Each command and where it is defined, as "module.attribute".
 COMMANDS = {
@@ -79,7 +79,8 @@ class EnumChoice(click.Choice):
 
 
 def print_lines(lines: list[str]) -> None:
-    click.echo("\n".join(lines))
+    """Every command's way to show stored content: nothing in it can steer the terminal."""
+    click.echo(printable("\n".join(lines)))
 
 
 def with_session(ctx: Context, action: Callable[[Any], None]) -> None:

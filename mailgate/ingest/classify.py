@@ -6,21 +6,21 @@ Rules come in two kinds. A *reaction* (out-of-office reply, bounce, our own mail
 answers earlier mail and is never a request: it gets no ticket of its own. Other automatic mail
 (a monitoring alert, a list post, a no-reply sender) may well be a request: it gets a ticket, but
 never an acknowledgement.
-Bounces (delivery status notifications) are also read for which address failed, how, and which
-of our mails they concern.
+Bounces are also read for which address failed, how, and which of our mails they concern
+(ingest/bounces.py).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from email.message import Message
+from dataclasses import dataclass
 
 from mailgate.headers import LOOP_HEADER
+from mailgate.ingest.bounces import bounce_evidence, read_bounce
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
-from mailgate.ingest.parse import ParsedMail, message_ids
+from mailgate.ingest.parse import ParsedMail
 
 _ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.I)
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
@@ -97,6 +97,10 @@ def failed_recipients(ctx: Context) -> str | None:
     return "X-Failed-Recipients present" if ctx.mail.header("X-Failed-Recipients") else None
 
 
+def bounce(ctx: Context) -> str | None:
+    return bounce_evidence(ctx.mail)
+
+
 def own_address(ctx: Context) -> str | None:
     return f"sent from our own address {ctx.mail.from_addr}" if ctx.mail.from_addr in ctx.own_addresses else None
 
@@ -138,6 +142,7 @@ RULES: tuple[tuple[Rule, bool], ...] = (
     (robot_sender, True),
     (empty_return_path, True),
     (failed_recipients, True),
+    (bounce, True),
     # A subject alone is weak evidence ("Out of office assistant will not turn off" is a request).
     (auto_subject, False),
     (auto_generated, False),
@@ -175,80 +180,3 @@ def classify(item: Incoming) -> Outcome | None:
         item.note("classify", reason)
     item.bounce = read_bounce(item.mail) if found.reaction else None
     return None
-
-
-# Bounces ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Failure:
-    address: str
-    status: str
-    permanent: bool
-    diagnostic: str = ""
-
-
-@dataclass
-class Bounce:
-    failures: list[Failure] = field(default_factory=list)
-    # Message-IDs of the original mail, from the returned headers: ties the bounce to a ticket.
-    original_ids: list[str] = field(default_factory=list)
-
-
-def _field(block: Message, name: str) -> str:
-    value = str(block.get(name, "") or "").strip()
-    return value.split(";", 1)[1].strip() if ";" in value and name.endswith("Recipient") else value
-
-
-def _dsn_failures(report: Message) -> list[Failure]:
-    failures = []
-    blocks = report.get_payload()
-    for block in blocks if isinstance(blocks, list) else []:
-        address = (_field(block, "Final-Recipient") or _field(block, "Original-Recipient")).strip("<> ").lower()
-        action = _field(block, "Action").lower()
-        status = _field(block, "Status").split()[0] if _field(block, "Status") else ""
-        if not address or action not in ("failed", "delayed", ""):
-            continue
-        permanent = action == "failed" and not status.startswith("4")
-        if action == "" and not status.startswith("5"):
-            continue
-        failures.append(Failure(address, status, permanent, _field(block, "Diagnostic-Code")))
-    return failures
-
-
-def _returned_headers(part: Message) -> str:
-    """The headers of our mail as the bounce returns them, as text."""
-    inner = part.get_payload()
-    if isinstance(inner, list) and inner:
-        try:
-            return inner[0].as_string()
-        except (UnicodeError, LookupError, ValueError):  # 8-bit bytes the generator cannot encode
-            return "\n".join(f"{k}: {v}" for k, v in inner[0].items())
-    return str(part.get_payload(decode=True) or b"", "utf-8", "replace")
-
-
-def read_bounce(mail: ParsedMail) -> Bounce | None:
-    """What a delivery status notification says, or None for mail that is not a bounce."""
-    message = mail.message
-    is_dsn = message.get_content_type() == "multipart/report" and (
-        str(message.get_param("report-type") or "").lower() == "delivery-status"
-    )
-    failed_header = mail.header("X-Failed-Recipients")
-    if not is_dsn and not failed_header:
-        return None
-    bounce = Bounce()
-    for part in message.walk():
-        ctype = part.get_content_type()
-        if ctype in ("message/delivery-status", "message/global-delivery-status"):
-            bounce.failures.extend(_dsn_failures(part))
-        elif ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
-            text = _returned_headers(part)
-            for name in ("Message-ID", "In-Reply-To", "References"):
-                for match in re.finditer(rf"^{name}:\s*((?:.*\n[ \t].*)*.*)$", text, re.I | re.M):
-                    bounce.original_ids.extend(message_ids(match.group(1)))
-    if failed_header and not bounce.failures:
-        # Exim's X-Failed-Recipients lists addresses whose delivery failed permanently.
-        for address in re.split(r"[,\s]+", failed_header):
-            if "@" in address:
-                bounce.failures.append(Failure(address.strip("<>").lower(), "5.0.0", True))
-    return bounce

@@ -66,9 +66,11 @@ def earlier_copy(session: Session, mail: ParsedMail, content: str) -> tuple[str,
 
     A Message-ID seen before is a copy when the content is the same, or when sender and Date
     are. Otherwise it is a different mail reusing the ID (monitoring scripts do this): it gets
-    a longer key and is kept, never dropped as a duplicate.
+    a longer key, the ID and its content hash, and is kept, never dropped as a duplicate. A mail
+    found under that longer key has the same content: a copy, and the search ends there. (The
+    longer key is told by comparing with the first, not by a "#" in it: Message-IDs hold "#".)
     """
-    key = dedupe_key(mail)
+    key = first = dedupe_key(mail)
     while True:
         row = session.execute(
             select(Message.from_addr, Message.date, Message.content_sha256, Ticket.number)
@@ -80,7 +82,7 @@ def earlier_copy(session: Session, mail: ParsedMail, content: str) -> tuple[str,
         same_mail = row.content_sha256 == content or (
             mail.date is not None and (row.from_addr, row.date) == (mail.from_addr, mail.date)
         )
-        if same_mail or not key.startswith("mid:") or "#" in key:
+        if same_mail or not key.startswith("mid:") or key != first:
             return key, row.number, True
         log.warning("msgid=<%s> reused by a different mail from %s: kept as well", mail.message_id, mail.from_addr)
         key = f"{key}#{content_hash(mail)}"

@@ -14,7 +14,7 @@ from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Person, Ticket
 
 if TYPE_CHECKING:
-    from mailgate.ingest.classify import Bounce
+    from mailgate.ingest.bounces import Bounce
     from mailgate.ingest.thread import ThreadDecision
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from mailgate.ingest.incoming import Incoming
-from mailgate.ingest.text import extract_reply
+from mailgate.ingest.quotes import extract_reply
 from mailgate.models import Attachment, Message, MessageKind, Ticket
 
 

@@ -1,4 +1,4 @@
-"""Readable text: HTML to text, repair of mis-decoded bytes, and the new part of a reply."""
+"""Readable text: HTML to text and repair of mis-decoded bytes (the new part of a reply: quotes.py)."""
 
 from __future__ import annotations
 
@@ -61,38 +61,3 @@ def html_to_text(html: str) -> str:
     converter.single_line_break = False
     text = converter.handle(repair_text(html))
     return _BLANK_RUNS.sub("\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
-
-
-# Attribution lines other languages put above a quote ("Am … schrieb:", "Le … a écrit :");
-# the reply parser knows only the English form and leaves these at the end of the new text.
-_ATTRIBUTION = re.compile(
-    r"^(on|am|le|el|il|op|em|den|dne|w dniu|в|пн|вт|ср|чт|пт|сб|вс)\b.{0,200}"
-    r"(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|skrev|napsal|napisał|написал\w*)\s*:\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-# The line Gmail, Thunderbird or Apple Mail put above a forwarded mail.
-_FORWARD_MARKER = re.compile(
-    r"^\s*(-{3,}\s*(forwarded message|weitergeleitete nachricht|message transféré)\s*-{3,}|"
-    r"begin forwarded message:)\s*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-def extract_reply(text: str) -> str:
-    """The newly written part of a reply: quoted history and signature removed.
-
-    email_reply_parser (the GitHub/Zapier algorithm) scored best on the corpus' reply fixtures;
-    when it finds nothing it is wrong (a forward, a reply below the quote), so the whole text
-    is kept rather than losing what the person wrote.
-    """
-    from email_reply_parser import EmailReplyParser
-
-    reply = EmailReplyParser.parse_reply(text).strip()
-    if _FORWARD_MARKER.search(reply):
-        return text  # a forward: what was forwarded is the content, keep it all
-    paragraphs = reply.split("\n\n")
-    if len(paragraphs) > 1 and _ATTRIBUTION.match(" ".join(paragraphs[-1].split())):
-        reply = "\n\n".join(paragraphs[:-1]).strip()
-    return reply or text

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mailbox
+import os
+import re
 import smtplib
 import socket
 import ssl
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -30,15 +32,56 @@ __all__ = ["IDLE_SECONDS", "MaildirSink", "PermanentFailure", "Sender", "SmtpRel
 
 
 class MaildirSink:
-    """Outgoing mail lands in a Maildir a person can open with any mail client."""
+    """Outgoing mail lands in a Maildir a person can open with any mail client.
+
+    Delivered as maildir(5) says: written into tmp/ and synced, then renamed into new/, whose
+    folder is synced too, so a mail the outbox records as sent survives a crash or a power cut.
+    A crash mid-write leaves a part in tmp/ (the outbox sends that mail again); parts older than
+    the Maildir convention's 36 hours are removed when the sink first delivers.
+    """
+
+    STALE_SECONDS = 36 * 3600
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._ready = False
 
     def deliver(self, mail_from: str, recipients: list[str], data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir creates only its last level
-        box = mailbox.Maildir(self.path, create=True)
-        box.add(data)
+        if not self._ready:
+            for folder in ("tmp", "new", "cur"):
+                (self.path / folder).mkdir(parents=True, exist_ok=True)
+            self._remove_stale_parts()
+            self._ready = True
+        host = re.sub(r"\W", "_", socket.gethostname())
+        name = f"{time.time_ns() // 1000}.{os.getpid()}_{os.urandom(4).hex()}.{host}"
+        part = self.path / "tmp" / name
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(data)
+                os.fsync(fd)  # the contents first, then the name: a mail in new/ is whole
+            finally:
+                os.close(fd)
+            os.rename(part, self.path / "new" / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        folder = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)  # the rename survives a power cut only once this is done
+        finally:
+            os.close(folder)
+
+    def _remove_stale_parts(self) -> None:
+        """What a crashed writer left in tmp/: never a whole mail (that was renamed into new/)."""
+        cutoff = time.time() - self.STALE_SECONDS
+        for entry in os.scandir(self.path / "tmp"):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    log.info("removed %s, left in the outgoing Maildir's tmp/ by a crash", entry.name)
 
     def close(self) -> None:
         pass
