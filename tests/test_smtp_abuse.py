@@ -5,7 +5,9 @@ password guessing, refusal after refusal."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import shutil
 import smtplib
 import subprocess
 import threading
@@ -14,18 +16,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from mailgate.app import App
 from mailgate.clock import FixedClock
-from mailgate.config import Settings, Smtp
+from mailgate.config import ConfigError, Settings, Smtp, load_settings
+from mailgate.models import Message
 from mailgate.spool import Spool
 from mailgate.transports import smtp
 from tests.conftest import make_settings
-from tests.daemon_harness import wait_for, wait_listening
+from tests.daemon_harness import running_daemon, wait_for, wait_listening
 from tests.mails import mail
 from tests.test_daemon import _cmdline, _sigterm, _start_daemon, _stop
 
@@ -219,3 +224,129 @@ def test_refused_recipients_are_logged_once_per_client_and_minute_with_a_count(
         listening.call(listening.listener.refusals.report_due)
     assert _lines(caplog, "499 more refused recipients from 127.0.0.5")
     assert len(_lines(caplog, STRANGER)) == 2
+
+
+def _spooled(settings: Settings) -> list[bytes]:
+    spool = Spool(settings.spool_dir)
+    claimed = [spool.claim(name) for name in spool.due(datetime.now(UTC) + timedelta(days=1))]
+    return [c.raw for c in claimed if c is not None]
+
+
+def test_short_lines_and_dot_stuffed_lines_are_kept_byte_for_byte(tmp_path: Path, clock: FixedClock) -> None:
+    settings = _settings(tmp_path)
+    body = b"".join([b"a\r\n" * 5000, b".\r\n", b"..\r\n", b".hidden line\r\n", b"\r\n" * 300, b"last\r\n"])
+    raw = mail(body="x\n").replace(b"x\r\n", b"") + body
+    with listener_on_loopback(settings, clock) as listening, _from(GOOD, listening.port) as client:
+        assert client.sendmail("dana@example.com", ["support@example.com"], raw) == {}  # smtplib dot-stuffs
+    assert _spooled(settings) == [raw]
+
+
+def test_a_line_longer_than_rfc_5321_allows_is_refused_after_the_final_dot(tmp_path: Path, clock: FixedClock) -> None:
+    settings = _settings(tmp_path)
+    raw, good = mail(body="ok\n") + b"y" * 5000 + b"\r\n", mail()
+    with listener_on_loopback(settings, clock) as listening, _from(GOOD, listening.port) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("dana@example.com", ["support@example.com"], raw)
+        assert (info.value.smtp_code, info.value.smtp_error[:5]) == (500, b"5.5.2")
+        assert client.noop()[0] == 250  # the session goes on
+        assert client.sendmail("dana@example.com", ["support@example.com"], good) == {}
+    assert _spooled(settings) == [good]
+
+
+def test_connections_are_limited_per_client_address_and_in_all(tmp_path: Path, clock: FixedClock) -> None:
+    settings = _settings(tmp_path, max_connections=3, max_connections_per_client=2)
+    with listener_on_loopback(settings, clock) as listening:
+        first, second = _from(IDLE, listening.port), _from(IDLE, listening.port)
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            _from(IDLE, listening.port)
+        assert info.value.smtp_code == 421 and b"your address" in info.value.smtp_error
+        other = _from(GOOD, listening.port)  # another client still gets in
+        assert other.noop()[0] == 250
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            _from(STRANGER, listening.port)  # all three slots taken
+        assert info.value.smtp_code == 421
+        first.quit()
+        wait_for(lambda: listening.call(lambda: listening.listener.slots.held) == 2)
+        third = _from(IDLE, listening.port)  # its slot is free again
+        for client in (second, other, third):
+            client.quit()
+
+
+def _auth_settings(tmp_path: Path, **more: object) -> Settings:
+    return _settings(tmp_path, auth_without_tls=True, auth_users={"scanner": "scan-password-123"}, **more)
+
+
+def test_password_guesses_end_the_connection_after_three_and_are_logged_once_a_minute(
+    tmp_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailgate.smtp")
+    with listener_on_loopback(_auth_settings(tmp_path), clock) as listening:
+        for _ in range(5):
+            with _from(GUESSER, listening.port) as client:
+                client.ehlo()
+                replies = [client.docmd("AUTH", f"PLAIN {_plain('scanner', f'guess{n}')}")[0] for n in range(3)]
+                assert replies == [535, 535, 421]
+                with pytest.raises(smtplib.SMTPServerDisconnected):
+                    client.noop()
+        with _from(GOOD, listening.port) as client:
+            client.login("scanner", "scan-password-123")  # the right password still works
+        failures = _lines(caplog, "failed AUTH")
+        assert failures == ["failed AUTH PLAIN as 'scanner' from 127.0.0.6"]
+        clock.advance(timedelta(seconds=61))
+        listening.call(listening.listener.refusals.report_due)
+    assert _lines(caplog, "14 more failed authentications from 127.0.0.6")
+    assert not any("guess" in r.getMessage() for r in caplog.records)  # never a password in the log
+
+
+def _plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_auth_is_offered_only_over_tls(tmp_path: Path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text('[smtp]\nhost = "0.0.0.0"\nauth_users = { scanner = "a-long-password" }\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert "smtp.auth_users" in str(info.value) and "tls_cert" in str(info.value)
+    config.write_text('[smtp]\nhost = "0.0.0.0"\nauth_without_tls = true\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert "smtp.auth_without_tls = True" in str(info.value) and "loopback" in str(info.value)
+
+
+def test_auth_in_the_clear_when_the_config_says_the_listener_is_on_loopback(tmp_path: Path, clock: FixedClock) -> None:
+    settings = _auth_settings(tmp_path, require_auth=True)
+    with listener_on_loopback(settings, clock) as listening, _from(GOOD, listening.port) as client:
+        client.ehlo()
+        assert client.has_extn("auth")
+        client.login("scanner", "scan-password-123")
+        assert client.sendmail("scanner@example.com", ["support@example.com"], mail()) == {}
+
+
+def test_queued_as_names_a_different_spool_file_for_every_mail_also_after_a_restart(daemon_app: App) -> None:
+    """Issue 10: on SQLite "Queued as N" repeated the same N (a row id used again once its row was
+    deleted). The spool names a mail by time, process and a random part: never the same twice."""
+    names = []
+    for restart in range(2):
+        with running_daemon(daemon_app) as running:
+            for n in range(3):
+                with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
+                    client.ehlo()
+                    client.mail("dana@example.com")
+                    client.rcpt("support@example.com")
+                    code, reply = client.data(mail(message_id=f"<queued-{restart}-{n}@example.org>"))
+                assert code == 250
+                names.append(reply.decode().removeprefix("2.0.0 Queued as "))
+                wait_for(lambda: running.spool.count() == 0)  # ingested: its file is gone
+    assert len(set(names)) == 6, names
+    with daemon_app.sessions() as s:
+        assert len(s.scalars(select(Message)).all()) == 6
+
+
+@pytest.fixture
+def daemon_app(tmp_path: Path, sqlite_template: Path, clock: FixedClock) -> Iterator[App]:
+    db = tmp_path / "mailgate.db"
+    shutil.copy(sqlite_template, db)
+    app = App.build(make_settings(tmp_path, f"sqlite:///{db}", smtp={"host": "127.0.0.1", "port": 0}), clock=clock)
+    yield app
+    app.close()
