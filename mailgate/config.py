@@ -7,6 +7,7 @@ per bad key ("key = value: what was expected") so a typo never surfaces as a tra
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import secrets
@@ -14,7 +15,15 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -111,11 +120,18 @@ class Smtp(_Section):
     # LMTP instead of SMTP, for sitting behind Postfix (lmtp:inet:127.0.0.1:2525).
     lmtp: bool = False
     max_connections: int = Field(default=100, ge=1)
+    # Connections from one client address at once, so that one client cannot hold every slot.
+    # Postfix delivers to one destination over at most 20 connections by default
+    # (default_destination_concurrency_limit): an MTA in front of mailgate fits.
+    max_connections_per_client: int = Field(default=20, ge=1)
     # Seconds a client may stay silent before it is disconnected.
     timeout_seconds: int = Field(default=300, ge=5)
     # STARTTLS when both are set (PEM files).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # AUTH is offered only after STARTTLS: a password in the clear is anyone's on the way. A
+    # listener on a loopback address (nothing on the way) may offer it without TLS.
+    auth_without_tls: bool = False
     # For a submission port: AUTH PLAIN/LOGIN against these users (require_auth refuses others).
     auth_users: dict[str, str] = Field(default_factory=dict)
     require_auth: bool = False
@@ -123,6 +139,34 @@ class Smtp(_Section):
     # retries later) until ingest catches up: a flood cannot fill the disk with spooled mail.
     # A soft limit: mails already past RCPT when it is reached are still taken.
     max_spooled: int = Field(default=10_000, ge=1)
+
+    @field_validator("auth_without_tls")
+    @classmethod
+    def _only_on_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("host")
+        if value and host is not None and not _is_loopback(host):
+            raise ValueError(f"false while smtp.host is {host!r}: AUTH without TLS only on a loopback address")
+        return value
+
+    @field_validator("auth_users")
+    @classmethod
+    def _auth_needs_tls(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        has_tls = info.data.get("tls_cert") and info.data.get("tls_key")
+        if value and not has_tls and not info.data.get("auth_without_tls"):
+            raise ValueError(
+                "no users without smtp.tls_cert and smtp.tls_key: AUTH is offered only over TLS "
+                "(or set smtp.auth_without_tls = true on a loopback address)"
+            )
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class ImapMailbox(_Section):

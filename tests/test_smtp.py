@@ -296,6 +296,8 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
             client.starttls(context=context)
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 client.login("scanner", "wrong")
+        with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:  # a few failures end a connection
+            client.starttls(context=context)
             client.ehlo()
             credentials = base64.b64encode(b"\0\xff\xfescanner\0\xc3(").decode()  # not UTF-8
             assert client.docmd("AUTH", f"PLAIN {credentials}")[0] == 535  # refused, no 500

@@ -97,6 +97,8 @@ def _child_main(settings: Settings, secret: bytes, conn: Connection, levels: tup
     logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mailgate").setLevel(levels[1])
     logging.getLogger("mail.log").setLevel(levels[2])
+    if settings.smtp.auth_without_tls:  # aiosmtpd says at every connection what the config chose
+        logging.getLogger("mail.log").addFilter(lambda record: "auth_require_tls == False" not in record.getMessage())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, secret, conn))
 
@@ -121,9 +123,10 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
             conn.send(("error", f"SMTP listener on {settings.smtp.host}:{settings.smtp.port}: {exc}"))
             return
         conn.send(("ready", server.sockets[0].getsockname()[1]))
-        backlog = asyncio.create_task(listener.watch_backlog())
+        chores = [asyncio.create_task(listener.watch_backlog()), asyncio.create_task(listener.report_refusals())]
         await stop.wait()
-        backlog.cancel()
+        for chore in chores:
+            chore.cancel()
         server.close()
         deadline = loop.time() + GRACE_SECONDS
         while listener.in_flight and loop.time() < deadline:

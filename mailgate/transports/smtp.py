@@ -3,7 +3,9 @@
 
 A page, not a subsystem: the protocol stays in aiosmtpd. This module decides which recipients
 we accept (our addresses and their signed plus addresses: never an open relay), how many
-clients may talk at once, and which reply code a spooled or failed mail gets. The daemon's
+clients may talk at once (in all and from one address), how many passwords one connection may
+try, and which reply code a spooled or failed mail gets. Refusals are logged once per client
+and minute (refusal_log.py); the mail after DATA is read by smtp_data.py. The daemon's
 spool worker ingests the mail (see listener_process.py for why the listener has a process of
 its own).
 """
@@ -15,6 +17,7 @@ import contextlib
 import hmac
 import logging
 import ssl
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
@@ -25,8 +28,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate import spool as spooling
 from mailgate import tokens
+from mailgate.clock import Clock, SystemClock
 from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
+from mailgate.transports.connection_slots import ConnectionSlots
+from mailgate.transports.refusal_log import RefusalLog
+from mailgate.transports.smtp_data import Refused, read_data
 from mailgate.transports.spool_writes import SpoolWrites
 
 log = logging.getLogger("mailgate.smtp")
@@ -34,23 +41,34 @@ log = logging.getLogger("mailgate.smtp")
 QUEUED = "250 2.0.0 Queued"
 NO_SUCH_MAILBOX = "550 5.1.1 No such mailbox here"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
-TOO_BIG = "552 5.3.4 Message too big for this system"
-BUSY = "421 4.7.0 Too many connections, try again later"
 BACKLOG = "452 4.3.1 Too much mail waiting to be stored, try again later"
 BAD_SENDER = "553 5.1.7 Bad sender address syntax"
+AUTH_FAILED_TOO_OFTEN = "421 4.7.0 Too many failed authentications, closing the connection"
+
+# Password guesses per connection; then the client must connect again (and is logged each time).
+AUTH_FAILURES_PER_CONNECTION = 3
 
 
 class Listener:
-    """State shared by all connections: settings, the spool, the connection count."""
+    """State shared by all connections: settings, the spool, the connection slots, the log of
+    refusals."""
 
-    def __init__(self, settings: Settings, secret: bytes, spool: spooling.Spool, executor: Executor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secret: bytes,
+        spool: spooling.Spool,
+        executor: Executor,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.secret = secret
         self.spool = spool
         # Writes and syncs run on this one thread, off the event loop, several mails at once.
         self.executor = executor
         self.writes = SpoolWrites(spool, executor)
-        self.connections = 0
+        self.slots = ConnectionSlots(settings.smtp.max_connections, settings.smtp.max_connections_per_client)
+        self.refusals = RefusalLog(log, clock or SystemClock())
         self.in_flight = 0
         # Mails in the spool, as last counted plus those written since.
         self.spooled = 0
@@ -73,7 +91,7 @@ class Listener:
         # address parser lets control characters through: neither is an address anyone can
         # answer or the database can store. Refused at the door, where the client learns it.
         if not address.isprintable():
-            log.info("refused sender %r from %s: not a storable address", address, session.peer)
+            self.refusals.refused(_client(session), "unstorable senders", f"refused sender {address!r}")
             return BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -83,7 +101,7 @@ class Listener:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if not self.accepts(address):
-            log.info("refused recipient %s from %s", address, session.peer)
+            self.refusals.refused(_client(session), "refused recipients", f"refused recipient {address!r}")
             return f"{NO_SUCH_MAILBOX}: {address}"
         if self.spooled >= self.settings.smtp.max_spooled:
             if not self._deferring:
@@ -128,6 +146,12 @@ class Listener:
                     log.warning("spool down to %d mails: accepting mail again", self.spooled)
             await asyncio.sleep(every)
 
+    async def report_refusals(self, every: float = 5.0) -> None:
+        """Log the counts of refusals repeated within a minute once the minute is over."""
+        while True:
+            await asyncio.sleep(every)
+            self.refusals.report_due()
+
     @staticmethod
     def _per_recipient(server: SMTP, envelope: Envelope, reply: str) -> str:
         # LMTP answers DATA once per recipient; the mail is stored once for all of them.
@@ -140,46 +164,93 @@ class Listener:
             try:
                 user, password = data.login.decode(), data.password.decode()
             except UnicodeDecodeError:  # not a user of ours; aiosmtpd would log a traceback
-                return AuthResult(success=False, handled=False)
+                return self._auth_failed(session, mechanism, repr(data.login))
             expected = users.get(user)
-            ok = expected is not None and hmac.compare_digest(expected.encode(), password.encode())
-            return AuthResult(success=ok, handled=False)
+            if expected is not None and hmac.compare_digest(expected.encode(), password.encode()):
+                return AuthResult(success=True, handled=False)
+            return self._auth_failed(session, mechanism, repr(user))
 
         return check
+
+    def _auth_failed(self, session: Session, mechanism: str, user: str) -> AuthResult:
+        failures = getattr(session, "auth_failures", 0) + 1
+        session.auth_failures = failures  # type: ignore[attr-defined]
+        client = _client(session)
+        self.refusals.refused(client, "failed authentications", f"failed AUTH {mechanism} as {user}", logging.WARNING)
+        if failures >= AUTH_FAILURES_PER_CONNECTION:
+            return AuthResult(success=False, handled=False, message=AUTH_FAILED_TOO_OFTEN)
+        return AuthResult(success=False, handled=False)
+
+
+def _client(session: Session) -> str:
+    """The client's address, as limits and logs know it."""
+    return str(session.peer[0]) if session.peer else "unknown"
 
 
 def _protocol_class(lmtp: bool) -> type[SMTP]:
     base: type[SMTP] = LMTP if lmtp else SMTP
 
     class Protocol(base):  # type: ignore[valid-type, misc]
-        """aiosmtpd with our connection limit and RFC 3463 codes on its size refusals."""
+        """aiosmtpd with our connection limits, our DATA reading, a disconnect after too many
+        failed AUTH attempts, and RFC 3463 codes on its size refusals."""
 
         listener: Listener
-        max_connections: int
+        _client_address: str | None = None  # set while the connection holds a slot
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             if self._original_transport is not None:  # STARTTLS: the same connection, now encrypted
                 super().connection_made(transport)
                 return
-            if self.listener.connections >= self.max_connections:
-                transport.write((BUSY + "\r\n").encode())  # type: ignore[attr-defined]
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if peer else "unknown"
+            refusal = self.listener.slots.take(client)
+            if refusal is not None:
+                detail = f"refused connection ({refusal.removeprefix('421 4.7.0 ')})"
+                self.listener.refusals.refused(client, "connections over the limit", detail)
+                transport.write((refusal + "\r\n").encode())  # type: ignore[attr-defined]
                 transport.close()
-                self._refused = True
                 return
-            self._refused = False
-            self.listener.connections += 1
+            self._client_address = client
             super().connection_made(transport)
 
         def connection_lost(self, error: Exception | None) -> None:
-            if getattr(self, "_refused", True):
+            if self._client_address is None:  # refused in connection_made: aiosmtpd never knew it
                 return
-            self.listener.connections -= 1
+            self.listener.slots.give_back(self._client_address)
+            self._client_address = None
             super().connection_lost(error)
 
         async def push(self, status: Any) -> None:
             if isinstance(status, str) and status.startswith("552 Error"):
-                status = TOO_BIG  # aiosmtpd's own wording carries no enhanced status code
+                status = Refused.TOO_BIG.value  # aiosmtpd's own wording carries no enhanced status code
             await super().push(status)
+
+        async def smtp_AUTH(self, arg: str) -> None:
+            await super().smtp_AUTH(arg)
+            if getattr(self.session, "auth_failures", 0) >= AUTH_FAILURES_PER_CONNECTION and self.transport:
+                self.transport.close()
+
+        async def smtp_DATA(self, arg: str) -> None:
+            """aiosmtpd's DATA command (its checks, its replies) reading the mail with read_data
+            (see smtp_data.py for why)."""
+            if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+                return
+            assert self.envelope is not None and self.session is not None
+            if not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+                return
+            if arg:
+                await self.push("501 Syntax: DATA")
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            content = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+            if isinstance(content, Refused):
+                status = content.value
+            else:
+                self.envelope.content = self.envelope.original_content = content
+                status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
+            self.envelope = self._create_envelope()  # ready for the next mail
+            await self.push(status)
 
     return Protocol
 
@@ -195,7 +266,7 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
 def protocol_factory(listener: Listener, settings: SmtpSettings, max_message_bytes: int) -> Callable[[], SMTP]:
     """A factory for loop.create_server: one protocol object per client connection."""
     cls = _protocol_class(settings.lmtp)
-    cls.listener, cls.max_connections = listener, settings.max_connections
+    cls.listener = listener
     context = tls_context(settings)
     kwargs: dict[str, Any] = {
         "data_size_limit": max_message_bytes,
@@ -209,8 +280,16 @@ def protocol_factory(listener: Listener, settings: SmtpSettings, max_message_byt
     if settings.auth_users:
         kwargs["authenticator"] = listener.authenticator(settings.auth_users)
         kwargs["auth_required"] = settings.require_auth
-        kwargs["auth_require_tls"] = context is not None
-    return lambda: cls(listener, **kwargs)
+        # Never a password in the clear, unless the configuration says the listener is on loopback.
+        kwargs["auth_require_tls"] = not settings.auth_without_tls
+
+    def make() -> SMTP:
+        with warnings.catch_warnings():
+            # aiosmtpd warns at each connection that AUTH without TLS is risky: here it was chosen.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return cls(listener, **kwargs)
+
+    return make
 
 
 async def start(
