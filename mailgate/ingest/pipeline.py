@@ -11,6 +11,8 @@ transport keeps the mail and retries: a mail is never lost.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -131,6 +133,9 @@ def _quarantined(
     return IngestResult(Outcome.QUARANTINED, trace=[{"step": "parse", "decision": reason}], quarantine_id=row_id)
 
 
+RACE_ATTEMPTS = 5
+
+
 def _apply_with_retry(
     app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime, arrived: datetime
 ) -> tuple[IngestResult, int]:
@@ -140,7 +145,7 @@ def _apply_with_retry(
     Two daemons may store the same mail (-> duplicate) or create the same new person at once
     (-> the second run finds the person): neither is an error the sender should see.
     """
-    for attempt in range(1, 4):
+    for attempt in range(1, RACE_ATTEMPTS + 1):
         new_files: list[str] = []
         try:
             try:
@@ -157,6 +162,9 @@ def _apply_with_retry(
                 "ingest msgid=<%s>: concurrent transaction (%s), attempt %d", mail.message_id, describe(exc), attempt
             )
             last = exc
+            # Two transactions that raced once race again if both retry at once (a busy
+            # machine lines them up): a random pause of up to 50 ms per attempt parts them.
+            time.sleep(random.uniform(0, 0.05 * attempt))
     raise TemporaryFailure(describe(last)) from last
 
 
