@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared expectations in tests/
+
 from mailgate.ingest.classify import verdict
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
 
@@ -38,55 +40,11 @@ try:
 except ImportError:  # before ingest/quotes.py existed
     from mailgate.ingest.text import extract_reply
 from mailgate.ingest.text import html_to_text
+from tests.corpus_expectations import PERL_NOT_BOUNCES, PERL_USER_UNKNOWN
 
 OWN = {"support@example.com", "dispatch@example.com", "helpdesk@example.com"}
 MAX_BYTES = 50_000_000
 BODY_ONLY = {"zapier-email-reply-parser", "github-email_reply_parser", "discourse-email_reply_trimmer", "quotequail"}
-
-# perl-BounceParser corpus files that are not bounces (upstream's t/*.t): auto-replies,
-# challenge/response and plain spam.
-PERL_NOT_BOUNCES = {
-    "aol-vacation",
-    "polish-autoreply",
-    "autoreply",
-    "bluebottle",
-    "boxbe-cr",
-    "boxbe-cr2",
-    "whitelist",
-    "spam-with-image",
-    "spam-bogus-email-in-report",
-}
-# t/various-unknown*.t: in these the failed address is recipient@example.net.
-PERL_USER_UNKNOWN = [
-    "att-via-sendmail.unknown",
-    "comcast-via-sendmail.unknown",
-    "cox-via-sendmail.unknown",
-    "generic-postfix-via-sendmail.unknown",
-    "gmail-via-sendmail.unknown",
-    "msn-via-sendmail.unknown",
-    "yahoo-via-sendmail.unknown",
-    "hotmail-via-sendmail.unknown",
-    "domino.unknown",
-    "aol.unknown",
-    "qmail.unknown",
-    "exchange.unknown",
-    "novell-with-rhs",
-    "yahoo-user-unknown",
-    "me-user-unknown",
-    "cam-unknown",
-    "rcpt-dne",
-    "mailbox-unknown",
-    "deactivated-mailbox",
-    "user-unknown-dne",
-    "badrcptto",
-    "nomailbox",
-    "doesnotexist",
-    "doesnotexist2",
-    "user-unknown-not-active",
-    "user-unknown-not",
-    "user-unknown-polish",
-    "user-unknown-bad",
-]
 
 
 def _mail(path: Path) -> ParsedMail | None:

@@ -28,6 +28,7 @@ from mailgate.ingest.parse import Unparseable, parse
 from mailgate.ingest.pipeline import IngestResult, TemporaryFailure, ingest
 from mailgate.ingest.quotes import extract_reply
 from tests.conftest import START, make_settings
+from tests.corpus_expectations import PERL_SPAM, PERL_USER_UNKNOWN
 
 pytestmark = pytest.mark.corpus
 
@@ -285,38 +286,7 @@ def test_reply_trimmer_against_discourse_expectations(corpus: Path) -> None:
 # Non-bounces there: auto-replies (aol-vacation, polish-autoreply, autoreply), challenge/response
 # (bluebottle, boxbe-cr, boxbe-cr2, whitelist) and plain spam (spam-with-image,
 # spam-bogus-email-in-report). Every other corpus file is a bounce or warning.
-PERL_SPAM = {"spam-with-image", "spam-bogus-email-in-report"}
-# t/various-unknown.t and t/various-unknown-via-sendmail.t: the failed address is recipient@example.net.
-PERL_USER_UNKNOWN = [
-    "att-via-sendmail.unknown",
-    "comcast-via-sendmail.unknown",
-    "cox-via-sendmail.unknown",
-    "generic-postfix-via-sendmail.unknown",
-    "gmail-via-sendmail.unknown",
-    "msn-via-sendmail.unknown",
-    "yahoo-via-sendmail.unknown",
-    "hotmail-via-sendmail.unknown",
-    "domino.unknown",
-    "aol.unknown",
-    "qmail.unknown",
-    "exchange.unknown",
-    "novell-with-rhs",
-    "yahoo-user-unknown",
-    "me-user-unknown",
-    "cam-unknown",
-    "rcpt-dne",
-    "mailbox-unknown",
-    "deactivated-mailbox",
-    "user-unknown-dne",
-    "badrcptto",
-    "nomailbox",
-    "doesnotexist",
-    "doesnotexist2",
-    "user-unknown-not-active",
-    "user-unknown-not",
-    "user-unknown-polish",
-    "user-unknown-bad",
-]
+# (listed in tests/corpus_expectations.py)
 
 
 def test_perl_bounceparser_automatic_mail_gets_no_acknowledgement(seen: dict[str, Seen]) -> None:

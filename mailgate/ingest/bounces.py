@@ -137,14 +137,15 @@ def _ids_in(text: str) -> list[str]:
     return [found for match in _RETURNED_ID_LINE.finditer(text) for found in message_ids(match.group(2))]
 
 
-def _robot(address: str | None) -> bool:
+def is_robot_address(address: str | None) -> bool:
+    """MAILER-DAEMON, postmaster and the like: the senders of non-delivery reports."""
     return bool(address) and bool(_ROBOT_LOCALPART.match(str(address).strip("<> ").partition("@")[0]))
 
 
 def return_path_robot(mail: ParsedMail) -> str | None:
     """The mailer-daemon return path some MTAs put on their bounces instead of the null sender."""
     for value in (mail.envelope_sender, str(mail.message.get("Return-Path") or "")):
-        if _robot(value):
+        if is_robot_address(value):
             return str(value).strip()
     return None
 
@@ -159,7 +160,7 @@ def _null_sender(mail: ParsedMail) -> bool:
 
 
 def _looks_like_bounce(mail: ParsedMail) -> bool:
-    robot = _robot(mail.from_addr) or return_path_robot(mail) is not None or _null_sender(mail)
+    robot = is_robot_address(mail.from_addr) or return_path_robot(mail) is not None or _null_sender(mail)
     return robot or bounce_subject(mail)
 
 
@@ -226,7 +227,7 @@ def read_bounce(mail: ParsedMail) -> Bounce | None:
     # The bounce's own sender and the address it returns to (ours) never failed: a detector
     # that names them read the wrong line.
     own = {mail.from_addr, *(address for _, address in mail.to)}
-    bounce.failures = [f for f in bounce.failures if f.address not in own and not _robot(f.address)]
+    bounce.failures = [f for f in bounce.failures if f.address not in own and not is_robot_address(f.address)]
     for part in parts:
         if part.get_content_type() in _RETURNED_TYPES:
             bounce.original_ids.extend(_ids_in(_returned_headers(part)))

@@ -17,12 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailgate.headers import LOOP_HEADER
-from mailgate.ingest.bounces import bounce_evidence, read_bounce
+from mailgate.ingest.bounces import bounce_evidence, is_robot_address, read_bounce
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 
-_ROBOT_LOCALPARTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.I)
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
 # Subjects of auto-replies and bounces from systems that set no header at all.
 _AUTO_SUBJECT = re.compile(
@@ -80,8 +79,7 @@ def delivery_report(ctx: Context) -> str | None:
 
 
 def robot_sender(ctx: Context) -> str | None:
-    local = ctx.mail.from_addr.partition("@")[0]
-    return f"sender {ctx.mail.from_addr}" if _ROBOT_LOCALPARTS.match(local) else None
+    return f"sender {ctx.mail.from_addr}" if is_robot_address(ctx.mail.from_addr) else None
 
 
 def empty_return_path(ctx: Context) -> str | None:
