@@ -39,6 +39,7 @@ COMMANDS = (
     "spool",
     "quarantine",
     "outbox",
+    "attachments",
 )
 CONFIG = (
     'secret = "cli-test-secret-0123"\n'
@@ -289,10 +290,11 @@ def test_unparseable_input_is_quarantined_shown_and_retried(workdir: Path) -> No
     assert result.exit_code == 0 and "quarantined" in result.stdout
     assert "no header section" in run("quarantine", "list").stdout
     shown = run("quarantine", "show", "1")
-    assert shown.stdout_bytes.endswith(garbage)
+    assert "reason: no header section" in shown.stdout and "this is not a mail at all" in shown.stdout
+    assert run("quarantine", "show", "1", "--raw").stdout_bytes == garbage  # to a pipe: the exact bytes
     retry = run("quarantine", "retry", "1")
     assert retry.exit_code == 65 and "still unparseable" in retry.stderr
-    assert run("quarantine", "list").stdout.count("\n") == 1  # no second quarantine row
+    assert run("quarantine", "list").stdout.count("\n") == 2  # the header and one row: no second row
 
 
 def test_import_mbox_prints_a_summary(workdir: Path) -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mailgate.config import Settings
 
 EX_OK = 0
+EX_USAGE = 64  # sysexits: the command was used wrongly
 EX_DATAERR = 65
 EX_NOINPUT = 66  # sysexits: an input file does not exist or cannot be read (the caller's mistake)
 EX_TEMPFAIL = 75  # sysexits: the MTA keeps the mail and tries again
