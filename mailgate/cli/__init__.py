@@ -105,6 +105,13 @@ def _start_logging(verbose: bool) -> None:
         logging.getLogger("mailgate").setLevel(logging.DEBUG)
 
 
+def schema_hint(reason: str) -> str:
+    """`reason` (a database error's text), with the way out when the schema is missing."""
+    if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+        return f"the database has no mailgate schema yet: run `mailgate db upgrade` ({reason})"
+    return reason
+
+
 def explain(exc: Exception) -> tuple[str, int]:
     """What a command let escape, as one line and an exit status: the last line of defence."""
     from mailgate.config_file import ConfigError
@@ -114,9 +121,10 @@ def explain(exc: Exception) -> tuple[str, int]:
     # A database error can only come from SQLAlchemy once something imported it.
     db_errors = sys.modules.get("sqlalchemy.exc")
     if db_errors is not None and isinstance(exc, db_errors.OperationalError | db_errors.ProgrammingError):
-        text = str(exc.orig)
-        if "no such table" in text or "does not exist" in text:
-            return f"the database has no mailgate schema yet ({text}): run `mailgate db upgrade`", EX_CONFIG
+        text = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        hint = schema_hint(text)
+        if hint != text:
+            return hint, EX_CONFIG
         return f"database error: {text}", EX_TEMPFAIL
     import logging
 
