@@ -7,11 +7,14 @@ per bad key ("key = value: what was expected") so a typo never surfaces as a tra
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import os
 import re
 import secrets
 import tempfile
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +26,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -105,10 +109,24 @@ class Outgoing(_Section):
     relay_security: Literal["none", "starttls", "tls"] = "none"
     relay_user: str = ""
     relay_password: str = ""
+    # A file holding the relay password (root:mailgate 0640, or a LoadCredential= path), read at
+    # every connect: the password stays out of the config, and a new one needs no restart.
+    relay_password_file: Path | None = None
     maildir: Path | None = None
     max_attempts: int = Field(default=10, ge=1)
     # Our own loop-detection header value; mail carrying it came from this installation.
     loop_id: str = "mailgate"
+
+    @field_validator("relay_password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_relay_password(self) -> Outgoing:
+        if self.relay_password and self.relay_password_file is not None:
+            raise ValueError("relay_password or relay_password_file, not both")
+        return self
 
 
 class Smtp(_Section):
@@ -218,6 +236,15 @@ class StaffMember(_Section):
     role: Literal["staff", "dispatcher", "admin"] = "staff"
 
 
+class Log(_Section):
+    """What the daemon logs (commands log only warnings unless -v), and how."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": one line per event, for journald (which adds the time). "json": one JSON object
+    # per line with time, level, logger and message, for ELK, Loki and journald's JSON fields.
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILGATE_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -240,6 +267,7 @@ class Settings(BaseSettings):
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
+    log: Log = Log()
 
     @classmethod
     def settings_customise_sources(
@@ -332,16 +360,68 @@ class Settings(BaseSettings):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    env = "MAILGATE_" + "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
-    expected = error["msg"]
-    if error["type"] == "extra_forbidden":
-        expected = "unknown key (check the spelling against config/mailgate.example.toml)"
-    elif expected.startswith("Value error, "):
-        expected = "expected " + expected.removeprefix("Value error, ")
+    loc = error["loc"]
+    key = ".".join(str(part) for part in loc)
     value = error.get("input")
     shown = repr(value) if not isinstance(value, dict) else "(a table)"
+    if error["type"] == "extra_forbidden":
+        # A misspelt key has no variable of its own to name: say which key was meant instead.
+        near = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
+        where = ".".join(str(part) for part in loc[:-1] if not isinstance(part, int))
+        meant = f"did you mean {where + '.' if where else ''}{near[0]}?" if near else "no such key"
+        return f"{key} = {shown}: unknown key, {meant} (every key is in config/mailgate.example.toml)"
+    env = "MAILGATE_" + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    expected = error["msg"]
+    if expected.startswith("Value error, "):
+        expected = "expected " + expected.removeprefix("Value error, ")
     return f"{key} = {shown}: {expected} (set in the config file or {env})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model whose keys sit at `loc` (a path of keys and list indexes)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = (annotation, *typing.get_args(annotation))
+        inner = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _keys_beside(loc: tuple[Any, ...]) -> list[str]:
+    model = _model_at(loc[:-1])
+    return list(model.model_fields) if model is not None else []
+
+
+# Variables mailgate reads that are not settings, and those of its test suite.
+_OTHER_VARIABLES = ("MAILGATE_CONFIG", "MAILGATE_DATA_DIR", "MAILGATE_CORPUS")
+_OTHER_PREFIXES = ("MAILGATE_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A line for each MAILGATE_* variable that sets nothing (pydantic-settings ignores them),
+    with the variable that was probably meant."""
+    known = set(_OTHER_VARIABLES)
+    for name in Settings.model_fields:
+        known.add(f"MAILGATE_{name.upper()}")
+        section = _model_at((name,))
+        if section is not None:
+            known.update(f"MAILGATE_{name.upper()}__{key.upper()}" for key in section.model_fields)
+    lines = []
+    for variable in sorted(environ):
+        if not variable.startswith("MAILGATE_") or variable in known or variable.startswith(_OTHER_PREFIXES):
+            continue
+        near = difflib.get_close_matches(variable, sorted(known), n=1)
+        meant = f"did you mean {near[0]}?" if near else "see config/mailgate.example.toml"
+        lines.append(f"environment variable {variable} sets nothing and is ignored: {meant}")
+    return lines
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -363,7 +443,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     for key in ("attachments_path", "templates_path"):
         if values[key] is not None:
             values[key] = config.beside(values[key])
-    maildir = values["outgoing"].maildir
-    if maildir is not None:
-        values["outgoing"] = values["outgoing"].model_copy(update={"maildir": config.beside(maildir)})
+    outgoing = values["outgoing"]
+    paths = {k: config.beside(getattr(outgoing, k)) for k in ("maildir", "relay_password_file") if getattr(outgoing, k)}
+    if paths:
+        values["outgoing"] = outgoing.model_copy(update=paths)
     return Settings.model_construct(**values)

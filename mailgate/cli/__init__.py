@@ -77,6 +77,9 @@ class Context:
 
             _start_logging(self.verbose)
             self._settings = load_settings(self.config)
+            if self._settings.log.format == "json":
+                _log_as_json()
+            _warn_of_unknown_variables()
         return self._settings
 
     @property
@@ -103,6 +106,31 @@ def _start_logging(verbose: bool) -> None:
     )
     if verbose:
         logging.getLogger("mailgate").setLevel(logging.DEBUG)
+
+
+def _warn_of_unknown_variables() -> None:
+    """pydantic-settings ignores a MAILGATE_* variable that names no setting: say so instead."""
+    import logging
+
+    from mailgate.config import unknown_variables
+
+    for line in unknown_variables():
+        logging.getLogger("mailgate.config").warning("%s", line)
+
+
+def _log_as_json() -> None:
+    """One JSON object per line (log.format = "json"), for ELK, Loki or journald's fields."""
+    import logging
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        timestamp=False,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
 
 
 def schema_hint(reason: str) -> str:
