@@ -201,11 +201,21 @@ def ticket_thread(detail: dict[str, Any]) -> list[str]:
             out.append(f"Subject: {item['subject']}")
             out.extend(item["text"].splitlines())
         else:
-            change = f"{item['field']}: {item['old']} -> {item['new']}" if item["field"] else (item["new"] or "")
+            change = _change(item, detail["tag"].split("#")[0])
             out.append(
                 f"  * {when(item['at'])} {item['action']} by {item['actor']} via {item['channel']} {change}".rstrip()
             )
     return out
+
+
+def _change(event: dict[str, Any], prefix: str) -> str:
+    """What an event changed, in words: "to HD #1 (quoted-tag)", "status: new -> open"."""
+    field, old, new = event["field"], event["old"], event["new"]
+    if event["action"] == "linked":
+        return f"to {prefix}#{new} ({field})"
+    if not field:
+        return new or ""
+    return f"{field}: {new}" if old is None else f"{field}: {old} -> {new}"
 
 
 def _who_of(name: str, address: str) -> str:

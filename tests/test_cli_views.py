@@ -135,3 +135,12 @@ def test_outbox_list_of_a_state_with_none_says_what_it_holds(workdir: Path) -> N
     run("outbox", "flush")
     empty = run("outbox", "list", "--state", "dead").stdout.strip()
     assert empty == "no dead mail in the outbox (it holds 2 sent)"
+
+
+def test_history_lines_say_what_changed_in_words(workdir: Path) -> None:  # noqa: F811
+    run("ingest", "--now", "-", stdin=mail())
+    # A stranger quoting the tag gets a ticket of their own, linked to the one they named.
+    run("ingest", "--now", "-", stdin=mail(sender="eve@example.net", subject="Re: [HD #1] Printer on 3rd floor jams"))
+    shown = run("tickets", "show", "2").stdout
+    assert "linked by mailgate" in shown and "to HD #1 (quoted-tag)" in shown, shown
+    assert "None" not in shown
