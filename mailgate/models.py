@@ -254,7 +254,8 @@ class Outbox(Base):
     occasion: Mapped[str | None] = mapped_column(String(200), unique=True)
     message_id: Mapped[str] = mapped_column(String(1000), unique=True)
     mail_from: Mapped[Address]
-    # The first recipient, lowercased: acknowledgements are rate-limited by it.
+    # The mailbox the first recipient reaches (addresses.fold_address): acknowledgements are
+    # rate-limited by it, so victim+1@ … victim+20@ count as one.
     rcpt_key: Mapped[Address]
     recipients: Mapped[list[Any]]
     headers: Mapped[dict[str, Any]]
