@@ -253,7 +253,7 @@ class Acknowledgements(_Section):
         ids = [v.strip().lower() for v in value]
         for authserv_id in ids:
             if not re.fullmatch(r"[^\s;()\"\\]+", authserv_id):
-                raise ValueError(f"authserv-ids as the receiving MTA writes them, e.g. 'mx.example.com' ({authserv_id!r})")
+                raise ValueError(f"authserv-ids as the MTA writes them, e.g. 'mx.example.com' ({authserv_id!r})")
         return ids
 
 

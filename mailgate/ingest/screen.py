@@ -18,8 +18,9 @@ def screen(item: Incoming) -> Outcome | None:
     if verdict is None:
         return None
     reason = f"marked as spam by the receiving MTA ({verdict})"
+    mail = item.mail
     item.quarantine_id = add(
-        item.session, item.mail.raw, item.source, reason, item.arrived, item.mail.envelope_sender, item.envelope_recipients
+        item.session, mail.raw, item.source, reason, item.arrived, mail.envelope_sender, item.envelope_recipients
     )
     item.note("screen", f"quarantined: {reason}")
     return Outcome.QUARANTINED
