@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mailgate.app import App
 from mailgate.config import load_settings
@@ -23,7 +24,7 @@ from mailgate.config_file import ConfigError
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Message, Outbox, Quarantine, Ticket
 from mailgate.quarantine import retry
-from tests.conftest import make_settings
+from tests.conftest import START, make_settings
 from tests.daemon_harness import running_daemon, wait_for
 from tests.mails import mail
 
@@ -296,3 +297,35 @@ def test_over_smtp_a_forger_gets_the_victim_at_most_the_limit_and_spam_nothing(
     to = [email.message_from_bytes(m.as_bytes(), policy=default)["To"] for m in mailbox.Maildir(sink, create=False)]
     victim = [t for t in to if "victim" in str(t)]
     assert len(victim) == 3 and not any("dana@" in str(t) for t in to)
+
+
+def test_acknowledgements_queued_before_the_upgrade_count_for_their_mailbox(tmp_path: Path) -> None:
+    """Migration 0006 folds the keys of rows written by earlier releases: the hour after an
+    upgrade does not start the limit afresh for a victim's +addresses."""
+    from mailgate.db import make_engine, upgrade
+    from mailgate.outgoing.outbox import acks_recently
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():  # as the release before wrote them: exact addresses
+        for n, key in enumerate(("victim+1@example.net", "Victim+2@Example.NET", "victim@example.net")):
+            session.add(
+                Outbox(
+                    kind="ack",
+                    occasion=f"ack:{n}",
+                    message_id=f"<{n}@example.com>",
+                    mail_from="support@example.com",
+                    rcpt_key=key,
+                    recipients=[key],
+                    headers={},
+                    body="",
+                    state="sent",
+                    next_attempt_at=START,
+                    created_at=START,
+                )
+            )
+    upgrade(url)
+    with Session(engine) as session:
+        assert acks_recently(session, "victim@example.net", START, 60) == 3
+    engine.dispose()
