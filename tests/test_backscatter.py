@@ -329,3 +329,26 @@ def test_acknowledgements_queued_before_the_upgrade_count_for_their_mailbox(tmp_
     with Session(engine) as session:
         assert acks_recently(session, "victim@example.net", START, 60) == 3
     engine.dispose()
+
+
+def test_corpus_mail_marked_as_spam_is_stored_and_never_acknowledged(corpus: Path, desk: App) -> None:
+    """Real filters' headers (SpamAssassin in OTRS's and imap_tools' samples): each such mail is
+    kept, and none gets an acknowledgement."""
+    from mailgate.ingest.parse import Unparseable, parse
+    from mailgate.ingest.spam import spam_verdict
+
+    marked, outcomes = [], []
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
+        raw = path.read_bytes()
+        if b"x-spam" not in raw.lower() and b"scl" not in raw.lower():
+            continue
+        try:
+            parsed = parse(raw, desk.settings.limits.max_message_bytes)
+        except Unparseable:
+            continue
+        if spam_verdict(parsed.message, 5):
+            marked.append(path)
+            outcomes.append(ingest(desk, raw, "smtp").outcome)
+    assert len(marked) >= 5 and "quarantined" not in outcomes, list(zip(marked, outcomes, strict=True))
+    # OTRS ships each sample twice (LF and CRLF): the copy is a duplicate of the stored mail.
+    assert _count(desk, Message) == len([o for o in outcomes if o != "duplicate"]) and _acks(desk) == []
