@@ -105,8 +105,9 @@ HAM_HEADERS = [
 def test_mail_marked_as_spam_becomes_a_ticket_without_acknowledgement(desk: App, headers: dict[str, str]) -> None:
     result = ingest(desk, mail(headers=headers), "smtp")
     assert result.outcome == "new_ticket" and _acks(desk) == []
-    with desk.sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Outbox).where(Outbox.kind == "dispatcher_new")) == 1
+    with desk.sessions() as s:  # the dispatcher is told, and told that the sender was not
+        notice = s.scalars(select(Outbox).where(Outbox.kind == "dispatcher_new")).one()
+    assert "The sender got no acknowledgement: marked as spam by the receiving MTA" in notice.body
     assert "no acknowledgement: marked as spam" in _trace(desk, result.ticket_number)
 
 
@@ -169,6 +170,8 @@ def test_mail_failing_the_trusted_mtas_authentication_gets_no_acknowledgement(
         # One valid signature is enough: a mailing list broke the other one.
         ("dkim=fail header.d=lists.example.org; dkim=pass header.d=example.com",),
         ("spf=softfail smtp.mailfrom=example.com; dkim=none; dmarc=none",),
+        # Forwarded: the forwarder broke SPF, the aligned signature still proves the From.
+        ("spf=fail smtp.mailfrom=example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com",),
     ],
 )
 def test_mail_passing_or_unproven_is_acknowledged(desk: App, results: tuple[str, ...]) -> None:
@@ -176,9 +179,10 @@ def test_mail_passing_or_unproven_is_acknowledged(desk: App, results: tuple[str,
     assert len(_acks(desk)) == 1
 
 
-def test_a_forged_pass_below_the_mtas_fail_changes_nothing(desk: App) -> None:
+@pytest.mark.parametrize("real", ["dkim=fail header.d=example.com", "spf=fail smtp.mailfrom=example.com"])
+def test_a_forged_pass_below_the_mtas_fail_changes_nothing(desk: App, real: str) -> None:
     forged = f"Authentication-Results: {MTA}; dkim=pass header.d=example.com; dmarc=pass header.from=example.com\r\n"
-    raw = _received_by_mta("dkim=fail header.d=example.com", below=THEIR_HOP + forged.encode()) + mail()
+    raw = _received_by_mta(real, below=THEIR_HOP + forged.encode()) + mail()
     ingest(desk, raw, "smtp")
     assert _acks(desk) == []
 

@@ -51,15 +51,21 @@ def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Resu
 def authentication_failure(message: Message, trusted_ids: Collection[str]) -> str | None:
     """What failed, e.g. "dmarc=fail (mx.example.com)", or None when nothing trusted failed.
 
-    SPF and DMARC fail on any "fail"; DKIM only when no signature passed (a mail may carry
-    several, and one valid signature is enough). softfail, neutral, none and errors are not
-    failures: they prove nothing either way."""
+    DMARC fails on "fail". A DMARC pass proves the From's domain, so SPF or DKIM failing beside
+    it does not count (a forwarder breaks SPF, a list footer breaks a signature). Without one,
+    SPF fails on "fail", and DKIM when no signature passed (one valid signature is enough).
+    softfail, neutral, none and errors are not failures: they prove nothing either way."""
     results = trusted_results(message, trusted_ids)
-    dkim_passed = any(r.method == "dkim" and r.result == "pass" for r in results)
-    for method in ("dmarc", "spf", "dkim"):
-        if method == "dkim" and dkim_passed:
-            continue
-        failed = next((r for r in results if r.method == method and r.result == "fail"), None)
-        if failed is not None:
-            return f"{method}=fail ({failed.authserv_id})"
+
+    def first(method: str, result: str) -> Result | None:
+        return next((r for r in results if r.method == method and r.result == result), None)
+
+    if failed := first("dmarc", "fail"):
+        return f"dmarc=fail ({failed.authserv_id})"
+    if first("dmarc", "pass"):
+        return None
+    if failed := first("spf", "fail"):
+        return f"spf=fail ({failed.authserv_id})"
+    if (failed := first("dkim", "fail")) and not first("dkim", "pass"):
+        return f"dkim=fail ({failed.authserv_id})"
     return None

@@ -25,7 +25,7 @@ def notify(item: Incoming) -> Outcome:
         item.note("notify", f"no acknowledgement: {no_ack}")
     else:
         queue_acknowledgement(item, ticket, message)
-    queue_dispatcher_notice(item, ticket, message)
+    queue_dispatcher_notice(item, ticket, message, no_ack)
     return Outcome.NEW_TICKET
 
 
@@ -93,8 +93,8 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
     _queue(item, outgoing)
 
 
-def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) -> None:
-    """The dispatcher's copy of a new ticket."""
+def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no_ack: str | None = None) -> None:
+    """The dispatcher's copy of a new ticket; `no_ack`: why the requester was not told of it."""
     settings, sender = item.app.settings, item.sender
     context = {
         "requester_line": ", ".join(
@@ -109,6 +109,8 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) ->
         "linked": item.linked,
         "link_reason": item.link_reason,
         "automatic": item.reasons,
+        # Automatic mail says so above; otherwise the dispatcher learns here that nobody was told.
+        "no_acknowledgement": "" if item.reasons else (no_ack or ""),
     }
     outgoing = OutgoingMail(
         "dispatcher_new",

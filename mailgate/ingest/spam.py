@@ -45,7 +45,7 @@ def _is_spam(name: str, value: str, scl_threshold: int) -> bool:
         return word in ("yes", "true")
     if name == "x-rspamd-action":
         return value.strip().lower() in _RSPAMD_SPAM_ACTIONS
-    if name == "x-spamd-result":  # rspamd: "default: True [12.30 / 15.00]; SYMBOL(…)…"
+    if name == "x-spamd-result":  # rspamd: "default: True [16.30 / 15.00]; …", True: action reject
         found = _SPAMD_RESULT.match(value)
         return bool(found) and found.group(1).lower() == "true"
     if name == "x-ms-exchange-organization-scl":  # 0-9; -1: the filter was bypassed
