@@ -182,7 +182,12 @@ def _run(item: Incoming) -> IngestResult:
         message.trace = list(item.trace)  # the notes of the steps after the one that stored it
     linked = item.linked.number if item.linked is not None else None
     return IngestResult(
-        outcome, item.ticket_number, item.mail.message_id, item.trace, item.quarantine_id, linked_ticket=linked
+        outcome,
+        item.ticket_number,
+        item.mail.message_id,
+        item.trace,
+        quarantine_id=item.quarantine_id,
+        linked_ticket=linked,
     )
 
 
