@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import column, func, select, table
 from sqlalchemy.orm import Session
 
 from mailgate.app import App
@@ -79,6 +79,32 @@ def test_twenty_forged_subaddresses_give_the_mailbox_at_most_the_limit(desk: App
     assert _count(desk, Ticket) == 20  # nothing is lost
     assert len(_acks(desk)) == desk.settings.limits.acks_per_sender == 3
     assert "no acknowledgement: rate limit reached" in _trace(desk, 20)
+
+
+def test_forgeries_do_not_use_up_the_real_requesters_acknowledgements(desk: App) -> None:
+    """Three forged mails an hour used to silence the victim's own request. Mail whose From the
+    receiving MTA proved (DMARC pass for that domain) counts only acknowledgements of its like."""
+    for n in range(1, 4):
+        ingest(desk, mail(sender=f"victim+{n}@example.net", subject=f"Forged {n}"), "smtp")
+    assert len(_acks(desk)) == 3
+    proven = _received_by_mta("spf=pass smtp.mailfrom=example.net; dmarc=pass header.from=example.net")
+    result = ingest(desk, proven + mail(sender="Victim <victim@example.net>", subject="My laptop"), "smtp")
+    assert _acks(desk)[-1].recipients == ["victim@example.net"] and len(_acks(desk)) == 4
+    # A robot that passes DMARC is still limited: by its own acknowledgements.
+    for n in range(2):
+        ingest(desk, proven + mail(sender="victim@example.net", subject=f"Again {n}"), "smtp")
+    assert len(_acks(desk)) == 6
+    last = ingest(desk, proven + mail(sender="victim@example.net", subject="Once more"), "smtp")
+    assert len(_acks(desk)) == 6 and "rate limit reached" in _trace(desk, last.ticket_number)
+    assert result.outcome == last.outcome == "new_ticket"
+
+
+def test_a_dmarc_pass_for_another_domain_proves_nothing(desk: App) -> None:
+    for n in range(1, 4):
+        ingest(desk, mail(sender=f"victim+{n}@example.net"), "smtp")
+    other = _received_by_mta("dmarc=pass header.from=attacker.example")  # it judged another From
+    ingest(desk, other + mail(sender="victim@example.net"), "smtp")
+    assert len(_acks(desk)) == 3
 
 
 # -- spam marked by the receiving MTA ------------------------------------------------------------
@@ -312,23 +338,26 @@ def test_acknowledgements_queued_before_the_upgrade_count_for_their_mailbox(tmp_
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0004")
     engine = make_engine(url)
-    with Session(engine) as session, session.begin():  # as the release before wrote them: exact addresses
+    # The outbox as the release before wrote it (without the columns 0006 adds): exact addresses.
+    old = [c for c in Outbox.__table__.columns if c.name not in ("id", "rcpt_proven")]
+    with engine.begin() as conn:
         for n, key in enumerate(("victim+1@example.net", "Victim+2@Example.NET", "victim@example.net")):
-            session.add(
-                Outbox(
-                    kind="ack",
-                    occasion=f"ack:{n}",
-                    message_id=f"<{n}@example.com>",
-                    mail_from="support@example.com",
-                    rcpt_key=key,
-                    recipients=[key],
-                    headers={},
-                    body="",
-                    state="sent",
-                    next_attempt_at=START,
-                    created_at=START,
-                )
-            )
+            values = {
+                "kind": "ack",
+                "occasion": f"ack:{n}",
+                "message_id": f"<{n}@example.com>",
+                "mail_from": "support@example.com",
+                "rcpt_key": key,
+                "recipients": [key],
+                "headers": {},
+                "body": "",
+                "state": "sent",
+                "attempts": 1,
+                "last_error": "",
+                "next_attempt_at": START,
+                "created_at": START,
+            }
+            conn.execute(table("outbox", *[column(c.name, c.type) for c in old]).insert().values(**values))
     upgrade(url)
     with Session(engine) as session:
         assert acks_recently(session, "victim@example.net", START, 60) == 3

@@ -21,6 +21,7 @@ class Result:
     method: str  # "spf", "dkim", "dmarc"
     result: str  # "pass", "fail", "softfail", "none", …
     authserv_id: str
+    header_from: str = ""  # DMARC's header.from: the From domain the MTA judged, lowercased
 
 
 def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Result]:
@@ -44,8 +45,23 @@ def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Resu
         if authserv_id not in trusted_ids:
             continue
         seen_ours = True
-        results += [Result(r.method.lower(), (r.result or "").lower(), authserv_id) for r in header.results]
+        results += [_result(r, authserv_id) for r in header.results]
     return results
+
+
+def _result(found: authres.core.BaseAuthenticationResult, authserv_id: str) -> Result:
+    header_from = next((p.value for p in found.properties if (p.type, p.name) == ("header", "from")), "") or ""
+    return Result(found.method.lower(), (found.result or "").lower(), authserv_id, header_from.lower().rstrip("."))
+
+
+def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str) -> bool:
+    """The trusted MTA's DMARC passed for `from_domain`, the domain of the From we answer: that
+    mail really comes from its sender's domain. Compared, because a mail with two From fields
+    may have had the other one judged."""
+    results = [r for r in trusted_results(message, trusted_ids) if r.method == "dmarc"]
+    return any(r.result == "pass" and r.header_from == from_domain for r in results) and not any(
+        r.result == "fail" for r in results
+    )
 
 
 def authentication_failure(message: Message, trusted_ids: Collection[str]) -> str | None:

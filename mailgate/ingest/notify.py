@@ -5,7 +5,7 @@ dispatcher's notice; a reply causes no mail yet."""
 from __future__ import annotations
 
 from mailgate.addresses import domain_of, fold_address
-from mailgate.ingest.authentication import authentication_failure
+from mailgate.ingest.authentication import authentication_failure, proves_from
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.spam import spam_verdict
@@ -48,9 +48,16 @@ def why_no_acknowledgement(item: Incoming) -> str | None:
     if unproven := why_not_answer_the_from(item):
         return unproven
     # It counts what earlier transactions queued, which nothing pending here changes: no flush.
-    # By the mailbox the address reaches: victim+1 … victim+20 are one person's inbox.
+    # By the mailbox the address reaches: victim+1 … victim+20 are one person's inbox. Mail
+    # proven to come from it counts only its like: forgeries cannot use up a real sender's share.
     with item.session.no_autoflush:
-        recent = acks_recently(item.session, fold_address(sender.address), item.now, limits.ack_window_minutes)
+        recent = acks_recently(
+            item.session,
+            fold_address(sender.address),
+            item.now,
+            limits.ack_window_minutes,
+            proven_only=_proven(item),
+        )
     if recent >= limits.acks_per_sender:
         return f"rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)"
     return None
@@ -68,6 +75,11 @@ def why_not_answer_the_from(item: Incoming) -> str | None:
     if failure := authentication_failure(message, config.trusted_authserv_ids):
         return f"the sender failed authentication: {failure}"
     return None
+
+
+def _proven(item: Incoming) -> bool:
+    config = item.app.settings.acknowledgements
+    return proves_from(item.mail.message, config.trusted_authserv_ids, domain_of(item.sender.address))
 
 
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
@@ -89,6 +101,7 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
         context,
         auto_submitted=AutoSubmitted.REPLIED,
         in_reply_to=item.mail.message_id,
+        rcpt_proven=_proven(item),
     )
     _queue(item, outgoing)
 

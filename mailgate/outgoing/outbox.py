@@ -64,20 +64,22 @@ class OutgoingMail:
     context: dict[str, Any]
     auto_submitted: AutoSubmitted
     in_reply_to: str | None = None
+    # The mail it answers was proven to come from `to` (see Outbox.rcpt_proven).
+    rcpt_proven: bool = False
 
 
-def acks_recently(session: Session, mailbox: str, now: datetime, window_minutes: int) -> int:
+def acks_recently(
+    session: Session, mailbox: str, now: datetime, window_minutes: int, *, proven_only: bool = False
+) -> int:
     """Acknowledgements queued to `mailbox` (a folded address, see addresses.fold_address) within
-    the window."""
+    the window; with `proven_only`, only those answering mail proven to come from it."""
     since = now - timedelta(minutes=window_minutes)
-    return (
-        session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.kind == "ack", Outbox.rcpt_key == mailbox, Outbox.created_at >= since
-            )
-        )
-        or 0
+    query = select(func.count(Outbox.id)).where(
+        Outbox.kind == "ack", Outbox.rcpt_key == mailbox, Outbox.created_at >= since
     )
+    if proven_only:
+        query = query.where(Outbox.rcpt_proven.is_(True))
+    return session.scalar(query) or 0
 
 
 def queue(
@@ -142,6 +144,7 @@ def queue(
         message_id=message_id,
         mail_from=support,
         rcpt_key=fold_address(mail.to.address),
+        rcpt_proven=mail.rcpt_proven,
         recipients=[mail.to.address],
         headers=headers,
         body=body,

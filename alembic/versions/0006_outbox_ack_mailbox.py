@@ -1,5 +1,6 @@
 """outbox.rcpt_key holds the mailbox the recipient reaches (case and +suffix folded), so the
-acknowledgement limit counts victim+1@ … victim+20@ as one; rows written before are folded too
+acknowledgement limit counts victim+1@ … victim+20@ as one; rows written before are folded too.
+outbox.rcpt_proven: the answered mail was proven (DMARC) to come from its recipient.
 
 Revision ID: 0006
 Revises: 0004
@@ -29,6 +30,8 @@ def _fold(address: str) -> str:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("rcpt_proven", sa.Boolean(), server_default=sa.false(), nullable=False))
     # Only keys that fold to something else: a '+' or a capital (rare), not the whole table.
     conn = op.get_bind()
     rows = conn.execute(
@@ -42,4 +45,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    pass  # the exact addresses are still in outbox.recipients; folded keys count the same for old code
+    # The folded keys stay: the exact addresses are in outbox.recipients, and older code
+    # counts folded keys as it counted exact ones.
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_column("rcpt_proven")
