@@ -229,6 +229,52 @@ class Limits(_Section):
     max_participants_per_mail: int = Field(default=50, ge=0)
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class Acknowledgements(_Section):
+    """Who gets an acknowledgement, and how much of their request it repeats. An acknowledgement
+    goes to an address nobody proved (the From of the mail): whatever it echoes, anyone can have
+    the desk send to anyone. These settings narrow who gets one and what it carries; the mail
+    itself always becomes a ticket."""
+
+    # Sender domains that are acknowledged (a subdomain counts as its domain); empty: all.
+    # An internal help desk names its own company's domains.
+    domains: list[str] = Field(default_factory=list)
+    # The request's subject in the acknowledgement's subject and text.
+    quote_subject: bool = True
+    # Characters of the request's text quoted back (at most 6 lines); 0: none.
+    summary_chars: int = Field(default=500, ge=0, le=2000)
+    # Microsoft's spam confidence level (X-MS-Exchange-Organization-SCL, SCL in
+    # X-Forefront-Antispam-Report) from which a mail counts as spam; 5 is Microsoft's own default.
+    spam_scl_threshold: int = Field(default=5, ge=1, le=9)
+    # authserv-ids (RFC 8601) of the receiving MTAs whose Authentication-Results are believed;
+    # empty: none, so no mail is judged by them.
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # Mail marked as spam by the receiving MTA: a ticket (without an acknowledgement), or
+    # quarantine until a person retries it.
+    spam: Literal["ticket", "quarantine"] = "ticket"
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, value: list[str]) -> list[str]:
+        names = [v.strip().lower().rstrip(".") for v in value]
+        for name in names:
+            if not _DOMAIN.fullmatch(name):
+                raise ValueError(f"domain names like 'example.com' ({name!r} is not one)")
+        return names
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, value: list[str]) -> list[str]:
+        # RFC 8601 compares them case-insensitively; most are the MTA's host name.
+        ids = [v.strip().lower() for v in value]
+        for authserv_id in ids:
+            if not re.fullmatch(r"[^\s;()\"\\]+", authserv_id):
+                raise ValueError(f"authserv-ids as the MTA writes them, e.g. 'mx.example.com' ({authserv_id!r})")
+        return ids
+
+
 class StaffMember(_Section):
     address: EmailStr
     name: str = ""
@@ -263,6 +309,7 @@ class Settings(BaseSettings):
     tickets: Tickets = Tickets()
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
+    acknowledgements: Acknowledgements = Acknowledgements()
     smtp: Smtp = Smtp()
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)
