@@ -122,6 +122,8 @@ def ticket_detail(session: Session, prefix: str, number: int, zone: ZoneInfo = U
             "text": m.text_new,
             "automatic": list(m.auto_reasons),
             "attachments": [_attachment_row(a) for a in m.attachments],
+            # Why nobody was answered: the first thing asked when an acknowledgement is missing.
+            "not_answered": [t["decision"] for t in m.trace if t.get("decision", "").startswith("no acknowledgement")],
         }
         items.append((m.received_at, 0, entry))
     for o in session.scalars(select(Outbox).where(Outbox.ticket_id == ticket.id)):
@@ -196,6 +198,7 @@ def ticket_thread(detail: dict[str, Any]) -> list[str]:
                 )
             if item["automatic"]:
                 out.append(f"  [auto-generated: {'; '.join(item['automatic'])}]")
+            out.extend(f"  [{reason}]" for reason in item["not_answered"])
         elif item["type"] == "outgoing":
             out.append(f"--- {when(item['at'])}  to {', '.join(item['to'])}  ({item['kind']}, outbox: {item['state']})")
             out.append(f"Subject: {item['subject']}")

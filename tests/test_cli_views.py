@@ -144,3 +144,11 @@ def test_history_lines_say_what_changed_in_words(workdir: Path) -> None:  # noqa
     shown = run("tickets", "show", "2").stdout
     assert "linked by mailgate" in shown and "to HD #1 (quoted-tag)" in shown, shown
     assert "None" not in shown
+
+
+def test_a_missing_acknowledgement_says_why_in_tickets_show(workdir: Path) -> None:  # noqa: F811
+    spam = mail(headers={"X-Spam-Flag": "YES", "X-Spam-Status": "Yes, score=9.1 required=5.0"})
+    run("ingest", "--now", "-", stdin=spam)
+    shown = run("tickets", "show", "1").stdout
+    assert "[no acknowledgement:" in shown and "spam" in shown.split("[no acknowledgement:")[1].split("]")[0], shown
+    assert "(ack, outbox" not in shown
