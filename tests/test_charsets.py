@@ -178,3 +178,9 @@ def test_undeclared_short_texts_are_read_in_their_own_charset(text: str, charset
 def test_utf8_with_a_stray_latin1_byte_stays_utf8() -> None:
     data = "Grüße, Jörg — ".encode() + "signé".encode("cp1252")
     assert decode_bytes(data, "utf-8") == "Grüße, Jörg — signé"
+
+
+def test_iso_8859_1_label_over_windows_1252_quotes_and_euro_is_read_as_windows_1252(app: App) -> None:
+    text = "“Der Toner” kostet 45 € – bitte bestellen."
+    raw = raw_mail("Subject: toner\r\n", text.encode("cp1252"), text_part("iso-8859-1"))
+    assert text in shown(app, raw)

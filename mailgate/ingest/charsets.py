@@ -2,7 +2,7 @@
 
 The order follows what real mail does (and what the WHATWG Encoding Standard does for labels):
 - a label names the superset its senders really use: `gb2312` mail carries GBK bytes,
-  `ks_c_5601` is Windows-949, `iso-8859-1` and `us-ascii` are Windows-1252;
+  `ks_c_5601` is Windows-949, `iso-8859-1` is Windows-1252;
 - bytes that are valid UTF-8 are UTF-8 unless a multibyte label decodes them cleanly: a
   single-byte label (which decodes anything) proves nothing, while Latin-1 or Cyrillic text
   that happens to be valid UTF-8 hardly exists;
@@ -23,13 +23,10 @@ _SUPERSETS = {
     "gb2312": "gb18030",
     "gbk": "gb18030",
     "cp936": "gb18030",
-    "euc_cn": "gb18030",
     "big5": "big5hkscs",
-    "cp950": "big5hkscs",
     "euc_kr": "cp949",
-    "ksc5601": "cp949",
     "shift_jis": "cp932",
-    "latin_1": "cp1252",
+    "iso8859_1": "cp1252",
     "iso8859_9": "cp1254",
     "iso8859_11": "cp874",
     "tis_620": "cp874",
@@ -50,6 +47,7 @@ _ALIASES = {
     "x-euc-jp": "euc_jp",
     "x-mac-roman": "mac_roman",
     "x-user-defined": "cp1252",
+    "windows-874": "cp874",
 }
 # Charsets that cannot decode just any bytes: a clean decode with one of them is evidence.
 _MULTIBYTE = frozenset(
@@ -160,7 +158,7 @@ def plausible(text: str) -> bool:
 
 def _mostly_utf8(data: bytes) -> bool:
     """Valid UTF-8 sequences outnumber the bytes that are not UTF-8 at least four to one."""
-    decoded = data.decode("utf-8", "surrogateescape")
+    decoded = data[:SAMPLE].decode("utf-8", "surrogateescape")
     stray = len(_STRAY_BYTE.findall(decoded))
     return sum(1 for c in decoded if ord(c) > 0x7F) - stray >= 4 * stray
 
