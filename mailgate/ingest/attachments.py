@@ -65,10 +65,10 @@ def _param(part: Message, header: str, param: str) -> str | tuple[str, str, str]
 
 
 def _content_type(part: Message) -> str:
-    """The part's MIME type without controls (a NUL makes PostgreSQL refuse the row); a type that
-    is not one is stored as what a file of unknown type is."""
-    ctype = _CONTROLS.sub("", part.get_content_type())
-    return ctype if len(ctype) <= 200 and _MIME_TYPE.fullmatch(ctype) else "application/octet-stream"
+    """The part's MIME type without controls (a NUL makes PostgreSQL refuse the row) or what
+    follows it ("application/pdf\x1b[2J" is a PDF); what is no type is a file of unknown type."""
+    found = _MIME_TYPE.match(_CONTROLS.sub("", part.get_content_type()))
+    return found.group()[:200] if found else "application/octet-stream"
 
 
 def _is_body_part(part: Message) -> bool:
