@@ -101,8 +101,9 @@ def raw_headers(message: Message, name: str) -> list[str]:
     repair_text, where the stdlib's Header objects would silently drop them.
     """
     wanted = name.lower()
-    charset = declared_charset(message)
-    return [_decode_header(v, charset) for k, v in message.raw_items() if k.lower() == wanted]
+    values = [str(v) for k, v in message.raw_items() if k.lower() == wanted]
+    charset = declared_charset(message) if any(_EIGHT_BIT.search(v) for v in values) else None
+    return [_decode_header(v, charset) for v in values]
 
 
 def _decode_header(value: object, charset: str | None = None) -> str:
