@@ -10,7 +10,10 @@ Prints, per source:
   the text a ticket shows; the same for non-ASCII sender and attachment file names;
 - quotes: Discourse's trimmed set (exact, or the expected text contained), quotequail's HTML
   replies (the new part alone) and forwards (kept whole), and how many HTML-only replies in the
-  mail folders still carry a quote header after trimming.
+  mail folders still carry a quote header after trimming;
+- backscatter: of the mails a receiving MTA marked as spam, how many get no acknowledgement from
+  the automatic-mail rules alone (all that withheld one before ingest/spam.py) and now; and how
+  many carry Authentication-Results whose top authserv-id, were it trusted, reports a failure.
 Nothing is written; no database is needed.
 """
 
@@ -27,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared expectations in tests/
 
+from mailgate.ingest.authentication import authentication_failure
 from mailgate.ingest.classify import verdict
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
 
@@ -39,6 +43,7 @@ try:
     from mailgate.ingest.quotes import extract_reply
 except ImportError:  # before ingest/quotes.py existed
     from mailgate.ingest.text import extract_reply
+from mailgate.ingest.spam import spam_verdict
 from mailgate.ingest.text import html_to_text
 from tests.corpus_expectations import PERL_NOT_BOUNCES, PERL_USER_UNKNOWN
 
@@ -262,6 +267,33 @@ def _html_flags(mail: ParsedMail) -> tuple[bool, bool]:
     return "text/plain" in types, "text/html" in types
 
 
+# --- backscatter ------------------------------------------------------------------------------
+
+
+def backscatter_figures(corpus: Path, mails: dict[Path, ParsedMail]) -> list[Figure]:
+    before = Figure("marked as spam: no acknowledgement by the automatic-mail rules")
+    now = Figure("marked as spam: no acknowledgement now")
+    failed = Figure("Authentication-Results (top authserv-id trusted): no failure")
+    for path, mail in mails.items():
+        rel = str(path.relative_to(corpus))
+        automatic = bool(verdict(mail, OWN, "corpus-bench").reasons)
+        spam = spam_verdict(mail.message, scl_threshold=5)
+        if spam is not None:
+            before.count(automatic, f"{rel}: {spam}")
+            now.count(True, rel)
+        top = _top_authserv_id(mail)
+        if top:
+            failure = authentication_failure(mail.message, {top})
+            failed.count(failure is None, f"{rel}: {failure}")
+    return [before, now, failed]
+
+
+def _top_authserv_id(mail: ParsedMail) -> str:
+    for value in mail.headers("Authentication-Results"):
+        return value.split(";")[0].split()[0].lower() if value.strip() else ""
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default=os.environ.get("MAILGATE_CORPUS", ""), help="the corpus folder")
@@ -276,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         ("bounces", lambda: bounce_figures(corpus)),
         ("charsets", lambda: [charset_figure(corpus, mails), names_figure(corpus, mails)]),
         ("quotes", lambda: [discourse_figure(corpus), *quotequail_figures(corpus), html_reply_figure(corpus, mails)]),
+        ("backscatter", lambda: backscatter_figures(corpus, mails)),
     ]
     for title, figures in sections:
         print(title)

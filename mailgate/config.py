@@ -7,11 +7,14 @@ per bad key ("key = value: what was expected") so a typo never surfaces as a tra
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import os
 import re
 import secrets
 import tempfile
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +26,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -105,10 +109,24 @@ class Outgoing(_Section):
     relay_security: Literal["none", "starttls", "tls"] = "none"
     relay_user: str = ""
     relay_password: str = ""
+    # A file holding the relay password (root:mailgate 0640, or a LoadCredential= path), read at
+    # every connect: the password stays out of the config, and a new one needs no restart.
+    relay_password_file: Path | None = None
     maildir: Path | None = None
     max_attempts: int = Field(default=10, ge=1)
     # Our own loop-detection header value; mail carrying it came from this installation.
     loop_id: str = "mailgate"
+
+    @field_validator("relay_password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_relay_password(self) -> Outgoing:
+        if self.relay_password and self.relay_password_file is not None:
+            raise ValueError("relay_password or relay_password_file, not both")
+        return self
 
 
 class Smtp(_Section):
@@ -211,11 +229,66 @@ class Limits(_Section):
     max_participants_per_mail: int = Field(default=50, ge=0)
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class Acknowledgements(_Section):
+    """Who gets an acknowledgement, and how much of their request it repeats. An acknowledgement
+    goes to an address nobody proved (the From of the mail): whatever it echoes, anyone can have
+    the desk send to anyone. These settings narrow who gets one and what it carries; the mail
+    itself always becomes a ticket."""
+
+    # Sender domains that are acknowledged (a subdomain counts as its domain); empty: all.
+    # An internal help desk names its own company's domains.
+    domains: list[str] = Field(default_factory=list)
+    # The request's subject in the acknowledgement's subject and text.
+    quote_subject: bool = True
+    # Characters of the request's text quoted back (at most 6 lines); 0: none.
+    summary_chars: int = Field(default=500, ge=0, le=2000)
+    # Microsoft's spam confidence level (X-MS-Exchange-Organization-SCL, SCL in
+    # X-Forefront-Antispam-Report) from which a mail counts as spam; 5 is Microsoft's own default.
+    spam_scl_threshold: int = Field(default=5, ge=1, le=9)
+    # authserv-ids (RFC 8601) of the receiving MTAs whose Authentication-Results are believed;
+    # empty: none, so no mail is judged by them.
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # Mail marked as spam by the receiving MTA: a ticket (without an acknowledgement), or
+    # quarantine until a person retries it.
+    spam: Literal["ticket", "quarantine"] = "ticket"
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, value: list[str]) -> list[str]:
+        names = [v.strip().lower().rstrip(".") for v in value]
+        for name in names:
+            if not _DOMAIN.fullmatch(name):
+                raise ValueError(f"domain names like 'example.com' ({name!r} is not one)")
+        return names
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, value: list[str]) -> list[str]:
+        # RFC 8601 compares them case-insensitively; most are the MTA's host name.
+        ids = [v.strip().lower() for v in value]
+        for authserv_id in ids:
+            if not re.fullmatch(r"[^\s;()\"\\]+", authserv_id):
+                raise ValueError(f"authserv-ids as the MTA writes them, e.g. 'mx.example.com' ({authserv_id!r})")
+        return ids
+
+
 class StaffMember(_Section):
     address: EmailStr
     name: str = ""
     team: str = ""
     role: Literal["staff", "dispatcher", "admin"] = "staff"
+
+
+class Log(_Section):
+    """What the daemon logs (commands log only warnings unless -v), and how."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": one line per event, for journald (which adds the time). "json": one JSON object
+    # per line with time, level, logger and message, for ELK, Loki and journald's JSON fields.
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(BaseSettings):
@@ -236,10 +309,12 @@ class Settings(BaseSettings):
     tickets: Tickets = Tickets()
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
+    acknowledgements: Acknowledgements = Acknowledgements()
     smtp: Smtp = Smtp()
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
+    log: Log = Log()
 
     @classmethod
     def settings_customise_sources(
@@ -332,16 +407,68 @@ class Settings(BaseSettings):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    env = "MAILGATE_" + "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
-    expected = error["msg"]
-    if error["type"] == "extra_forbidden":
-        expected = "unknown key (check the spelling against config/mailgate.example.toml)"
-    elif expected.startswith("Value error, "):
-        expected = "expected " + expected.removeprefix("Value error, ")
+    loc = error["loc"]
+    key = ".".join(str(part) for part in loc)
     value = error.get("input")
     shown = repr(value) if not isinstance(value, dict) else "(a table)"
+    if error["type"] == "extra_forbidden":
+        # A misspelt key has no variable of its own to name: say which key was meant instead.
+        near = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
+        where = ".".join(str(part) for part in loc[:-1] if not isinstance(part, int))
+        meant = f"did you mean {where + '.' if where else ''}{near[0]}?" if near else "no such key"
+        return f"{key} = {shown}: unknown key, {meant} (every key is in config/mailgate.example.toml)"
+    env = "MAILGATE_" + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    expected = error["msg"]
+    if expected.startswith("Value error, "):
+        expected = "expected " + expected.removeprefix("Value error, ")
     return f"{key} = {shown}: {expected} (set in the config file or {env})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model whose keys sit at `loc` (a path of keys and list indexes)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = (annotation, *typing.get_args(annotation))
+        inner = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _keys_beside(loc: tuple[Any, ...]) -> list[str]:
+    model = _model_at(loc[:-1])
+    return list(model.model_fields) if model is not None else []
+
+
+# Variables mailgate reads that are not settings, and those of its test suite.
+_OTHER_VARIABLES = ("MAILGATE_CONFIG", "MAILGATE_DATA_DIR", "MAILGATE_CORPUS")
+_OTHER_PREFIXES = ("MAILGATE_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A line for each MAILGATE_* variable that sets nothing (pydantic-settings ignores them),
+    with the variable that was probably meant."""
+    known = set(_OTHER_VARIABLES)
+    for name in Settings.model_fields:
+        known.add(f"MAILGATE_{name.upper()}")
+        section = _model_at((name,))
+        if section is not None:
+            known.update(f"MAILGATE_{name.upper()}__{key.upper()}" for key in section.model_fields)
+    lines = []
+    for variable in sorted(environ):
+        if not variable.startswith("MAILGATE_") or variable in known or variable.startswith(_OTHER_PREFIXES):
+            continue
+        near = difflib.get_close_matches(variable, sorted(known), n=1)
+        meant = f"did you mean {near[0]}?" if near else "see config/mailgate.example.toml"
+        lines.append(f"environment variable {variable} sets nothing and is ignored: {meant}")
+    return lines
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -363,7 +490,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     for key in ("attachments_path", "templates_path"):
         if values[key] is not None:
             values[key] = config.beside(values[key])
-    maildir = values["outgoing"].maildir
-    if maildir is not None:
-        values["outgoing"] = values["outgoing"].model_copy(update={"maildir": config.beside(maildir)})
+    outgoing = values["outgoing"]
+    paths = {k: config.beside(getattr(outgoing, k)) for k in ("maildir", "relay_password_file") if getattr(outgoing, k)}
+    if paths:
+        values["outgoing"] = outgoing.model_copy(update=paths)
     return Settings.model_construct(**values)

@@ -85,18 +85,23 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at `url` up to `revision` (the schema is created only this way)."""
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the schema at `url` up to `revision` (the schema is created only this way).
+    Returns the revision before and after: (None, …) when there was no schema."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
             cfg = alembic_config(url)
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
+            after = MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+    return before, after
 
 
 def describe(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -254,8 +255,13 @@ class Outbox(Base):
     occasion: Mapped[str | None] = mapped_column(String(200), unique=True)
     message_id: Mapped[str] = mapped_column(String(1000), unique=True)
     mail_from: Mapped[Address]
-    # The first recipient, lowercased: acknowledgements are rate-limited by it.
+    # The mailbox the first recipient reaches (addresses.fold_address): acknowledgements are
+    # rate-limited by it, so victim+1@ … victim+20@ count as one.
     rcpt_key: Mapped[Address]
+    # The mail this answers was proven to come from its recipient (the receiving MTA's DMARC
+    # pass): such acknowledgements are counted apart, so mail forged in a requester's name
+    # cannot use up the acknowledgements of the requester's real mail.
+    rcpt_proven: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     recipients: Mapped[list[Any]]
     headers: Mapped[dict[str, Any]]
     body: Mapped[str] = mapped_column(Text)

@@ -8,12 +8,17 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy.orm import Session
+
 from mailgate.app import App
 from mailgate.db import describe
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.models import Quarantine
 
-__all__ = ["NotRetried", "StillQuarantined", "TemporaryFailure", "put", "retry"]
+__all__ = ["RETRY_SUFFIX", "NotRetried", "StillQuarantined", "TemporaryFailure", "add", "put", "retry"]
+
+# The source of a mail a person retried: ingest() lets it in where a rule had quarantined it.
+RETRY_SUFFIX = "+retry"
 
 log = logging.getLogger("mailgate.quarantine")
 
@@ -40,23 +45,36 @@ def put(
     the mail."""
     try:
         with app.sessions() as session, session.begin():
-            row = Quarantine(
-                raw=raw,
-                reason=reason,
-                source=source[:100],
-                envelope_sender=envelope_sender,
-                envelope_recipients=list(envelope_recipients),
-                received_at=now,
-            )
-            session.add(row)
-            session.flush()
-            row_id = row.id
+            row_id = add(session, raw, source, reason, now, envelope_sender, envelope_recipients)
     except Exception as exc:
         # describe(): one line, without the SQL statement and the mail's bytes it would carry.
         log.error("could not write quarantine: %s", describe(exc))
         raise TemporaryFailure(f"could not quarantine: {describe(exc)}") from exc
     log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
     return row_id
+
+
+def add(
+    session: Session,
+    raw: bytes,
+    source: str,
+    reason: str,
+    now: datetime,
+    envelope_sender: str | None = None,
+    envelope_recipients: Sequence[str] = (),
+) -> int:
+    """Keep `raw` in quarantine within the caller's transaction; returns the quarantine id."""
+    row = Quarantine(
+        raw=raw,
+        reason=reason,
+        source=source[:100],
+        envelope_sender=envelope_sender,
+        envelope_recipients=list(envelope_recipients),
+        received_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row.id
 
 
 def retry(app: App, qid: int) -> str:
@@ -76,7 +94,7 @@ def retry(app: App, qid: int) -> str:
             raise NotRetried(f"quarantined mail {qid} was already released as {row.released_as}")
         raw, source = row.raw, row.source
         sender, recipients = row.envelope_sender, row.envelope_recipients or []
-    result = ingest(app, raw, f"{source}+retry", recipients, sender)
+    result = ingest(app, raw, f"{source[: 100 - len(RETRY_SUFFIX)]}{RETRY_SUFFIX}", recipients, sender)
     if result.outcome == Outcome.QUARANTINED:
         # The same mail for the same reason: one row of it is enough.
         with app.sessions() as session, session.begin():

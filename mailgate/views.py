@@ -1,18 +1,35 @@
-"""Plain-text views of the store for the command line: ticket lists, a thread as a person reads it."""
+"""Views of the store for the command line: ticket lists, a thread as a person reads it, stored
+mail and its decisions. Each list is rows of plain values first (what `--json` prints), then
+lines of text. Every time is shown in the desk's zone (`tickets.timezone`), and says which."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from mailgate.models import Event, Message, Outbox, Person, Quarantine, Ticket, TicketLink
+from mailgate.models import Attachment, Event, Message, Outbox, Person, Quarantine, Ticket, TicketLink
 from mailgate.outgoing.compose import human_size
 
+UTC = ZoneInfo("UTC")
 
-def _when(moment: datetime | None) -> str:
-    return f"{moment:%Y-%m-%d %H:%M}" if moment else "-"
+
+def _when(moment: datetime | None, zone: ZoneInfo) -> str:
+    """A time in the desk's zone, without the zone: for columns whose header names it."""
+    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}" if moment else "-"
+
+
+def _when_labelled(moment: datetime | None, zone: ZoneInfo) -> str:
+    """A time in the desk's zone, labelled: "2026-11-23 13:51 (Europe/Berlin)"."""
+    return f"{_when(moment, zone)} ({zone.key})" if moment else "-"
+
+
+def _iso(moment: datetime | None, zone: ZoneInfo) -> str | None:
+    return moment.astimezone(zone).isoformat() if moment else None
 
 
 def _who(person: Person | None) -> str:
@@ -21,58 +38,232 @@ def _who(person: Person | None) -> str:
     return f"{person.name} <{person.address}>" if person.name else person.address
 
 
-def ticket_list(session: Session, prefix: str, statuses: tuple[str, ...] = ()) -> list[str]:
+@dataclass(frozen=True)
+class TicketFilter:
+    """What `tickets list` narrows to; every field empty means every ticket."""
+
+    statuses: tuple[str, ...] = ()
+    assignee: str = ""  # an address or a name; "none" for unassigned tickets
+    team: str = ""
+    opened_before: datetime | None = None  # "older than": opened before this moment
+
+
+def ticket_rows(
+    session: Session, prefix: str, only: TicketFilter = TicketFilter(), zone: ZoneInfo = UTC
+) -> list[dict[str, Any]]:
     query = (
         select(Ticket).options(selectinload(Ticket.requester), selectinload(Ticket.assignee)).order_by(Ticket.number)
     )
-    if statuses:
-        query = query.where(Ticket.status.in_(statuses))
-    lines = []
-    for t in session.scalars(query):
-        assignee = t.assignee.address if t.assignee else "unassigned"
+    if only.statuses:
+        query = query.where(Ticket.status.in_(only.statuses))
+    if only.assignee.lower() == "none":
+        query = query.where(Ticket.assignee_id.is_(None))
+    elif only.assignee:
+        who = only.assignee.lower()
+        query = query.join(Person, Person.id == Ticket.assignee_id).where(
+            or_(Person.address == who, Person.name.ilike(only.assignee))
+        )
+    if only.team:
+        query = query.where(Ticket.team == only.team)
+    if only.opened_before is not None:
+        query = query.where(Ticket.created_at < only.opened_before)
+    return [
+        {
+            "number": t.number,
+            "tag": f"{prefix} #{t.number}",
+            "status": t.status,
+            "priority": t.priority,
+            "team": t.team,
+            "opened": _iso(t.created_at, zone),
+            "last_activity": _iso(t.last_activity_at, zone),
+            "first_response_due": _iso(t.first_response_due, zone),
+            "requester": t.requester.address,
+            "assignee": t.assignee.address if t.assignee else None,
+            "subject": t.subject,
+        }
+        for t in session.scalars(query)
+    ]
+
+
+def ticket_list(rows: list[dict[str, Any]], zone: ZoneInfo = UTC) -> list[str]:
+    """A header naming the zone of the times, then one line per ticket."""
+    width = max((len(r["tag"]) for r in rows), default=0)
+    opened = f"opened ({zone.key})"
+    lines = [f"{'ticket':<{width}}  {'status':<9} {'prio':<7} {opened:<17}  {'requester':<30} {'assignee':<20} subject"]
+    for r in rows:
+        opened = _when(datetime.fromisoformat(r["opened"]), zone) if r["opened"] else "-"
         lines.append(
-            f"{prefix} #{t.number:<6} {t.status:<9} {t.priority:<7} {_when(t.last_activity_at)}  "
-            f"{t.requester.address:<30} {assignee:<20} {t.subject}"
+            f"{r['tag']:<{width}}  {r['status']:<9} {r['priority']:<7} {opened:<17}  "
+            f"{r['requester']:<30} {r['assignee'] or 'unassigned':<20} {r['subject']}"
         )
     return lines
 
 
-def ticket_thread(session: Session, prefix: str, number: int) -> list[str] | None:
+def ticket_detail(session: Session, prefix: str, number: int, zone: ZoneInfo = UTC) -> dict[str, Any] | None:
+    """The ticket and everything on it, oldest first: mail in and out, and every change."""
     ticket = session.scalar(select(Ticket).where(Ticket.number == number))
     if ticket is None:
         return None
-    out = [
-        f"{prefix} #{ticket.number}: {ticket.subject}",
-        f"  status {ticket.status}, priority {ticket.priority}, category {ticket.category or '-'}, "
-        f"assignee {_who(ticket.assignee)}",
-        f"  requester {_who(ticket.requester)}; opened {_when(ticket.created_at)}, "
-        f"first answer due {_when(ticket.first_response_due)}",
-    ]
+    links = []
     for link in session.scalars(select(TicketLink).where(TicketLink.ticket_id == ticket.id)):
         other = session.get(Ticket, link.other_id)
-        out.append(f"  linked ({link.kind}) to {prefix} #{other.number if other else '?'}")
-    items: list[tuple[datetime, int, list[str]]] = []
+        links.append({"kind": link.kind, "number": other.number if other else None})
+    items: list[tuple[datetime, int, dict[str, Any]]] = []
     for m in session.scalars(
         select(Message).where(Message.ticket_id == ticket.id).options(selectinload(Message.attachments))
     ):
-        sender = f"{m.from_name} <{m.from_addr}>" if m.from_name else f"<{m.from_addr}>"
-        head = f"--- {_when(m.received_at)}  {sender}  ({m.kind}, {m.source})"
-        body = [head, *(m.text_new or "(no text)").splitlines()]
-        for a in m.attachments:
-            kept = "" if a.stored else f" — NOT KEPT: {a.note}"
-            body.append(f"  [attachment] {a.filename} ({a.content_type}, {human_size(a.size)}){kept}")
-        if m.auto_reasons:
-            body.append(f"  [auto-generated: {'; '.join(m.auto_reasons)}]")
-        items.append((m.received_at, 0, body))
+        entry = {
+            "type": "message",
+            "at": _iso(m.received_at, zone),
+            "id": m.id,
+            "kind": m.kind,
+            "source": m.source,
+            "from": _who_of(m.from_name, m.from_addr),
+            "text": m.text_new,
+            "automatic": list(m.auto_reasons),
+            "attachments": [_attachment_row(a) for a in m.attachments],
+        }
+        items.append((m.received_at, 0, entry))
     for o in session.scalars(select(Outbox).where(Outbox.ticket_id == ticket.id)):
-        head = f"--- {_when(o.created_at)}  to {', '.join(o.recipients)}  ({o.kind}, outbox: {o.state})"
-        items.append((o.created_at, 1, [head, f"Subject: {o.headers.get('Subject', '')}", *o.body.splitlines()]))
+        entry = {
+            "type": "outgoing",
+            "at": _iso(o.created_at, zone),
+            "kind": o.kind,
+            "state": o.state,
+            "to": list(o.recipients),
+            "subject": o.headers.get("Subject", ""),
+            "text": o.body,
+        }
+        items.append((o.created_at, 1, entry))
     for e in session.scalars(select(Event).where(Event.ticket_id == ticket.id)):
-        change = f"{e.field}: {e.old} -> {e.new}" if e.field else (e.new or "")
-        items.append((e.at, 2, [f"  * {_when(e.at)} {e.action} by {e.actor} via {e.channel} {change}".rstrip()]))
-    for _, _, lines in sorted(items, key=lambda i: (i[0], i[1])):
-        out.extend(lines)
+        entry = {
+            "type": "event",
+            "at": _iso(e.at, zone),
+            "action": e.action,
+            "actor": e.actor,
+            "channel": e.channel,
+            "field": e.field,
+            "old": e.old,
+            "new": e.new,
+        }
+        items.append((e.at, 2, entry))
+    return {
+        "number": ticket.number,
+        "tag": f"{prefix} #{ticket.number}",
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "category": ticket.category,
+        "team": ticket.team,
+        "assignee": _who(ticket.assignee) if ticket.assignee else None,
+        "requester": _who(ticket.requester),
+        "opened": _iso(ticket.created_at, zone),
+        "first_response_due": _iso(ticket.first_response_due, zone),
+        "timezone": zone.key,
+        "links": links,
+        "thread": [entry for _, _, entry in sorted(items, key=lambda i: (i[0], i[1]))],
+    }
+
+
+def ticket_thread(detail: dict[str, Any]) -> list[str]:
+    """The ticket as a person reads it: its head, then the thread with its changes."""
+    zone = ZoneInfo(detail["timezone"])
+
+    def when(iso: str | None) -> str:
+        return _when(datetime.fromisoformat(iso), zone) if iso else "-"
+
+    out = [
+        f"{detail['tag']}: {detail['subject']}",
+        f"  status {detail['status']}, priority {detail['priority']}, category {detail['category'] or '-'}, "
+        f"assignee {detail['assignee'] or '-'}",
+        f"  requester {detail['requester']}; opened {when(detail['opened'])} ({zone.key}), "
+        f"first answer due {when(detail['first_response_due'])}"
+        + (f" ({zone.key})" if detail["first_response_due"] else ""),
+        *(
+            f"  linked ({link['kind']}) to {detail['tag'].split('#')[0]}#{link['number'] or '?'}"
+            for link in detail["links"]
+        ),
+        f"  times in {zone.key}",
+    ]
+    for item in detail["thread"]:
+        if item["type"] == "message":
+            out.append(f"--- {when(item['at'])}  {item['from']}  ({item['kind']}, {item['source']})")
+            out.extend((item["text"] or "(no text)").splitlines())
+            for a in item["attachments"]:
+                kept = "" if a["stored"] else f" — NOT KEPT: {a['note']}"
+                out.append(
+                    f"  [attachment {a['id']}] {a['filename']} ({a['content_type']}, {human_size(a['size'])}){kept}"
+                )
+            if item["automatic"]:
+                out.append(f"  [auto-generated: {'; '.join(item['automatic'])}]")
+        elif item["type"] == "outgoing":
+            out.append(f"--- {when(item['at'])}  to {', '.join(item['to'])}  ({item['kind']}, outbox: {item['state']})")
+            out.append(f"Subject: {item['subject']}")
+            out.extend(item["text"].splitlines())
+        else:
+            change = _change(item, detail["tag"].split("#")[0])
+            out.append(
+                f"  * {when(item['at'])} {item['action']} by {item['actor']} via {item['channel']} {change}".rstrip()
+            )
     return out
+
+
+def _change(event: dict[str, Any], prefix: str) -> str:
+    """What an event changed, in words: "to HD #1 (quoted-tag)", "status: new -> open"."""
+    field, old, new = event["field"], event["old"], event["new"]
+    if event["action"] == "linked":
+        return f"to {prefix}#{new} ({field})"
+    if not field:
+        return new or ""
+    return f"{field}: {new}" if old is None else f"{field}: {old} -> {new}"
+
+
+def _who_of(name: str, address: str) -> str:
+    return f"{name} <{address}>" if name else address
+
+
+def _attachment_row(a: Attachment) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "filename": a.filename,
+        "content_type": a.content_type,
+        "size": a.size,
+        "stored": a.stored,
+        "note": a.note,
+        "sha256": a.sha256,
+    }
+
+
+def ticket_attachments(session: Session, number: int) -> list[tuple[Attachment, Message]] | None:
+    """The attachments of every mail on ticket `number`, oldest first; None: no such ticket."""
+    ticket_id = session.scalar(select(Ticket.id).where(Ticket.number == number))
+    if ticket_id is None:
+        return None
+    query = (
+        select(Attachment, Message)
+        .join(Message, Message.id == Attachment.message_id)
+        .where(Message.ticket_id == ticket_id)
+        .order_by(Attachment.id)
+    )
+    return [(a, m) for a, m in session.execute(query)]
+
+
+def attachment_rows(found: list[tuple[Attachment, Message]], zone: ZoneInfo = UTC) -> list[dict[str, Any]]:
+    return [
+        {**_attachment_row(a), "message": m.id, "from": m.from_addr, "received": _iso(m.received_at, zone)}
+        for a, m in found
+    ]
+
+
+def attachment_list(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'id':<6} {'size':>9}  {'type':<28} {'message':<8} {'from':<30} file"]
+    for r in rows:
+        kept = "" if r["stored"] else f"  (not kept: {r['note']})"
+        lines.append(
+            f"{r['id']:<6} {human_size(r['size']):>9}  {r['content_type']:<28} {r['message']:<8} {r['from']:<30} "
+            f"{r['filename']}{kept}"
+        )
+    return lines
 
 
 def outbox_list(session: Session, state: str | None = None) -> list[str]:
@@ -86,41 +277,121 @@ def outbox_list(session: Session, state: str | None = None) -> list[str]:
     ]
 
 
-def quarantine_list(session: Session) -> list[str]:
-    return [
-        f"{q.id:<6} {_when(q.received_at)} {q.source:<10} {len(q.raw):>9} bytes  "
+def outbox_counts(session: Session) -> dict[str, int]:
+    return {state: n for state, n in session.execute(select(Outbox.state, func.count()).group_by(Outbox.state))}
+
+
+def quarantine_list(session: Session, zone: ZoneInfo = UTC) -> list[str]:
+    rows = [
+        f"{q.id:<6} {_when(q.received_at, zone):<17} {q.source:<10} {len(q.raw):>9} bytes  "
         + (f"released as {q.released_as}" if q.released_at else q.reason)
         for q in session.scalars(select(Quarantine).order_by(Quarantine.id))
     ]
+    return [f"{'id':<6} {f'received ({zone.key})':<17} {'source':<10} {'size':>15}  reason", *rows] if rows else []
 
 
-def message_list(session: Session, prefix: str, *, without_ticket: bool, kind: str | None) -> list[str]:
+def message_rows(
+    session: Session, prefix: str, *, without_ticket: bool, kind: str | None, zone: ZoneInfo = UTC
+) -> list[dict[str, Any]]:
     query = select(Message, Ticket.number).outerjoin(Ticket, Ticket.id == Message.ticket_id).order_by(Message.id)
     if without_ticket:
         query = query.where(Message.ticket_id.is_(None))
     if kind:
         query = query.where(Message.kind == kind)
     return [
-        f"{m.id:<7} {_when(m.received_at)} {m.kind:<10} {f'{prefix} #{number}' if number else '-':<10} "
-        f"{m.from_addr:<30} {m.subject}"
+        {
+            "id": m.id,
+            "received": _iso(m.received_at, zone),
+            "kind": m.kind,
+            "ticket": number,
+            "tag": f"{prefix} #{number}" if number else None,
+            "from": m.from_addr,
+            "subject": m.subject,
+            "message_id": m.message_id,
+        }
         for m, number in session.execute(query)
     ]
 
 
-def message_detail(session: Session, message_id: int) -> list[str] | None:
+def message_list(rows: list[dict[str, Any]], zone: ZoneInfo = UTC) -> list[str]:
+    lines = [f"{'id':<7} {f'received ({zone.key})':<16} {'kind':<10} {'ticket':<10} {'from':<30} subject"]
+    for r in rows:
+        received = _when(datetime.fromisoformat(r["received"]), zone)
+        lines.append(
+            f"{r['id']:<7} {received:<16} {r['kind']:<10} {r['tag'] or '-':<10} {r['from']:<30} {r['subject']}"
+        )
+    return lines
+
+
+def find_message(session: Session, ref: str) -> Message | None:
+    """A stored mail by its number in `messages list`, or by its Message-ID (with or without <>),
+    as the log prints it."""
+    if ref.isdigit():
+        found = session.get(Message, int(ref))
+        if found is not None:
+            return found
+    msgid = ref.strip().removeprefix("<").removesuffix(">")
+    return session.scalar(select(Message).where(Message.message_id == msgid).order_by(Message.id).limit(1))
+
+
+def message_detail(session: Session, m: Message, zone: ZoneInfo = UTC) -> dict[str, Any]:
     """One stored mail with the decisions mailgate took on it (why no ticket, why no answer …)."""
-    m = session.get(Message, message_id)
-    if m is None:
-        return None
     number = session.scalar(select(Ticket.number).where(Ticket.id == m.ticket_id)) if m.ticket_id else None
-    lines = [
-        f"message {m.id}: {m.kind}, ticket {number or '-'}, received {_when(m.received_at)} by {m.source}",
-        f"  From: {m.from_name} <{m.from_addr}>",
-        f"  Subject: {m.subject}",
-        f"  Message-ID: <{m.message_id}>" if m.message_id else "  Message-ID: (none)",
+    return {
+        "id": m.id,
+        "kind": m.kind,
+        "ticket": number,
+        "received": _iso(m.received_at, zone),
+        "source": m.source,
+        "from": _who_of(m.from_name, m.from_addr),
+        "subject": m.subject,
+        "message_id": m.message_id,
+        "decisions": [dict(step) for step in m.trace],
+        "attachments": [_attachment_row(a) for a in m.attachments],
+        "text": m.text_full,
+    }
+
+
+def message_lines(detail: dict[str, Any], zone: ZoneInfo = UTC) -> list[str]:
+    received = _when_labelled(datetime.fromisoformat(detail["received"]), zone)
+    return [
+        f"message {detail['id']}: {detail['kind']}, ticket {detail['ticket'] or '-'}, received {received} "
+        f"by {detail['source']}",
+        f"  From: {detail['from']}",
+        f"  Subject: {detail['subject']}",
+        f"  Message-ID: <{detail['message_id']}>" if detail["message_id"] else "  Message-ID: (none)",
         "  decisions:",
-        *(f"    {step['step']}: {step['decision']}" for step in m.trace),
+        *(f"    {step['step']}: {step['decision']}" for step in detail["decisions"]),
+        *(
+            f"  [attachment {a['id']}] {a['filename']} ({a['content_type']}, {human_size(a['size'])})"
+            for a in detail["attachments"]
+        ),
         "",
-        *(m.text_full or "(no text)").splitlines(),
+        *(detail["text"] or "(no text)").splitlines(),
     ]
+
+
+# What `quarantine show` prints of a mail that could not be parsed: enough to recognise it, never
+# all of it (it may be megabytes, or binary).
+_QUARANTINE_HEADER_LINES = 60
+_QUARANTINE_TEXT_LINES = 20
+
+
+def quarantine_detail(q: Quarantine, zone: ZoneInfo = UTC) -> list[str]:
+    head, _, body = q.raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+    header_lines = head.decode("utf-8", "replace").splitlines()
+    text_lines = body.decode("utf-8", "replace").splitlines()
+    lines = [
+        f"quarantined mail {q.id}: {len(q.raw)} bytes, received {_when_labelled(q.received_at, zone)} by {q.source}",
+        f"  reason: {q.reason}",
+        f"  envelope: from <{q.envelope_sender or ''}> to {', '.join(q.envelope_recipients or []) or '-'}",
+    ]
+    if q.released_at:
+        lines.append(f"  released {_when_labelled(q.released_at, zone)} as {q.released_as}")
+    lines += ["", *(line[:300] for line in header_lines[:_QUARANTINE_HEADER_LINES])]
+    if len(header_lines) > _QUARANTINE_HEADER_LINES:
+        lines.append(f"[… {len(header_lines) - _QUARANTINE_HEADER_LINES} more header lines]")
+    lines += ["", *(line[:300] for line in text_lines[:_QUARANTINE_TEXT_LINES])]
+    if len(text_lines) > _QUARANTINE_TEXT_LINES:
+        lines.append(f"[… {len(text_lines) - _QUARANTINE_TEXT_LINES} more lines: `--raw | less` or --output FILE]")
     return lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +140,62 @@ def test_generated_secret_is_kept_and_private(tmp_path: Path) -> None:
     first = settings.secret_bytes()
     assert first == settings.secret_bytes() and len(first) == 64
     assert (tmp_path / "d" / "secret").stat().st_mode & 0o077 == 0
+
+
+# -- what a misspelling gets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("[smtp]\nprot = 2525\n", "did you mean smtp.port?"),
+        ('[outgoing]\nrely_host = "x"\n', "did you mean outgoing.relay_host?"),
+        ('[[imap]]\nname = "a"\nhost = "h"\nuser = "u"\npasword = "x"\n', "did you mean imap.password?"),
+        ('secrett = "x"\n', "did you mean secret?"),
+    ],
+)
+def test_a_misspelt_key_names_the_key_that_was_meant(tmp_path: Path, text: str, meant: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    message = str(info.value)
+    assert meant in message
+    assert "MAILGATE_" not in message  # no variable to set for a key that does not exist
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")} | extra
+
+
+def test_a_misspelt_variable_is_warned_with_the_one_meant(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    checked = subprocess.run(
+        [sys.executable, "-m", "mailgate", "--config", str(path), "check-config"],
+        capture_output=True,
+        text=True,
+        env=_env(MAILGATE_SMPT__PORT="2526", MAILGATE_TICKETS__TIMEZONE="UTC"),
+        timeout=60,
+    )
+    said = checked.stdout + checked.stderr
+    assert "MAILGATE_SMPT__PORT sets nothing and is ignored: did you mean MAILGATE_SMTP__PORT?" in said
+    assert "MAILGATE_TICKETS__TIMEZONE" not in said  # a real setting is not warned about
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[log]\nformat = "json"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "mailgate", "--config", str(path), "tickets", "list"],
+        capture_output=True,
+        text=True,
+        env=_env(MAILGATE_SMPT__PORT="1"),
+        timeout=60,
+    )
+    line = json.loads(done.stderr.splitlines()[0])
+    assert (line["level"], line["logger"]) == ("WARNING", "mailgate.config")
+    assert "MAILGATE_SMPT__PORT" in line["message"] and "time" in line
+
+
+def test_relay_password_and_its_file_are_not_both_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="relay_password or relay_password_file, not both"):
+        load_settings(write(tmp_path, '[outgoing]\nrelay_password = "a"\nrelay_password_file = "pw"\n'))
+    settings = load_settings(write(tmp_path, '[outgoing]\nrelay_password_file = "pw"\n'))
+    assert settings.outgoing.relay_password_file == tmp_path / "pw"  # relative to the config file

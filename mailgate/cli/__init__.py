@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mailgate.config import Settings
 
 EX_OK = 0
+EX_USAGE = 64  # sysexits: the command was used wrongly
 EX_DATAERR = 65
 EX_NOINPUT = 66  # sysexits: an input file does not exist or cannot be read (the caller's mistake)
 EX_TEMPFAIL = 75  # sysexits: the MTA keeps the mail and tries again
@@ -76,6 +77,9 @@ class Context:
 
             _start_logging(self.verbose)
             self._settings = load_settings(self.config)
+            if self._settings.log.format == "json":
+                _log_as_json()
+            _warn_of_unknown_variables()
         return self._settings
 
     @property
@@ -104,6 +108,38 @@ def _start_logging(verbose: bool) -> None:
         logging.getLogger("mailgate").setLevel(logging.DEBUG)
 
 
+def _warn_of_unknown_variables() -> None:
+    """pydantic-settings ignores a MAILGATE_* variable that names no setting: say so instead."""
+    import logging
+
+    from mailgate.config import unknown_variables
+
+    for line in unknown_variables():
+        logging.getLogger("mailgate.config").warning("%s", line)
+
+
+def _log_as_json() -> None:
+    """One JSON object per line (log.format = "json"), for ELK, Loki or journald's fields."""
+    import logging
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        timestamp=False,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
+def schema_hint(reason: str) -> str:
+    """`reason` (a database error's text), with the way out when the schema is missing."""
+    if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+        return f"the database has no mailgate schema yet: run `mailgate db upgrade` ({reason})"
+    return reason
+
+
 def explain(exc: Exception) -> tuple[str, int]:
     """What a command let escape, as one line and an exit status: the last line of defence."""
     from mailgate.config_file import ConfigError
@@ -113,9 +149,10 @@ def explain(exc: Exception) -> tuple[str, int]:
     # A database error can only come from SQLAlchemy once something imported it.
     db_errors = sys.modules.get("sqlalchemy.exc")
     if db_errors is not None and isinstance(exc, db_errors.OperationalError | db_errors.ProgrammingError):
-        text = str(exc.orig)
-        if "no such table" in text or "does not exist" in text:
-            return f"the database has no mailgate schema yet ({text}): run `mailgate db upgrade`", EX_CONFIG
+        text = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        hint = schema_hint(text)
+        if hint != text:
+            return hint, EX_CONFIG
         return f"database error: {text}", EX_TEMPFAIL
     import logging
 

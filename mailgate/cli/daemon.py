@@ -18,10 +18,10 @@ def run_cmd(ctx: Context) -> None:
 
     from mailgate.daemon import run
 
-    if logging.getLogger("mailgate").getEffectiveLevel() > logging.INFO:
-        logging.getLogger("mailgate").setLevel(logging.INFO)  # the daemon logs every event
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per SMTP command
     app = ctx.app()
+    if not ctx.verbose:  # -v logs everything; else log.level (default info: a line per event)
+        logging.getLogger("mailgate").setLevel(app.settings.log.level.upper())
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per SMTP command
     try:
         run(app)
     finally:
@@ -33,8 +33,11 @@ def run_cmd(ctx: Context) -> None:
 def check_config_cmd(ctx: Context) -> None:
     """Check the configuration: the database, each IMAP mailbox and the relay, one line each."""
     from mailgate.checks import run_checks
+    from mailgate.config import unknown_variables
 
     results = run_checks(ctx.settings)
+    for line in unknown_variables():
+        click.echo(f"WARN {line}")
     for name, problem in results:
         click.echo(f"{'OK  ' if problem is None else 'FAIL'} {name}{'' if problem is None else ': ' + problem}")
     sys.exit(0 if all(problem is None for _, problem in results) else 1)

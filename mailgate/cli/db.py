@@ -20,8 +20,14 @@ def db_upgrade(ctx: Context) -> None:
     from mailgate.db import upgrade
 
     url = ctx.settings.effective_database_url
-    upgrade(url)
-    click.echo(f"database schema is up to date ({_redact(url)})")
+    before, after = upgrade(url)
+    where = _redact(url)
+    if before is None:
+        click.echo(f"created the database schema at revision {after} ({where})")
+    elif before != after:
+        click.echo(f"migrated the database schema from revision {before} to {after} ({where})")
+    else:
+        click.echo(f"the database schema is already at the newest revision, {after}: nothing to do ({where})")
 
 
 def _redact(url: str) -> str:

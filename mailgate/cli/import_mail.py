@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail, printable
+from mailgate.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail, printable, schema_hint
 from mailgate.cli.root import pass_ctx
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
     app = ctx.app()
     source = f"import:{path.name}"
     counts: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
     box = _open_box(kind, path)
     try:
         total = len(box)
@@ -41,8 +42,13 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
                 try:
                     counts[ingest(app, raw, source).outcome] += 1
                 except TemporaryFailure as exc:
+                    reason = schema_hint(str(exc))
+                    if reason != str(exc):  # every other mail would fail the same way
+                        fail(f"nothing imported: {reason}", EX_CONFIG)
                     counts["failed"] += 1
-                    click.echo(printable(f"\ntemporary failure (run the import again to retry): {exc}"), err=True)
+                    failures[reason] += 1
+                    if failures[reason] == 1:  # each reason once, with its count in the summary
+                        click.echo(printable(f"\ntemporary failure: {reason}"), err=True)
     finally:
         box.close()  # an mbox holds its file open (and locked) until then
     labels = [
@@ -55,6 +61,8 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
         ("failed", "failed (not stored)"),
     ]
     click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))
+    for reason, n in failures.items():
+        click.echo(printable(f"  {n} not stored: {reason} (run the import again to retry them)"), err=True)
     app.close()
     sys.exit(EX_TEMPFAIL if counts["failed"] else EX_OK)
 

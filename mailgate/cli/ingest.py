@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mailgate.cli import EX_NOINPUT, EX_OK, EX_TEMPFAIL, Context, explain, fail
+from mailgate.cli import EX_NOINPUT, EX_OK, EX_TEMPFAIL, Context, explain, fail, schema_hint
 
 DESCRIPTION = """\
 Take mail from FILES (or standard input, '-'): what an MTA pipe runs, once per mail.
@@ -127,7 +127,8 @@ def _ingest_now(
         try:
             result = ingest(app, raw, source, recipients, sender)
         except TemporaryFailure as exc:
-            print(f"{path}: temporary failure, not stored: {exc}", file=sys.stderr)
+            # 75 even for a missing schema: the MTA keeps the mail until the admin has run it.
+            print(f"{path}: temporary failure, not stored: {schema_hint(str(exc))}", file=sys.stderr)
             return EX_TEMPFAIL
         number = f" {app.settings.tickets.tag_prefix} #{result.ticket_number}" if result.ticket_number else ""
         print(f"{path}: {result.outcome}{number}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from mailgate.cli import Context, fail
-from mailgate.cli.root import EnumChoice, pass_ctx, print_lines, with_session
+from mailgate.cli.root import EnumChoice, json_option, pass_ctx, print_json, print_lines, with_session
 
 
 @click.group()
@@ -17,28 +17,48 @@ def messages() -> None:
 
 @messages.command("list")
 @click.option("--no-ticket", "without_ticket", is_flag=True, help="Only mail not attached to any ticket.")
-@click.option("--kind", type=EnumChoice("mailgate.models", "MessageKind"))
+@click.option("--kind", type=EnumChoice("mailgate.models", "MessageKind"), help="Only mail of this kind.")
+@json_option
 @pass_ctx
-def messages_list(ctx: Context, without_ticket: bool, kind: str | None) -> None:
+def messages_list(ctx: Context, without_ticket: bool, kind: str | None, as_json: bool) -> None:
+    """One line per stored mail, with a header; times in tickets.timezone."""
+    from zoneinfo import ZoneInfo
+
     from mailgate import views
 
-    prefix = ctx.settings.tickets.tag_prefix
-    with_session(
-        ctx, lambda s: print_lines(views.message_list(s, prefix, without_ticket=without_ticket, kind=kind) or ["none"])
-    )
+    prefix, zone = ctx.settings.tickets.tag_prefix, ZoneInfo(ctx.settings.tickets.timezone)
+
+    def show(session: Any) -> None:
+        rows = views.message_rows(session, prefix, without_ticket=without_ticket, kind=kind, zone=zone)
+        if as_json:
+            print_json(rows)
+        else:
+            print_lines(views.message_list(rows, zone) if rows else ["none"])
+
+    with_session(ctx, show)
 
 
 @messages.command("show")
-@click.argument("mid", type=int)
+@click.argument("ref")
+@json_option
 @pass_ctx
-def messages_show(ctx: Context, mid: int) -> None:
-    """Stored mail MID with every decision mailgate took on it."""
+def messages_show(ctx: Context, ref: str, as_json: bool) -> None:
+    """Stored mail REF (its number in `messages list`, or its Message-ID as the log prints it)
+    with every decision mailgate took on it."""
+    from zoneinfo import ZoneInfo
+
     from mailgate import views
 
+    zone = ZoneInfo(ctx.settings.tickets.timezone)
+
     def show(session: Any) -> None:
-        lines = views.message_detail(session, mid)
-        if lines is None:
-            fail(f"there is no stored message {mid}")
-        print_lines(lines)
+        found = views.find_message(session, ref)
+        if found is None:
+            fail(f"there is no stored message {ref} (give its number from `messages list` or its Message-ID)")
+        detail = views.message_detail(session, found, zone)
+        if as_json:
+            print_json(detail)
+        else:
+            print_lines(views.message_lines(detail, zone))
 
     with_session(ctx, show)

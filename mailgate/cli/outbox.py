@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from mailgate.cli import Context
@@ -14,12 +16,21 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--state", type=click.Choice(["queued", "sent", "dead"]))
+@click.option("--state", type=click.Choice(["queued", "sent", "dead"]), help="Only mail in this state.")
 @pass_ctx
 def outbox_list(ctx: Context, state: str | None) -> None:
+    """One line per outgoing mail: its state, kind, recipients and subject."""
     from mailgate import views
 
-    with_session(ctx, lambda s: print_lines(views.outbox_list(s, state) or ["outbox is empty"]))
+    def show(session: Any) -> None:
+        lines = views.outbox_list(session, state)
+        if not lines:
+            counts = views.outbox_counts(session)
+            held = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing at all"
+            lines = [f"no {state} mail in the outbox (it holds {held})" if state else "outbox is empty"]
+        print_lines(lines)
+
+    with_session(ctx, show)
 
 
 @outbox.command("flush")

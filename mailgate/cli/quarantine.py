@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, Context, fail, printable
+from mailgate.cli import EX_DATAERR, EX_TEMPFAIL, EX_USAGE, Context, fail
 from mailgate.cli.root import pass_ctx, print_lines, with_session
 
 
@@ -19,24 +20,43 @@ def quarantine() -> None:
 @quarantine.command("list")
 @pass_ctx
 def quarantine_list(ctx: Context) -> None:
+    """One line per quarantined mail, with the reason; times in tickets.timezone."""
+    from zoneinfo import ZoneInfo
+
     from mailgate import views
 
-    with_session(ctx, lambda s: print_lines(views.quarantine_list(s) or ["quarantine is empty"]))
+    zone = ZoneInfo(ctx.settings.tickets.timezone)
+    with_session(ctx, lambda s: print_lines(views.quarantine_list(s, zone) or ["quarantine is empty"]))
 
 
 @quarantine.command("show")
 @click.argument("qid", type=int)
+@click.option("--raw", is_flag=True, help="Write the mail's exact bytes to stdout (a pipe or a file, not a terminal).")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the exact bytes to this file."
+)
 @pass_ctx
-def quarantine_show(ctx: Context, qid: int) -> None:
-    """The reason and the raw bytes of quarantined mail QID."""
+def quarantine_show(ctx: Context, qid: int, raw: bool, output: Path | None) -> None:
+    """Why mail QID is in quarantine, its headers and the start of its text."""
+    from zoneinfo import ZoneInfo
+
+    from mailgate import views
     from mailgate.models import Quarantine
+
+    if raw and output is None and sys.stdout.isatty():
+        fail("refusing to write raw mail to a terminal: pipe it (`| less`) or give --output FILE", EX_USAGE)
 
     def show(session: Any) -> None:
         row = session.get(Quarantine, qid)
         if row is None:
-            fail(f"there is no quarantined mail {qid}")
-        click.echo(printable(f"reason: {row.reason}\nsource: {row.source}\nreceived: {row.received_at}\n"))
-        sys.stdout.buffer.write(row.raw)
+            fail(f"there is no quarantined mail {qid} (see `mailgate quarantine list`)")
+        if output is not None:
+            output.write_bytes(row.raw)
+            click.echo(f"wrote {len(row.raw)} bytes to {output}")
+        elif raw:
+            sys.stdout.buffer.write(row.raw)
+        else:
+            print_lines(views.quarantine_detail(row, ZoneInfo(ctx.settings.tickets.timezone)))
 
     with_session(ctx, show)
 

@@ -8,7 +8,10 @@ more than click. `ingest` is parsed by ingest.py itself; the group only forwards
 from __future__ import annotations
 
 import importlib
+import json
+import re
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from mailgate.cli import Context, explain, fail, printable
 
 # Each command and where it is defined, as "module.attribute".
 COMMANDS = {
+    "attachments": "mailgate.cli.attachments.attachments",
     "check-config": "mailgate.cli.daemon.check_config_cmd",
     "db": "mailgate.cli.db.db",
     "imap": "mailgate.cli.imap.imap",
@@ -76,6 +80,51 @@ class EnumChoice(click.Choice):
     @choices.setter
     def choices(self, _value: Sequence[str]) -> None:
         """click.Choice.__init__ sets the choices; the property above answers instead."""
+
+
+class TicketNumber(click.ParamType):
+    """A ticket as people write it: `12`, `#12`, `HD#12`, `HD #12`, `[HD #12]` (any tag prefix)."""
+
+    name = "ticket"
+    _FORM = re.compile(r"\[?\s*(?:[A-Za-z][A-Za-z0-9_-]*\s*)?#?\s*(\d{1,18})\s*\]?")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        found = self._FORM.fullmatch(str(value).strip())
+        if found is None:
+            self.fail(f"{value!r}: expected a ticket number such as 12, #12 or HD #12", param, ctx)
+        return int(found.group(1))
+
+
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class Duration(click.ParamType):
+    """An age such as `90m`, `12h`, `3d` or `2w`."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        found = re.fullmatch(r"(\d{1,6})\s*([mhdw])", str(value).strip().lower())
+        if found is None:
+            self.fail(f"{value!r}: expected a number and a unit (m, h, d, w), such as 3d or 12h", param, ctx)
+        return timedelta(**{_DURATION_UNITS[found.group(2)]: int(found.group(1))})
+
+
+# C1 controls pass json.dumps as they are (it escapes only C0): escaped here, so JSON of mail
+# content cannot steer a terminal either.
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def print_json(value: Any) -> None:
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    click.echo(_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 def print_lines(lines: list[str]) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
 from mailgate.cli import Context, fail
-from mailgate.cli.root import EnumChoice, pass_ctx, print_lines, with_session
+from mailgate.cli.root import (
+    Duration,
+    EnumChoice,
+    TicketNumber,
+    json_option,
+    pass_ctx,
+    print_json,
+    print_lines,
+    with_session,
+)
 
 
 @click.group()
@@ -23,27 +33,54 @@ def tickets() -> None:
     type=EnumChoice("mailgate.models", "Status"),
     help="Only tickets with this status (repeatable).",
 )
+@click.option("--assignee", default="", help="Only tickets assigned to this address or name; `none`: unassigned.")
+@click.option("--team", default="", help="Only tickets of this team.")
+@click.option("--older-than", type=Duration(), default=None, help="Only tickets opened longer ago than this (3d, 12h).")
+@json_option
 @pass_ctx
-def tickets_list(ctx: Context, statuses: tuple[str, ...]) -> None:
-    """One line per ticket."""
+def tickets_list(
+    ctx: Context, statuses: tuple[str, ...], assignee: str, team: str, older_than: timedelta | None, as_json: bool
+) -> None:
+    """One line per ticket, with a header; times in tickets.timezone."""
+    from zoneinfo import ZoneInfo
+
     from mailgate import views
 
-    with_session(
-        ctx, lambda s: print_lines(views.ticket_list(s, ctx.settings.tickets.tag_prefix, statuses) or ["no tickets"])
-    )
+    zone = ZoneInfo(ctx.settings.tickets.timezone)
+
+    # The command line runs on the wall clock: "older than 3d" means three days before now.
+    opened_before = datetime.now(UTC) - older_than if older_than is not None else None
+
+    def show(session: Any) -> None:
+        only = views.TicketFilter(statuses, assignee, team, opened_before)
+        rows = views.ticket_rows(session, ctx.settings.tickets.tag_prefix, only, zone)
+        if as_json:
+            print_json(rows)
+        else:
+            print_lines(views.ticket_list(rows, zone) if rows else ["no tickets"])
+
+    with_session(ctx, show)
 
 
 @tickets.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=TicketNumber())
+@json_option
 @pass_ctx
-def tickets_show(ctx: Context, number: int) -> None:
-    """The whole thread of ticket NUMBER as a person reads it."""
+def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
+    """The whole thread of ticket NUMBER (12, #12, HD#12 or "[HD #12]") as a person reads it."""
+    from zoneinfo import ZoneInfo
+
     from mailgate import views
 
     def show(session: Any) -> None:
-        lines = views.ticket_thread(session, ctx.settings.tickets.tag_prefix, number)
-        if lines is None:
+        detail = views.ticket_detail(
+            session, ctx.settings.tickets.tag_prefix, number, ZoneInfo(ctx.settings.tickets.timezone)
+        )
+        if detail is None:
             fail(f"there is no ticket #{number}")
-        print_lines(lines)
+        if as_json:
+            print_json(detail)
+        else:
+            print_lines(views.ticket_thread(detail))
 
     with_session(ctx, show)

@@ -48,6 +48,7 @@ class Incoming:
     linked: Ticket | None = None  # apply: the ticket a new one was linked to
     link_reason: str = ""  # apply: why, for the dispatcher
     message: Message | None = None
+    quarantine_id: int | None = None  # screen: the quarantine row it went to instead
     queued: int = 0  # notify: outgoing mails queued
 
     def note(self, step: str, decision: str) -> None:

@@ -4,8 +4,11 @@ dispatcher's notice; a reply causes no mail yet."""
 
 from __future__ import annotations
 
+from mailgate.addresses import domain_of, fold_address
+from mailgate.ingest.authentication import authentication_failure, proves_from
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
+from mailgate.ingest.spam import spam_verdict
 from mailgate.models import Message, MessageKind, Ticket
 from mailgate.outgoing.compose import local_time
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
@@ -22,7 +25,7 @@ def notify(item: Incoming) -> Outcome:
         item.note("notify", f"no acknowledgement: {no_ack}")
     else:
         queue_acknowledgement(item, ticket, message)
-    queue_dispatcher_notice(item, ticket, message)
+    queue_dispatcher_notice(item, ticket, message, no_ack)
     return Outcome.NEW_TICKET
 
 
@@ -42,19 +45,52 @@ def why_no_acknowledgement(item: Incoming) -> str | None:
         return f"{sender.address} is undeliverable ({sender.undeliverable_reason})"
     if not sender.address.isascii():
         return f"{sender.address} needs SMTPUTF8, which outgoing mail does not use"
+    if unproven := why_not_answer_the_from(item):
+        return unproven
     # It counts what earlier transactions queued, which nothing pending here changes: no flush.
+    # By the mailbox the address reaches: victim+1 … victim+20 are one person's inbox. Mail
+    # proven to come from it counts only its like: forgeries cannot use up a real sender's share.
     with item.session.no_autoflush:
-        recent = acks_recently(item.session, sender.address, item.now, limits.ack_window_minutes)
+        recent = acks_recently(
+            item.session,
+            fold_address(sender.address),
+            item.now,
+            limits.ack_window_minutes,
+            proven_only=_proven(item),
+        )
     if recent >= limits.acks_per_sender:
         return f"rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)"
     return None
 
 
+def why_not_answer_the_from(item: Incoming) -> str | None:
+    """Backscatter: the acknowledgement goes to a From nobody proved, so mail the receiving MTA
+    judged spam or forged, and senders outside the acknowledged domains, get none."""
+    config, message = item.app.settings.acknowledgements, item.mail.message
+    domain = domain_of(item.sender.address)
+    if config.domains and not any(domain == d or domain.endswith("." + d) for d in config.domains):
+        return f"the sender's domain {domain or '(none)'} is not among acknowledgements.domains"
+    if verdict := spam_verdict(message, config.spam_scl_threshold):
+        return f"marked as spam by the receiving MTA ({verdict})"
+    if failure := authentication_failure(message, config.trusted_authserv_ids):
+        return f"the sender failed authentication: {failure}"
+    return None
+
+
+def _proven(item: Incoming) -> bool:
+    config = item.app.settings.acknowledgements
+    return proves_from(item.mail.message, config.trusted_authserv_ids, domain_of(item.sender.address))
+
+
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
+    config = item.app.settings.acknowledgements
     context = {
         "due": local_time(item.app.settings, ticket.first_response_due),
         "over_limit": [a for a in message.attachments if not a.stored],
-        "summary": excerpt(item.mail.text, lines=6, chars=500),
+        # What the acknowledgement repeats of the request, bounded: text a forger chose reaches
+        # whoever the From names.
+        "summary": excerpt(item.mail.text, lines=6, chars=config.summary_chars) if config.summary_chars else "",
+        "quote_subject": config.quote_subject,
     }
     outgoing = OutgoingMail(
         "ack",
@@ -65,12 +101,13 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
         context,
         auto_submitted=AutoSubmitted.REPLIED,
         in_reply_to=item.mail.message_id,
+        rcpt_proven=_proven(item),
     )
     _queue(item, outgoing)
 
 
-def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) -> None:
-    """The dispatcher's copy of a new ticket."""
+def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no_ack: str | None = None) -> None:
+    """The dispatcher's copy of a new ticket; `no_ack`: why the requester was not told of it."""
     settings, sender = item.app.settings, item.sender
     context = {
         "requester_line": ", ".join(
@@ -85,6 +122,8 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) ->
         "linked": item.linked,
         "link_reason": item.link_reason,
         "automatic": item.reasons,
+        # Automatic mail says so above; otherwise the dispatcher learns here that nobody was told.
+        "no_acknowledgement": "" if item.reasons else (no_ack or ""),
     }
     outgoing = OutgoingMail(
         "dispatcher_new",

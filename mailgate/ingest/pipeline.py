@@ -30,6 +30,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
+from mailgate.ingest.screen import screen
 from mailgate.ingest.thread import thread
 from mailgate.models import Attachment
 from mailgate.quarantine import put as put_in_quarantine
@@ -40,7 +41,7 @@ Step = Callable[[Incoming], Outcome | None]
 
 # The whole flow of a mail, in order. The dispatcher desk's authenticate, commands and
 # permissions go between thread and apply.
-STEPS: tuple[Step, ...] = (dedupe, identify, classify, thread, apply, notify)
+STEPS: tuple[Step, ...] = (dedupe, screen, identify, classify, thread, apply, notify)
 
 
 log = logging.getLogger("mailgate.ingest")
@@ -180,7 +181,14 @@ def _run(item: Incoming) -> IngestResult:
     if message is not None and len(message.trace) != len(item.trace):
         message.trace = list(item.trace)  # the notes of the steps after the one that stored it
     linked = item.linked.number if item.linked is not None else None
-    return IngestResult(outcome, item.ticket_number, item.mail.message_id, item.trace, linked_ticket=linked)
+    return IngestResult(
+        outcome,
+        item.ticket_number,
+        item.mail.message_id,
+        item.trace,
+        quarantine_id=item.quarantine_id,
+        linked_ticket=linked,
+    )
 
 
 def _discard_files(app: App, digests: list[str]) -> None:

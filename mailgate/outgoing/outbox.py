@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailgate import retry, tickets, tokens
 from mailgate import subject as subjects
+from mailgate.addresses import fold_address
 from mailgate.config import Settings
 from mailgate.headers import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
@@ -63,18 +64,22 @@ class OutgoingMail:
     context: dict[str, Any]
     auto_submitted: AutoSubmitted
     in_reply_to: str | None = None
+    # The mail it answers was proven to come from `to` (see Outbox.rcpt_proven).
+    rcpt_proven: bool = False
 
 
-def acks_recently(session: Session, address: str, now: datetime, window_minutes: int) -> int:
+def acks_recently(
+    session: Session, mailbox: str, now: datetime, window_minutes: int, *, proven_only: bool = False
+) -> int:
+    """Acknowledgements queued to `mailbox` (a folded address, see addresses.fold_address) within
+    the window; with `proven_only`, only those answering mail proven to come from it."""
     since = now - timedelta(minutes=window_minutes)
-    return (
-        session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.kind == "ack", Outbox.rcpt_key == address, Outbox.created_at >= since
-            )
-        )
-        or 0
+    query = select(func.count(Outbox.id)).where(
+        Outbox.kind == "ack", Outbox.rcpt_key == mailbox, Outbox.created_at >= since
     )
+    if proven_only:
+        query = query.where(Outbox.rcpt_proven.is_(True))
+    return session.scalar(query) or 0
 
 
 def queue(
@@ -138,7 +143,8 @@ def queue(
         occasion=mail.occasion,
         message_id=message_id,
         mail_from=support,
-        rcpt_key=mail.to.address,
+        rcpt_key=fold_address(mail.to.address),
+        rcpt_proven=mail.rcpt_proven,
         recipients=[mail.to.address],
         headers=headers,
         body=body,
@@ -277,7 +283,7 @@ def _attempt(
             report.retried += 1
         return exc if isinstance(exc, RELAY_DOWN) else None
     row.state, row.sent_at, row.last_error, row.claimed_by = OutboxState.SENT, now, "", None
-    log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.rcpt_key)
+    log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.recipients[0])
     report.sent += 1
     return None
 

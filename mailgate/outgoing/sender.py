@@ -123,7 +123,7 @@ class SmtpRelay:
                 client.starttls(context=self.tls_context())
                 client.ehlo()
             if s.relay_user:
-                client.login(s.relay_user, s.relay_password)
+                client.login(s.relay_user, relay_password(s))
         except BaseException:
             client.close()
             raise
@@ -182,6 +182,17 @@ class SmtpRelay:
                 client.quit()
             except (smtplib.SMTPException, OSError):
                 client.close()
+
+
+def relay_password(settings: OutgoingSettings) -> str:
+    """relay_password, or the content of relay_password_file read now: a changed password in the
+    file needs no restart. An unreadable file fails this attempt like a relay that refuses."""
+    if settings.relay_password_file is None:
+        return settings.relay_password
+    try:
+        return settings.relay_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise smtplib.SMTPException(f"relay_password_file {settings.relay_password_file}: {exc.strerror}") from exc
 
 
 def transport_for(settings: OutgoingSettings, maildir: Path) -> Transport:

@@ -1,0 +1,87 @@
+"""The receiving MTA's Authentication-Results (RFC 8601): did SPF, DKIM or DMARC fail?
+
+Anyone can write an Authentication-Results field into a mail, so only fields whose authserv-id
+is configured as trusted count, and only those the receiving MTA added: the ones above the
+first Received field below them. Everything further down came with the mail from outside,
+whatever authserv-id it claims (RFC 8601 section 5 asks the MTA to remove those, and not all
+do). authres, a maintained parser, reads the fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from email.message import Message
+
+import authres
+
+
+@dataclass(frozen=True)
+class Result:
+    method: str  # "spf", "dkim", "dmarc"
+    result: str  # "pass", "fail", "softfail", "none", …
+    authserv_id: str
+    header_from: str = ""  # DMARC's header.from: the From domain the MTA judged, lowercased
+
+
+def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Result]:
+    """The results of the trusted receiving MTA, from the top of the header down to the first
+    Received field below its first Authentication-Results field."""
+    if not trusted_ids:
+        return []
+    results: list[Result] = []
+    seen_ours = False
+    for name, value in message.raw_items():
+        lower = name.lower()
+        if lower == "received" and seen_ours:
+            break  # the hops before ours: what they carry came with the mail
+        if lower != "authentication-results":
+            continue
+        try:
+            header = authres.AuthenticationResultsHeader.parse_value(" ".join(str(value).split()))
+        except (authres.AuthResError, ValueError, IndexError):
+            continue  # an unreadable field is no verdict
+        authserv_id = (header.authserv_id or "").lower()
+        if authserv_id not in trusted_ids:
+            continue
+        seen_ours = True
+        results += [_result(r, authserv_id) for r in header.results]
+    return results
+
+
+def _result(found: authres.core.BaseAuthenticationResult, authserv_id: str) -> Result:
+    header_from = next((p.value for p in found.properties if (p.type, p.name) == ("header", "from")), "") or ""
+    return Result(found.method.lower(), (found.result or "").lower(), authserv_id, header_from.lower().rstrip("."))
+
+
+def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str) -> bool:
+    """The trusted MTA's DMARC passed for `from_domain`, the domain of the From we answer: that
+    mail really comes from its sender's domain. Compared, because a mail with two From fields
+    may have had the other one judged."""
+    results = [r for r in trusted_results(message, trusted_ids) if r.method == "dmarc"]
+    return any(r.result == "pass" and r.header_from == from_domain for r in results) and not any(
+        r.result == "fail" for r in results
+    )
+
+
+def authentication_failure(message: Message, trusted_ids: Collection[str]) -> str | None:
+    """What failed, e.g. "dmarc=fail (mx.example.com)", or None when nothing trusted failed.
+
+    DMARC fails on "fail". A DMARC pass proves the From's domain, so SPF or DKIM failing beside
+    it does not count (a forwarder breaks SPF, a list footer breaks a signature). Without one,
+    SPF fails on "fail", and DKIM when no signature passed (one valid signature is enough).
+    softfail, neutral, none and errors are not failures: they prove nothing either way."""
+    results = trusted_results(message, trusted_ids)
+
+    def first(method: str, result: str) -> Result | None:
+        return next((r for r in results if r.method == method and r.result == result), None)
+
+    if failed := first("dmarc", "fail"):
+        return f"dmarc=fail ({failed.authserv_id})"
+    if first("dmarc", "pass"):
+        return None
+    if failed := first("spf", "fail"):
+        return f"spf=fail ({failed.authserv_id})"
+    if (failed := first("dkim", "fail")) and not first("dkim", "pass"):
+        return f"dkim=fail ({failed.authserv_id})"
+    return None
