@@ -28,7 +28,7 @@ def mailed(app: App) -> dict[str, str]:
 
 def shown(app: App, number: int) -> list[str]:
     with app.sessions() as s:
-        return views.ticket_thread(s, "HD", number) or []
+        return views.ticket_thread(views.ticket_detail(s, "HD", number))
 
 
 def multipart(*parts: bytes) -> bytes:
