@@ -7,7 +7,7 @@ Prints, per source:
   failed address), how many name at least one failed address, and, where the source states it
   (perl-BounceParser's t/*.t), how many name the right one;
 - charsets: of the mails with non-ASCII text, how many show U+FFFD or mojibake in the subject or
-  the text a ticket shows;
+  the text a ticket shows; the same for non-ASCII sender and attachment file names;
 - quotes: Discourse's trimmed set (exact, or the expected text contained), quotequail's HTML
   replies (the new part alone) and forwards (kept whole), and how many HTML-only replies in the
   mail folders still carry a quote header after trimming;
@@ -178,6 +178,17 @@ def charset_figure(corpus: Path, mails: dict[Path, ParsedMail]) -> Figure:
     return figure
 
 
+def names_figure(corpus: Path, mails: dict[Path, ParsedMail]) -> Figure:
+    """Sender names and attachment file names with non-ASCII letters (or undecoded bytes)."""
+    figure = Figure("readable sender and file names, of the non-ASCII ones")
+    for path, mail in mails.items():
+        for name in (mail.from_name, *(a.filename for a in mail.attachments)):
+            if name and not name.isascii():
+                why = unreadable(name)
+                figure.count(why is None, f"{path.relative_to(corpus)}: {name[:40]!r} {why}")
+    return figure
+
+
 # --- quotes -----------------------------------------------------------------------------------
 
 
@@ -295,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     mails = {path: mail for path in mail_files(corpus) if (mail := _mail(path)) is not None}
     sections: list[tuple[str, Callable[[], list[Figure]]]] = [
         ("bounces", lambda: bounce_figures(corpus)),
-        ("charsets", lambda: [charset_figure(corpus, mails)]),
+        ("charsets", lambda: [charset_figure(corpus, mails), names_figure(corpus, mails)]),
         ("quotes", lambda: [discourse_figure(corpus), *quotequail_figures(corpus), html_reply_figure(corpus, mails)]),
         ("backscatter", lambda: backscatter_figures(corpus, mails)),
     ]

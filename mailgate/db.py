@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgate.storable import scrub_before_flush
+
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
@@ -66,7 +68,9 @@ def reader(engine: Engine) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "before_flush", scrub_before_flush)  # the same rows on every backend
+    return factory
 
 
 def alembic_config(url: str) -> AlembicConfig:

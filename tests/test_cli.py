@@ -389,3 +389,15 @@ def test_mail_content_reaches_the_terminal_without_control_characters(workdir: P
         assert "Printer" in out and "jams" in out, (command, out)  # what is readable stays
     shown = run("tickets", "show", "1").stdout
     assert "Dana" in shown and "application/pdf" in shown and "\tIndented line." in shown
+
+
+def test_a_mail_without_from_and_an_envelope_sender_of_non_utf8_bytes_is_kept_not_retried(workdir: Path) -> None:
+    """`mailgate ingest --now --sender $'x\\xff@y'` of a mail without From: every run ends (exit 0)
+    with the mail kept, never 75 ("try again") for the MTA to repeat forever."""
+    raw = b"To: support@example.com\r\nSubject: scan from the copier\r\nMessage-ID: <scan-1@copier>\r\n\r\nscan\r\n"
+    sender = os.fsdecode(b"x\xff@y")  # the byte reaches the process as it is
+    for _ in range(2):
+        result = run_process(workdir, "ingest", "--now", "--sender", sender, "-", stdin=raw)
+        assert result.returncode == 0, result.stderr
+    listing = run("quarantine", "list").stdout + run("tickets", "list").stdout
+    assert "scan from the copier" in listing or "no sender address" in listing

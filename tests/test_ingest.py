@@ -676,6 +676,16 @@ def test_a_mail_without_from_takes_the_envelope_sender(app: App) -> None:
     assert outbox(app, "ack")[0].recipients == ["scanner@example.com"]
 
 
+def test_an_envelope_sender_with_undecodable_bytes_is_repaired_like_a_from_header(app: App) -> None:
+    """Issue 10: the envelope fallback skipped the address repair, so the store refused the
+    undecodable byte and the mail was retried forever. It is read as a From header's would be."""
+    raw = b"Subject: scan from the 3rd floor\r\n\r\nsee attachment\r\n"
+    result = ingest(app, raw, "pipe", ["support@example.com"], "scanner-\udcfc@example.com")
+    assert result.outcome == "new_ticket", result.trace
+    with app.sessions() as s:
+        assert "scanner-ü@example.com" in s.scalars(select(Person.address)).all()
+
+
 def test_failure_inside_the_transaction_leaves_nothing(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full while rendering the notice")

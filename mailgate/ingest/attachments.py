@@ -4,16 +4,24 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from email.message import Message
 
 from tnefparse import TNEF
+from tnefparse import properties as mapi
+from tnefparse.tnef import TNEFAttachment
 
+from mailgate.ingest.charsets import decode_bytes, decode_raw_8bit
+from mailgate.ingest.filenames import safe_filename
 from mailgate.ingest.text import decode_words, html_to_text, repair_text
 
 log = logging.getLogger(__name__)
 
 _TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
+_EIGHT_BIT = re.compile(r"[\udc80-\udcff]")  # undeclared 8-bit bytes, as the stdlib keeps them
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")  # RFC 2045 type "/" subtype
 
 
 @dataclass(frozen=True)
@@ -24,13 +32,43 @@ class MailAttachment:
 
 
 def _filename(part: Message) -> str:
-    name = part.get_filename() or part.get_param("name") or ""
-    if isinstance(name, tuple):  # an RFC 2231 value that email could not decode
-        name = name[2] if len(name) > 2 else ""
-    name = repair_text(str(name))
-    if "=?" in name:  # RFC 2047 words in a parameter: not allowed, but what Outlook sends
-        name = decode_words(name)
-    return " ".join(name.split()).replace("/", "_").replace("\\", "_")
+    """The file name a part gives (Content-Disposition's, else Content-Type's `name`), decoded:
+    RFC 2231 in its declared charset, raw 8-bit bytes UTF-8 first, RFC 2047 words as Outlook sends
+    them. The name is not yet safe to use: see filenames.safe_filename."""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        value = _param(part, header, param)
+        if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded as Latin-1)
+            charset, _, text = value
+            try:
+                value = decode_bytes(text.encode("latin-1"), charset or None)
+            except UnicodeEncodeError:  # the value was raw 8-bit text, already decoded
+                value = text
+        name = repair_text(str(value or ""))
+        if "=?" in name:  # RFC 2047 words in a parameter: not allowed, but what Outlook sends
+            name = decode_words(name)
+        if name.strip():
+            return name
+    return ""
+
+
+def _param(part: Message, header: str, param: str) -> str | tuple[str, str, str] | None:
+    """A header parameter with its raw 8-bit bytes decoded: the stdlib makes U+FFFD of them."""
+    raw = next((str(v) for k, v in part.raw_items() if k.lower() == header), None)
+    if raw is None:
+        return None
+    if _EIGHT_BIT.search(raw):
+        holder = Message()
+        holder[header] = decode_raw_8bit(raw.encode("utf-8", "surrogateescape"), part.get_content_charset())
+        part = holder
+    value = part.get_param(param, header=header)
+    return value if isinstance(value, str | tuple) else None
+
+
+def _content_type(part: Message) -> str:
+    """The part's MIME type without controls (a NUL makes PostgreSQL refuse the row) or what
+    follows it ("application/pdf\x1b[2J" is a PDF); what is no type is a file of unknown type."""
+    found = _MIME_TYPE.match(_CONTROLS.sub("", part.get_content_type()))
+    return found.group()[:200] if found else "application/octet-stream"
 
 
 def _is_body_part(part: Message) -> bool:
@@ -67,22 +105,25 @@ def _unpack_tnef(data: bytes, fallback_name: str) -> tuple[list[MailAttachment],
     except Exception as exc:  # tnefparse raises plain exceptions on damaged input
         log.warning("winmail.dat could not be unpacked (%s); kept as it is", exc)
         return [MailAttachment(fallback_name, "application/ms-tnef", data)], ""
-    files = [
-        MailAttachment(
-            repair_text(a.long_filename() or a.name or "attachment").strip("\x00 "),
-            "application/octet-stream",
-            a.data,
-        )
-        for a in tnef.attachments
-    ]
+    codepage = tnef.codepage if isinstance(tnef.codepage, str) else None  # "cp1252", from the TNEF
+    files = [MailAttachment(_tnef_name(a, codepage), "application/octet-stream", a.data) for a in tnef.attachments]
     text = ""
     if tnef.htmlbody:
         html = tnef.htmlbody
         text = html_to_text(html.decode("utf-8", "replace") if isinstance(html, bytes) else html)
     elif tnef.body:
         body = tnef.body
-        text = repair_text(body.decode("cp1252", "replace") if isinstance(body, bytes) else body)
+        text = repair_text(decode_bytes(body, codepage) if isinstance(body, bytes) else body)
     return files, text
+
+
+def _tnef_name(attachment: TNEFAttachment, codepage: str | None) -> str:
+    """A file's name inside a winmail.dat: the MAPI long name, else the title in the TNEF's code
+    page (tnefparse's `name` reads the title as UTF-8 and raises on anything else)."""
+    long_names = [a.data for a in attachment.mapi_attrs if a.name == mapi.MAPI_ATTACH_LONG_FILENAME]
+    title = long_names[0] if long_names else attachment._name
+    name = decode_bytes(title, codepage) if isinstance(title, bytes) else str(title or "")
+    return repair_text(name.replace("\x00", ""))
 
 
 def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
@@ -105,7 +146,7 @@ def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
             continue
         data = _payload_bytes(part)
         name = _filename(part)
-        ctype = part.get_content_type()[:200]
+        ctype = _content_type(part)
         if ctype in _TNEF_TYPES or name.lower() == "winmail.dat":
             files, text = _unpack_tnef(data, name or "winmail.dat")
             found.extend(files)
@@ -118,5 +159,9 @@ def extract_attachments(message: Message) -> tuple[list[MailAttachment], str]:
             and (part.get_content_disposition() != "attachment")
         ):
             continue  # a single-part text mail of another subtype: its text is the body
-        found.append(MailAttachment(name or f"part-{len(found) + 1}", ctype, data))
-    return found, extra_text
+        found.append(MailAttachment(name, ctype, data))
+    # Every name, from any source, made safe in one place; nameless parts get part-N.<ext>.
+    return [
+        MailAttachment(safe_filename(a.filename, a.content_type, n), a.content_type, a.data)
+        for n, a in enumerate(found, 1)
+    ], extra_text

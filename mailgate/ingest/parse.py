@@ -17,6 +17,8 @@ from email.message import Message
 import mailparser
 
 from mailgate.ingest.attachments import MailAttachment, extract_attachments
+from mailgate.ingest.body import body_texts
+from mailgate.ingest.charsets import declared_charset
 from mailgate.ingest.text import decode_words, html_to_text, repair_text
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]*\r?\n)*")
 _ROBOT = re.compile(r"\b(mailer-daemon|postmaster|mail delivery)\b", re.I)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_EIGHT_BIT = re.compile(r"[\udc80-\udcff]")  # undeclared 8-bit bytes, as the stdlib keeps them
 # Bounds that keep hostile input storable on every database (index entries, column sizes).
 MAX_ID_CHARS = 900
 MAX_ADDRESS_CHARS = 320
@@ -98,22 +101,31 @@ def raw_headers(message: Message, name: str) -> list[str]:
     repair_text, where the stdlib's Header objects would silently drop them.
     """
     wanted = name.lower()
-    return [_decode_header(v) for k, v in message.raw_items() if k.lower() == wanted]
+    values = [str(v) for k, v in message.raw_items() if k.lower() == wanted]
+    charset = declared_charset(message) if any(_EIGHT_BIT.search(v) for v in values) else None
+    return [_decode_header(v, charset) for v in values]
 
 
-def _decode_header(value: object) -> str:
-    return decode_words(repair_text(str(value)))
+def _decode_header(value: object, charset: str | None = None) -> str:
+    return decode_words(repair_text(str(value), charset))
 
 
-def _addresses(values: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+def _addresses(values: list[tuple[str, str]] | None, charset: str | None = None) -> list[tuple[str, str]]:
     """(name, address) pairs with names on one line and only addresses a reply could reach."""
     out = []
     for name, addr in values or []:
         addr = "".join(_CONTROLS.sub("", repair_text(addr or "")).split()).lower()
         if "@" in addr and len(addr) <= MAX_ADDRESS_CHARS:
             # decode_words also puts a name on one line: a decoded line break must not reach a header.
-            out.append((decode_words(repair_text(name or ""))[:MAX_NAME_CHARS], addr))
+            out.append((decode_words(repair_text(name or "", charset))[:MAX_NAME_CHARS], addr))
     return out
+
+
+def _raw_pairs(message: Message, header: str) -> list[tuple[str, str]] | None:
+    """The pairs of a header that carries raw 8-bit bytes, read from its raw lines, else None:
+    mail-parser (and Message.get_all) hand such bytes back as escapes or U+FFFD."""
+    raw = [str(v) for k, v in message.raw_items() if k.lower() == header]
+    return email.utils.getaddresses(raw) if any(_EIGHT_BIT.search(v) for v in raw) else None
 
 
 def _date(message: Message) -> datetime | None:
@@ -129,19 +141,23 @@ def _date(message: Message) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _sender(parsed: mailparser.MailParser, message: Message, envelope_sender: str | None) -> tuple[str, str]:
+def _sender(
+    parsed: mailparser.MailParser, message: Message, envelope_sender: str | None, charset: str | None = None
+) -> tuple[str, str]:
     """From, else Sender, else Reply-To, else Return-Path: who a reply should go to."""
     for header in ("from", "sender", "reply-to"):
-        found = _addresses(email.utils.getaddresses([str(v) for v in message.get_all(header, [])]))
-        if header == "from" and parsed.from_:
+        raw = _raw_pairs(message, header)
+        found = _addresses(raw or email.utils.getaddresses([str(v) for v in message.get_all(header, [])]), charset)
+        if header == "from" and parsed.from_ and raw is None:
             found = _addresses(parsed.from_) or found
         if found:
             return found[0]
     return_path = message_ids(str(message.get("Return-Path", "")))
     if return_path and "@" in return_path[0]:
         return "", return_path[0].lower()
-    if envelope_sender and "@" in envelope_sender and len(envelope_sender) <= MAX_ADDRESS_CHARS:
-        return "", envelope_sender.strip("<> ").lower()  # a script or scanner that wrote no From
+    # A script or scanner that wrote no From: the envelope address, repaired like a header's.
+    if envelope := _addresses([("", envelope_sender.strip("<> "))] if envelope_sender else []):
+        return envelope[0]
     robot = _ROBOT.search(" ".join(str(v) for v in message.get_all("from", [])))
     if robot or str(message.get("Return-Path", "")).strip() == "<>":
         # A bounce from "MAILER-DAEMON <>" or an unqualified <MAILER-DAEMON>: keep it as a bounce
@@ -167,12 +183,14 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
     except Exception as exc:  # mail-parser raises many types on hostile input
         raise Unparseable(f"MIME parser failed: {type(exc).__name__}: {exc}") from exc
     message = parsed.message
-    from_name, from_addr = _sender(parsed, message, envelope_sender)
+    charset = declared_charset(message)
+    from_name, from_addr = _sender(parsed, message, envelope_sender, charset)
     if not from_addr:
         raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
-    plain = [t for t in parsed.text_plain if t and t.strip()]
-    text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(parsed.text_html))
+    plain_parts, html_parts = body_texts(message)  # decoded by charsets.py, not by mail-parser
+    plain = [t for t in plain_parts if t.strip()]
+    text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(html_parts))
     attachments, attachment_text = extract_attachments(message)
     if not text.strip() and attachment_text:
         text = attachment_text  # e.g. the body of an Outlook winmail.dat
@@ -186,8 +204,8 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
         references=message_ids(" ".join(str(v) for v in message.get_all("References", [])))[-MAX_REFERENCES:],
         from_addr=from_addr,
         from_name=from_name,
-        to=_addresses(parsed.to),
-        cc=_addresses(parsed.cc),
+        to=_addresses(_raw_pairs(message, "to") or parsed.to, charset),
+        cc=_addresses(_raw_pairs(message, "cc") or parsed.cc, charset),
         subject=next(iter(raw_headers(message, "Subject")), ""),
         date=_date(message),
         text=text.strip("\n"),

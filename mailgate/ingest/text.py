@@ -8,29 +8,28 @@ import re
 
 import html2text
 
+from mailgate.ingest.charsets import decode_bytes, decode_raw_8bit
+
 _SURROGATES = re.compile(r"[\udc80-\udcff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
-def repair_text(text: str) -> str:
+def repair_text(text: str, charset: str | None = None) -> str:
     """Undo what a wrong or missing charset did, and drop characters no database column takes.
 
-    Undecodable bytes arrive as surrogate escapes (8-bit headers, bodies declared with the wrong
-    charset); they are re-read as UTF-8, or else as Windows-1252, the usual real charset.
+    Undecodable bytes arrive as surrogate escapes (8-bit headers and parameters); they are
+    re-read as UTF-8, else in `charset` (what the mail declares for its text), else as the
+    detector in charsets.py finds.
     """
     if _SURROGATES.search(text):
-        data = text.encode("utf-8", "surrogateescape")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("cp1252", "replace")
+        text = decode_raw_8bit(text.encode("utf-8", "surrogateescape"), charset)
     # NUL and other C0 controls: PostgreSQL refuses NUL in text, and none of them is readable.
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
 def decode_words(text: str) -> str:
-    """Decode RFC 2047 encoded words ("=?utf-8?q?…?="); unknown charsets fall back to UTF-8/1252."""
+    """Decode RFC 2047 encoded words ("=?utf-8?q?…?="); wrong or unknown charsets are repaired."""
     text = " ".join(text.split())
     if "=?" not in text:
         return text
@@ -43,10 +42,8 @@ def decode_words(text: str) -> str:
         if isinstance(chunk, str):
             out.append(chunk)
             continue
-        try:
-            out.append(chunk.decode(charset or "ascii"))
-        except (LookupError, UnicodeDecodeError):
-            out.append(repair_text(chunk.decode("ascii", "surrogateescape")))
+        # Unencoded words come back from the stdlib as raw-unicode-escape bytes.
+        out.append(decode_bytes(chunk, charset) if charset else chunk.decode("raw-unicode-escape", "replace"))
     return " ".join(repair_text("".join(out)).split())
 
 
