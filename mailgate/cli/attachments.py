@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,13 +11,11 @@ import click
 
 from mailgate.cli import Context, fail
 from mailgate.cli.root import TicketNumber, json_option, pass_ctx, print_json, print_lines
+from mailgate.ingest.filenames import safe_filename
 
 if TYPE_CHECKING:
     from mailgate.app import App
     from mailgate.models import Attachment, Message
-
-# What a saved file's name may not carry: path separators, controls, and what Windows refuses.
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
 
 
 @click.group()
@@ -69,7 +66,8 @@ def attachments_save(ctx: Context, number: int, ids: tuple[int, ...], folder: Pa
             if not a.stored:
                 click.echo(f"skipped {a.id}: not kept ({a.note})", err=True)
                 continue
-            path = _free_path(folder, safe_name(a.filename, a.id))
+            # Made safe again: rows stored before names were sanitised at ingest may hold anything.
+            path = _free_path(folder, safe_filename(a.filename, a.content_type, a.id))
             with open(path, "xb") as out:
                 out.write(app.store.get(a.sha256))
             click.echo(str(path))
@@ -89,12 +87,6 @@ def _of_ticket(ctx: Context, number: int) -> Iterator[tuple[App, list[tuple[Atta
             yield app, found
     finally:
         app.close()
-
-
-def safe_name(filename: str, attachment_id: int) -> str:
-    """The stored file name as one harmless path component (a sender chooses it)."""
-    name = _UNSAFE.sub("_", filename).strip(" .")
-    return name[:200] or f"attachment-{attachment_id}"
 
 
 def _free_path(folder: Path, name: str) -> Path:
