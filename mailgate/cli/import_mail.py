@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailgate.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, Context, fail, printable, schema_hint
+from mailgate.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE, Context, fail, printable, schema_hint
 from mailgate.cli.root import pass_ctx
 
 if TYPE_CHECKING:
@@ -20,10 +20,24 @@ if TYPE_CHECKING:
 @click.command("import")
 @click.argument("kind", type=click.Choice(["mbox", "maildir"]))
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--notify",
+    is_flag=True,
+    help="Treat the mail as new: acknowledge senders and notify the dispatcher (default: history, no mail).",
+)
+@click.option("--closed", is_flag=True, help="Close the tickets the import opens (an archive of finished work).")
 @pass_ctx
-def import_cmd(ctx: Context, kind: str, path: Path) -> None:
-    """Ingest every mail of an mbox file or a Maildir folder, with a summary at the end."""
+def import_cmd(ctx: Context, kind: str, path: Path, notify: bool, closed: bool) -> None:
+    """Ingest every mail of an mbox file or a Maildir folder, oldest first, with a summary.
+
+    By default the mail is history: each ticket is dated by when its mail was written (Date,
+    checked against Received), and nobody is mailed. --notify imports it as new mail instead."""
+    from mailgate.ingest.history import History
     from mailgate.ingest.pipeline import Outcome, TemporaryFailure, ingest
+
+    if notify and closed:
+        fail("--notify and --closed contradict each other: closed tickets are not announced", EX_USAGE)
+    history = None if notify else History(close=closed)
 
     app = ctx.app()
     source = f"import:{path.name}"
@@ -40,7 +54,7 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
         with click.progressbar(_mails(box), length=total, label=f"importing {path.name}", file=sys.stderr) as bar:
             for raw in bar:
                 try:
-                    counts[ingest(app, raw, source).outcome] += 1
+                    counts[ingest(app, raw, source, history=history).outcome] += 1
                 except TemporaryFailure as exc:
                     reason = schema_hint(str(exc))
                     if reason != str(exc):  # every other mail would fail the same way
@@ -61,6 +75,11 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
         ("failed", "failed (not stored)"),
     ]
     click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))
+    if history is None:
+        click.echo("imported as new mail: senders acknowledged and the dispatcher notified (--notify)")
+    else:
+        closed_note = ", new tickets closed" if history.close else ""
+        click.echo(f"imported as history: dated by when written, no acknowledgements, no notices{closed_note}")
     for reason, n in failures.items():
         click.echo(printable(f"  {n} not stored: {reason} (run the import again to retry them)"), err=True)
     app.close()
@@ -80,10 +99,30 @@ def _open_box(kind: str, path: Path) -> mailbox.Mailbox[Any]:
 
 
 def _mails(box: mailbox.Mailbox[Any]) -> Iterator[bytes]:
+    """Every mail of the box, oldest first: a reply imported before its request would open a
+    ticket of its own. Only the headers are read to sort; one mail at a time is in memory."""
+    for key in sorted(box.iterkeys(), key=lambda k: _written(box, k)):
+        yield _bytes(box, key)
+
+
+def _bytes(box: mailbox.Mailbox[Any], key: str) -> bytes:
     import mailbox
 
-    for key in box.iterkeys():
-        data = box.get_bytes(key)
-        if isinstance(box, mailbox.mbox) and data.startswith(b"From "):
-            data = data.split(b"\n", 1)[1] if b"\n" in data else b""  # the mbox separator line
-        yield data
+    data = box.get_bytes(key)
+    if isinstance(box, mailbox.mbox) and data.startswith(b"From "):
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""  # the mbox separator line
+    return data
+
+
+def _written(box: mailbox.Mailbox[Any], key: str) -> float:
+    """The mail's Date as a timestamp, for sorting (0 when it has none: first, in box order)."""
+    import email.utils
+
+    head = _bytes(box, key).split(b"\n\n", 1)[0].replace(b"\r", b"")
+    for line in head.split(b"\n"):
+        if line[:5].lower() == b"date:":
+            try:
+                return email.utils.parsedate_to_datetime(line[5:].decode("latin-1").strip()).timestamp()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return 0.0
+    return 0.0

@@ -15,6 +15,7 @@ from mailgate.models import Message, Person, Ticket
 
 if TYPE_CHECKING:
     from mailgate.ingest.bounces import Bounce
+    from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
 
 
@@ -27,6 +28,7 @@ class Incoming:
     now: datetime  # when ingest() runs: what it changes and sends is dated this
     arrived: datetime  # when the mail reached us: earlier if it waited in the spool
     envelope_recipients: list[str]  # lowercased RCPT TO, when the transport knows them
+    history: History | None = None  # `mailgate import`: old mail, dated from its headers, answered never
     # Attachment files this transaction created: removed again if it rolls back.
     new_files: list[str] = field(default_factory=list)
     # Why this mail landed where it did: [{"step": …, "decision": …}, …], kept on the message.

@@ -25,6 +25,7 @@ from mailgate.db import describe
 from mailgate.ingest.apply import apply
 from mailgate.ingest.classify import classify
 from mailgate.ingest.dedupe import dedupe
+from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
@@ -41,7 +42,17 @@ Step = Callable[[Incoming], Outcome | None]
 
 # The whole flow of a mail, in order. The dispatcher desk's authenticate, commands and
 # permissions go between thread and apply.
-STEPS: tuple[Step, ...] = (dedupe, screen, identify, classify, thread, apply, notify)
+STEPS: tuple[Step, ...] = (
+    date_imported,
+    dedupe,
+    screen,
+    identify,
+    classify,
+    thread,
+    apply,
+    end_imported,
+    notify,
+)
 
 
 log = logging.getLogger("mailgate.ingest")
@@ -66,6 +77,7 @@ def ingest(
     envelope_recipients: Sequence[str] = (),
     envelope_sender: str | None = None,
     received_at: datetime | None = None,
+    history: History | None = None,
 ) -> IngestResult:
     """Store `raw` (from `source`, e.g. "smtp", "imap:support", "pipe") and act on it.
 
@@ -73,7 +85,8 @@ def ingest(
     of bounces and auto-replies). `received_at` is when the mail reached us, if it waited (in the
     listener's spool, during a database outage): the message is stored as received then, and a
     new ticket's clock, its SLA targets included, starts then, not when the backlog was worked
-    off. What ingest() changes and sends is dated now.
+    off. What ingest() changes and sends is dated now. `history` (from `mailgate import`): the
+    mail is old; it is dated by its own headers and causes no outgoing mail (ingest/history.py).
     """
     now = app.clock.now()
     # Never in the future, whatever another process's clock said.
@@ -90,7 +103,7 @@ def ingest(
     mail.envelope_sender = envelope_sender
     rcpts = [r.lower() for r in envelope_recipients]
     try:
-        result, queued = _apply_with_retry(app, mail, source, rcpts, now, arrived)
+        result, queued = _apply_with_retry(app, mail, source, rcpts, now, arrived, history)
     except TemporaryFailure:
         raise
     except DataError as exc:
@@ -138,7 +151,13 @@ RACE_ATTEMPTS = 5
 
 
 def _apply_with_retry(
-    app: App, mail: ParsedMail, source: str, rcpts: list[str], now: datetime, arrived: datetime
+    app: App,
+    mail: ParsedMail,
+    source: str,
+    rcpts: list[str],
+    now: datetime,
+    arrived: datetime,
+    history: History | None = None,
 ) -> tuple[IngestResult, int]:
     """Run the transaction; a unique-key race with a concurrent ingest is settled by re-running.
     Returns the result and how many outgoing mails it queued.
@@ -151,7 +170,9 @@ def _apply_with_retry(
         try:
             try:
                 with app.sessions() as session, session.begin():
-                    item = Incoming(app, session, mail, source, now, arrived, rcpts, new_files=new_files)
+                    item = Incoming(
+                        app, session, mail, source, now, arrived, rcpts, history=history, new_files=new_files
+                    )
                     return _run(item), item.queued
             except BaseException:
                 _discard_files(app, new_files)
