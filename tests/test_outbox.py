@@ -165,7 +165,7 @@ def test_a_site_template_overrides_the_shipped_one(tmp_path, db_url: str, clock)
     ingest(app, mail(), "smtp")
     (ack,) = (r for r in _rows(app) if r.kind == "ack")
     assert ack.headers["Subject"] == "[HD #1] Got it: Printer on 3rd floor jams"
-    assert "we received your request" in ack.body  # the body the site did not override is the shipped one
+    assert "We received your request" in ack.body  # the body the site did not override is the shipped one
     app.close()
 
 
@@ -332,3 +332,11 @@ def test_a_refused_mail_does_not_keep_the_database_locked_while_others_travel(tm
         app.close()
     assert (report.dead, report.sent) == (1, 5)
     assert probe.writable == [True] * 5
+
+
+def test_an_acknowledgement_to_a_sender_without_a_name_greets_without_the_address(app: App) -> None:
+    result = ingest(app, mail(sender="dana@example.com"), "smtp")
+    with app.sessions() as session:
+        ack = session.scalars(select(Outbox).where(Outbox.kind == "ack", Outbox.ticket_id.is_not(None))).one()
+    assert result.outcome == "new_ticket"
+    assert ack.body.startswith("Hello,\n\nWe received your request")
