@@ -31,7 +31,9 @@ done
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it creates a user and writes /etc)" >&2; exit 77; }
 src="$(cd "$(dirname "$0")/.." && pwd)"
 in_root() { printf '%s%s' "${root%/}" "$1"; }
-python="${PYTHON:-python3}"
+# The system's Python (Debian: python3 with python3-venv), which every user can run; a Python
+# under /root or a home directory (pyenv …) would leave the service unable to start its own venv.
+python="${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3 )}"
 
 # The user: the unit, the admin (`sudo -u mailgate mailgate …`) and Postfix's pipe (user=mailgate).
 if ! grep -q '^mailgate:' "$(in_root /etc/passwd)"; then
@@ -47,6 +49,17 @@ rm -rf "$venv"
 "$python" -m venv "$venv"
 # shellcheck disable=SC2086  # pip_args is a list of words on purpose
 "$venv/bin/pip" install --quiet --disable-pip-version-check $pip_args "$src"
+# The service's user must be able to run it: the venv links to its Python's files.
+if [ "$root" = / ]; then
+  as_service=(runuser -u mailgate --)
+else  # the user exists only inside the root: switch by number
+  as_service=(setpriv --reuid="$uid" --regid="$gid" --clear-groups)
+fi
+if ! "${as_service[@]}" "$venv/bin/mailgate" --version >/dev/null 2>&1; then
+  echo "install.sh: user mailgate cannot run $venv/bin/mailgate: $python (or its library) is not readable" \
+       "by other users; use the system Python (apt install python3-venv) or PYTHON=/path/to/python3" >&2
+  exit 70
+fi
 install -d -m 0755 "$(in_root /usr/local/bin)"
 ln -sfn /opt/mailgate/bin/mailgate "$(in_root /usr/local/bin/mailgate)"
 
