@@ -43,22 +43,31 @@ fi
 uid="$(awk -F: '$1 == "mailgate" {print $3}' "$(in_root /etc/passwd)")"
 gid="$(awk -F: '$1 == "mailgate" {print $4}' "$(in_root /etc/passwd)")"
 
+# The service's user must be able to run the venv, which links to its Python's files: every
+# folder above them must let other users through. Checked before the old venv is replaced.
+cannot_run() {
+  echo "install.sh: user mailgate cannot run $1: $python (or its library) is not readable by other" \
+       "users; use the system Python (apt install python3-venv) or PYTHON=/path/to/python3" >&2
+  exit 70
+}
+"$python" - <<'CHECK' || cannot_run "$python"
+import os, sys
+
+for path in {sys.executable, os.path.realpath(sys.executable), os.path.realpath(sys.prefix), os.path.realpath(os.__file__)}:
+    while path != "/":
+        path = os.path.dirname(path)
+        if not os.stat(path).st_mode & 0o001:  # "others" may not pass through this folder
+            sys.exit(1)
+CHECK
+
 # The program: a venv of its own. The venv's paths are those inside the root.
 venv="$(in_root /opt/mailgate)"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 # shellcheck disable=SC2086  # pip_args is a list of words on purpose
 "$venv/bin/pip" install --quiet --disable-pip-version-check $pip_args "$src"
-# The service's user must be able to run it: the venv links to its Python's files.
 if [ "$root" = / ]; then
-  as_service=(runuser -u mailgate --)
-else  # the user exists only inside the root: switch by number
-  as_service=(setpriv --reuid="$uid" --regid="$gid" --clear-groups)
-fi
-if ! "${as_service[@]}" "$venv/bin/mailgate" --version >/dev/null 2>&1; then
-  echo "install.sh: user mailgate cannot run $venv/bin/mailgate: $python (or its library) is not readable" \
-       "by other users; use the system Python (apt install python3-venv) or PYTHON=/path/to/python3" >&2
-  exit 70
+  runuser -u mailgate -- "$venv/bin/mailgate" --version >/dev/null 2>&1 || cannot_run "$venv/bin/mailgate"
 fi
 install -d -m 0755 "$(in_root /usr/local/bin)"
 ln -sfn /opt/mailgate/bin/mailgate "$(in_root /usr/local/bin/mailgate)"

@@ -149,3 +149,18 @@ def test_a_second_run_keeps_the_config(root: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert config.read_text().endswith("# edited by the admin\n")
     assert [line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()].count("mailgate") == 1
+
+
+def test_a_python_the_service_cannot_reach_is_refused_before_the_venv_is_touched(root: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private"  # 0700, as /root is for a pyenv Python
+    private.mkdir(mode=0o700)
+    (private / "python3").symlink_to(sys.executable)
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(private / "python3")},
+        timeout=600,
+    )
+    assert result.returncode == 70 and "user mailgate cannot run" in result.stderr
+    assert (root / "opt/mailgate/bin/mailgate").exists()  # the working install is still there
