@@ -51,10 +51,13 @@ def import_cmd(ctx: Context, kind: str, path: Path) -> None:
         (Outcome.DUPLICATE, "duplicates"),
         (Outcome.AUTO, "auto-generated"),
         (Outcome.BOUNCE, "bounces"),
+        (Outcome.HELD, "held (circuit breaker)"),
         (Outcome.QUARANTINED, "quarantined"),
         ("failed", "failed (not stored)"),
     ]
-    click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))
+    # Held mail only when there is some: an import of history rarely meets the breaker.
+    shown = [(k, label) for k, label in labels if k != Outcome.HELD or counts[k]]
+    click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in shown))
     app.close()
     sys.exit(EX_TEMPFAIL if counts["failed"] else EX_OK)
 

@@ -23,15 +23,50 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
-# Subjects of auto-replies and bounces from systems that set no header at all.
-_AUTO_SUBJECT = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|automatische antwort|réponse automatique|"
-    r"out of (the )?office|abwesenheitsnotiz|autoreply|auto:.{0,200}\bout of (the )?office\b|"
-    r"undeliverable|undelivered mail|delivery status notification|"
-    r"mail delivery (failed|failure|system)|returned mail|delivery failure|"
-    r"nicht zustellbar|unzustellbar)\b",
-    re.I,
+# A run of reply and forward prefixes, as mail clients write them in many languages, each
+# perhaps with a count (Re[2]:, Re(2):, Re^2:) or after a [list tag]: an auto-reply's subject
+# often comes behind them ("Re: Automatic reply: …", "AW: Abwesenheitsnotiz: …").
+_PREFIXES = (
+    r"re|aw|fwd?|fw|wg|sv|vs|vb|odp|pd|r|rif|i|antw|antwort|tr|réf|ref|res|rv|enc|ynt|ilt|"
+    r"továbbítás|vá|отв|ответ|пересл|πρθ|σχετ|回复|答复|回覆|轉寄|转发|返信|転送"
 )
+_PREFIX_RUN = rf"^\s*(?:\[[^\]]{{0,100}}\]\s*|(?:{_PREFIXES})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*)*"
+# What auto-replies (vacation, out-of-office) and bounces put first in their subject: Outlook,
+# Exchange, Gmail, Lotus Notes, Zimbra and friends, in the languages they ship.
+_AUTO_PHRASES = (
+    # en
+    r"auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|autoresponse|auto-?response|"
+    r"out of (?:the )?office(?: auto ?reply)?|away from (?:the )?office|vacation (?:reply|message|notice)|"
+    # de
+    r"automatische antwort|auto-?antwort|abwesenheitsnotiz|abwesenheitsmeldung|abwesenheit|"
+    # fr
+    r"réponse automatique|r[ée]ponse automatique d'absence|absence du bureau|absent(?:e)? du bureau|"
+    # es, pt, it
+    r"respuesta automática|respuesta automatica|fuera de la oficina|resposta automática|"
+    r"resposta automatica|ausente do escritório|fora do escritório|risposta automatica|fuori sede|"
+    r"fuori ufficio|"
+    # nl, pl, cs
+    r"automatisch antwoord|afwezigheidsbericht|afwezig|odpowiedź automatyczna|"
+    r"automatyczna odpowiedź|poza biurem|automatická odpověď|mimo kancelář|"
+    # sv, da, no, fi
+    r"automatiskt svar|automatisk svar|automatisk besked|autosvar|frånvaromeddelande|"
+    r"inte på kontoret|fraværende|ikke på kontoret|ikke til stede|automaattinen vastaus|"
+    r"poissa toimistolta|"
+    # ru, ja, zh
+    r"автоматический ответ|автоответ|вне офиса|нет на месте|自動応答|自動返信|不在通知|"
+    r"自动回复|自动答复|自動回覆|自動回复|不在办公室|"
+    # bounces from MTAs that send no report
+    r"undeliverable|undelivered mail|delivery status notification|"
+    r"mail delivery (?:failed|failure|system)|returned mail|delivery failure|"
+    r"nicht zustellbar|unzustellbar|non remis|no se puede entregar|non recapitabile"
+)
+# The phrase on its own or followed by a colon: the form robots write ("Automatic reply: …").
+# Lotus Notes writes "AUTO: Jane Doe is out of the office (returning …)".
+_LOTUS = r"auto:.{0,200}\bout of (?:the )?office\b"
+_AUTO_SUBJECT_FORM = re.compile(rf"{_PREFIX_RUN}(?:(?:{_AUTO_PHRASES})\s*(?:[:：]|$)|{_LOTUS})", re.I)
+# The phrase followed by other words ("Out of office assistant will not turn off") may be a
+# person's request: automatic (no acknowledgement), but it still opens a ticket.
+_AUTO_SUBJECT = re.compile(rf"{_PREFIX_RUN}(?:{_AUTO_PHRASES})(?!\w)", re.I)
 
 
 @dataclass
@@ -108,8 +143,21 @@ def own_loop_header(ctx: Context) -> str | None:
     return f"{LOOP_HEADER}: {ctx.loop_id}" if ctx.loop_id in values else None
 
 
+def auto_reply_subject(ctx: Context) -> str | None:
+    """A subject in the form auto-replies and bounces give theirs: a reaction."""
+    return f"auto-reply subject {ctx.mail.subject[:200]!r}" if _AUTO_SUBJECT_FORM.match(ctx.mail.subject) else None
+
+
 def auto_subject(ctx: Context) -> str | None:
-    return f"subject {ctx.mail.subject!r}" if _AUTO_SUBJECT.match(ctx.mail.subject) else None
+    if _AUTO_SUBJECT_FORM.match(ctx.mail.subject):
+        return None  # reported by auto_reply_subject
+    return f"subject {ctx.mail.subject[:200]!r}" if _AUTO_SUBJECT.match(ctx.mail.subject) else None
+
+
+def auto_reply_precedence(ctx: Context) -> str | None:
+    """`Precedence: auto_reply` (Exchange, some vacation programs): a reaction."""
+    value = ctx.mail.header("Precedence").strip().lower()
+    return f"Precedence: {value}" if value in ("auto_reply", "auto-reply") else None
 
 
 def noreply_sender(ctx: Context) -> str | None:
@@ -141,7 +189,10 @@ RULES: tuple[tuple[Rule, bool], ...] = (
     (empty_return_path, True),
     (failed_recipients, True),
     (bounce, True),
-    # A subject alone is weak evidence ("Out of office assistant will not turn off" is a request).
+    (auto_reply_precedence, True),
+    (auto_reply_subject, True),
+    # A phrase in running words is weak evidence ("Out of office assistant will not turn off" is
+    # a request).
     (auto_subject, False),
     (auto_generated, False),
     (precedence, False),
