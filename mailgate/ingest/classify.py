@@ -23,16 +23,20 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
-# A run of reply and forward prefixes, as mail clients write them in many languages, each
-# perhaps with a count (Re[2]:, Re(2):, Re^2:) or after a [list tag]: an auto-reply's subject
-# often comes behind them ("Re: Automatic reply: …", "AW: Abwesenheitsnotiz: …").
-_PREFIXES = (
-    r"re|aw|fwd?|fw|wg|sv|vs|vb|odp|pd|r|rif|i|antw|antwort|tr|réf|ref|res|rv|enc|ynt|ilt|"
-    r"továbbítás|vá|отв|ответ|пересл|πρθ|σχετ|回复|答复|回覆|轉寄|转发|返信|転送"
-)
-_PREFIX_RUN = rf"^\s*(?:\[[^\]]{{0,100}}\]\s*|(?:{_PREFIXES})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*)*"
-# What auto-replies (vacation, out-of-office) and bounces put first in their subject: Outlook,
-# Exchange, Gmail, Lotus Notes, Zimbra and friends, in the languages they ship.
+# Reply prefixes as mail clients write them in many languages (Re, AW, SV, VS, Odp, R, RIF,
+# Antw, Ответ, 回复 …), and forward prefixes (Fwd, WG, TR, RV, I, Enc, PD …), each perhaps with
+# a count (Re[2]:, Re(2):, Re^2:), and [list tags] between them.
+_REPLY = r"re|aw|sv|vs|odp|r|rif|antw|antwort|res|ynt|vá|отв|ответ|σχετ|回复|答复|回覆|返信"
+_FORWARD = r"fwd?|fw|wg|vb|tr|rv|i|enc|pd|ilt|továbbítás|пересл|轉寄|转发|転送"
+_COUNT = r"(?:\[\d+\]|\(\d+\)|\^\d+)?"
+
+
+def _run(prefixes: str) -> str:
+    return rf"^\s*(?:\[[^\]]{{0,100}}\]\s*|(?:{prefixes})\s*{_COUNT}\s*[:：]\s*)*"
+
+
+# What auto-replies (vacation, out-of-office) put first in their subject: Outlook, Exchange,
+# Gmail, Lotus Notes, Zimbra and friends, in the languages they ship.
 _AUTO_PHRASES = (
     # en
     r"auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|autoresponse|auto-?response|"
@@ -54,19 +58,22 @@ _AUTO_PHRASES = (
     r"poissa toimistolta|"
     # ru, ja, zh
     r"автоматический ответ|автоответ|вне офиса|нет на месте|自動応答|自動返信|不在通知|"
-    r"自动回复|自动答复|自動回覆|自動回复|不在办公室|"
-    # bounces from MTAs that send no report
-    r"undeliverable|undelivered mail|delivery status notification|"
-    r"mail delivery (?:failed|failure|system)|returned mail|delivery failure|"
-    r"nicht zustellbar|unzustellbar|non remis|no se puede entregar|non recapitabile"
+    r"自动回复|自动答复|自動回覆|自動回复|不在办公室"
 )
-# The phrase on its own or followed by a colon: the form robots write ("Automatic reply: …").
 # Lotus Notes writes "AUTO: Jane Doe is out of the office (returning …)".
 _LOTUS = r"auto:.{0,200}\bout of (?:the )?office\b"
-_AUTO_SUBJECT_FORM = re.compile(rf"{_PREFIX_RUN}(?:(?:{_AUTO_PHRASES})\s*(?:[:：]|$)|{_LOTUS})", re.I)
-# The phrase followed by other words ("Out of office assistant will not turn off") may be a
-# person's request: automatic (no acknowledgement), but it still opens a ticket.
-_AUTO_SUBJECT = re.compile(rf"{_PREFIX_RUN}(?:{_AUTO_PHRASES})(?!\w)", re.I)
+# Bounces from MTAs that send no report (a person forwarding one writes "Fwd: Undeliverable").
+_BOUNCE_SUBJECT = (
+    r"^\s*(?:undeliverable|undelivered mail|delivery status notification|"
+    r"mail delivery (?:failed|failure|system)|returned mail|delivery failure|"
+    r"nicht zustellbar|unzustellbar)\b"
+)
+# An auto-reply's form: the phrase alone or followed by a colon ("Automatic reply: …"), behind
+# nothing but reply prefixes ("AW: Abwesenheitsnotiz: …"): a reaction.
+_AUTO_SUBJECT_FORM = re.compile(rf"{_run(_REPLY)}(?:(?:{_AUTO_PHRASES})\s*(?:[:：]|$)|{_LOTUS})", re.I)
+# The phrase in running words ("Out of office assistant will not turn off"), or forwarded by a
+# person, may be a request: automatic (no acknowledgement), but it still opens a ticket.
+_AUTO_SUBJECT = re.compile(rf"{_run(_REPLY + '|' + _FORWARD)}(?:{_AUTO_PHRASES})(?!\w)|{_BOUNCE_SUBJECT}", re.I)
 
 
 @dataclass
