@@ -39,6 +39,7 @@ COMMANDS = (
     "spool",
     "quarantine",
     "outbox",
+    "limits",
 )
 CONFIG = (
     'secret = "cli-test-secret-0123"\n'

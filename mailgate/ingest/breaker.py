@@ -89,7 +89,7 @@ def breaker(item: Incoming) -> Outcome | None:
     # What earlier transactions recorded, which nothing pending here changes: no flush.
     with session.no_autoflush:
         trips = active_trips(session, [key for key, _ in sources], item.now)
-        over = None if trips else next(((k, r) for k, r in sources if count(session, k, r, item.arrived) >= r.count), None)
+        over = None if trips else _over_limit(session, sources, item.arrived)
     if trips:
         return _hold(item, trips[0], tripped_now=False)
     if over is not None:
@@ -113,6 +113,11 @@ def breaker(item: Incoming) -> Outcome | None:
         )
         session.add(BreakerEvent(source=key, at=item.arrived))
     return None
+
+
+def _over_limit(session: Session, sources: list[tuple[str, Rate]], at: datetime) -> tuple[str, Rate] | None:
+    """The narrowest source that has opened as many tickets as its limit allows, if any."""
+    return next(((key, rate) for key, rate in sources if count(session, key, rate, at) >= rate.count), None)
 
 
 def _opens_ticket(item: Incoming) -> bool:
@@ -202,3 +207,33 @@ def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person)
     if row is not None:
         item.queued += 1
         item.note("breaker", f"warning to {dispatcher.address}")
+
+
+def trips_in_force(session: Session, now: datetime) -> list[BreakerTrip]:
+    """Every source whose mail is held now, longest held first."""
+    query = select(BreakerTrip).where(BreakerTrip.lifted_at.is_(None), BreakerTrip.until > now)
+    return list(session.scalars(query.order_by(BreakerTrip.tripped_at, BreakerTrip.id)))
+
+
+def keys_for(source: str) -> list[str]:
+    """The sources an admin means: a key as the warning names it ("domain:example.net"), an
+    address (its exact and its folded form) or a domain."""
+    source = source.strip().lower()
+    if source.partition(":")[0] in ("sender", "address", "domain"):
+        return [source]
+    if "@" in source:
+        return sorted({f"sender:{source}", f"address:{fold_address(source)}"})
+    return [f"domain:{source.lstrip('@')}"]
+
+
+def lift(session: Session, source: str, now: datetime, by: str) -> list[BreakerTrip]:
+    """End the trips in force for `source`: its next mail opens a ticket again, and its count
+    starts afresh (what it sent before the lift no longer counts). Returns the trips lifted."""
+    trips = active_trips(session, keys_for(source), now)
+    for trip in trips:
+        trip.lifted_at, trip.lifted_by = now, by[:320]
+        ticket = session.get(Ticket, trip.ticket_id) if trip.ticket_id else None
+        tickets.record(
+            session, ticket, actor=by, action="breaker_lifted", channel="cli", at=now, new=f"{trip.source} lifted"
+        )
+    return trips
