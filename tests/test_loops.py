@@ -3,8 +3,10 @@ robot that answers every mail mailgate sends it (an aiosmtpd relay answering ove
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import secrets
+import shutil
 import smtplib
 import threading
 import time
@@ -228,3 +230,122 @@ def test_limits_list_shows_the_hold_and_lift_ends_it(app: App, clock, tmp_path: 
     assert result.outcome == Outcome.NEW_TICKET, result.trace
     with app.sessions() as s:
         assert s.scalar(select(BreakerTrip.lifted_by)).startswith("cli:")
+
+
+# -- a real robot answering everything ---------------------------------------------------------
+
+RUN_SECONDS = 40.0
+# The loop must be dead well before the end: no mail reaches a robot in the last part.
+QUIET_SECONDS = 15.0
+
+
+@dataclass
+class Autoresponder:
+    """mailgate's outgoing relay, behind which a robot answers every mail sent to `address`
+    (or to any address `answers` accepts) over SMTP to mailgate's listener: from the address
+    the mail went to, or from a new VERP-style address each time; a fresh subject, and none
+    of RFC 3834's headers or references that would tell mailgate what it is."""
+
+    name: str
+    answers: object  # Callable[[str], bool]: is this recipient the robot?
+    listener_port: int
+    new_address_each_time: bool = False
+    received: list[float] = field(default_factory=list)  # monotonic times of mail to the robot
+    sent: int = 0
+    jobs: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for rcpt in envelope.rcpt_tos:
+            if self.answers(rcpt.lower()):  # type: ignore[operator]
+                self.received.append(time.monotonic())
+                self.jobs.put(rcpt.lower())
+        return "250 OK"
+
+    def answer_all(self) -> None:
+        """The robot's outbox: answers leave from a thread, as a mail server's would."""
+        while (rcpt := self.jobs.get()) is not None:
+            sender = f"bounce-{secrets.token_hex(6)}@robots.example.net" if self.new_address_each_time else rcpt
+            raw = mail(
+                sender=sender,
+                subject=f"Thank you for your message (ref {secrets.token_hex(4)})",
+                body="We have received your message and will get back to you.\n",
+            )
+            try:
+                with smtplib.SMTP("127.0.0.1", self.listener_port, timeout=15) as smtp:
+                    smtp.sendmail(sender, ["support@example.com"], raw)
+                self.sent += 1
+            except (OSError, smtplib.SMTPException):
+                pass  # a robot does not care
+
+
+def _scenario(tmp_path: Path, sqlite_template: Path, name: str, first_sender: str, **robot: object):
+    home = tmp_path / name
+    home.mkdir()
+    shutil.copy(sqlite_template, home / "mailgate.db")
+    listener_port, relay_port = free_port(), free_port()
+    bot = Autoresponder(name, listener_port=listener_port, **robot)  # type: ignore[arg-type]
+    settings = make_settings(
+        home,
+        f"sqlite:///{home / 'mailgate.db'}",
+        smtp={"host": "127.0.0.1", "port": listener_port},
+        outgoing={"relay_host": "127.0.0.1", "relay_port": relay_port},
+    )
+    return bot, relay_port, App.build(settings, clock=SystemClock()), first_sender
+
+
+def test_a_robot_answering_everything_for_40_s_gets_at_most_10_mails_and_the_loop_dies(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    scenarios = [
+        # Behind the dispatcher's address: it answers every notice. A person opened the first ticket.
+        _scenario(
+            tmp_path,
+            sqlite_template,
+            "as the dispatcher",
+            "Dana <dana@customer.example>",
+            answers=lambda rcpt: rcpt == "dispatch@example.com",
+        ),
+        # Behind a requester's address: it answers every acknowledgement.
+        _scenario(
+            tmp_path,
+            sqlite_template,
+            "as a requester",
+            "robot@customer.example",
+            answers=lambda rcpt: rcpt == "robot@customer.example",
+        ),
+        # Another help desk answering from a new address each time.
+        _scenario(
+            tmp_path,
+            sqlite_template,
+            "from a new address each time",
+            "bounce-first@robots.example.net",
+            answers=lambda rcpt: rcpt.endswith("@robots.example.net"),
+            new_address_each_time=True,
+        ),
+    ]
+    with contextlib.ExitStack() as stack:
+        for bot, relay_port, app, _ in scenarios:
+            controller = Controller(bot, hostname="127.0.0.1", port=relay_port)
+            controller.start()
+            stack.callback(controller.stop)
+            worker = threading.Thread(target=bot.answer_all, name=f"robot {bot.name}")
+            worker.start()
+            stack.callback(worker.join, 20)
+            stack.callback(bot.jobs.put, None)
+            stack.callback(app.close)
+            stack.enter_context(running_daemon(app))
+        start = time.monotonic()
+        for bot, _, _, first_sender in scenarios:
+            with smtplib.SMTP("127.0.0.1", bot.listener_port, timeout=15) as smtp:
+                smtp.sendmail(first_sender, ["support@example.com"], mail(sender=first_sender, subject="Printer jams"))
+        wait_for(lambda: all(bot.received for bot, *_ in scenarios), timeout=20)  # every robot is started
+        threading.Event().wait(max(0.0, start + RUN_SECONDS - time.monotonic()))  # the robots' run
+        end = time.monotonic()
+    for bot, *_ in scenarios:
+        print(
+            f"robot {bot.name}: received {len(bot.received)} mails from mailgate in {end - start:.0f} s, "
+            f"sent {bot.sent}"
+        )
+    for bot, *_ in scenarios:
+        assert len(bot.received) <= 10, f"robot {bot.name} received {len(bot.received)} mails"
+        assert bot.received[-1] < end - QUIET_SECONDS, f"robot {bot.name} still got mail at the end: the loop lives"
