@@ -34,7 +34,11 @@ def config(tmp_path: Path, sqlite_template: Path) -> Path:
     data.mkdir()
     shutil.copy(sqlite_template, data / "mailgate.db")
     path = tmp_path / "mailgate.toml"
-    path.write_text(f'data_dir = "{data}"\nsecret = "locking-test-secret-0123"\n')
+    # Our own domain: an internal desk, whose many employees the breaker does not take for one
+    # robot (see test_loops.py).
+    path.write_text(
+        f'data_dir = "{data}"\nsecret = "locking-test-secret-0123"\n[addresses]\nsupport = "support@example.com"\n'
+    )
     return path
 
 

@@ -81,6 +81,7 @@ def breaker(item: Incoming) -> Outcome | None:
             "breaker",
             f"from our own address {sender.address} and on no ticket: stored, opens no ticket and sends no mail",
         )
+        item.reasons = [*item.reasons, f"from our own address {sender.address}"]  # kept on the message
         item.message = store_message(item, None, MessageKind.AUTO)
         return Outcome.AUTO
     if not settings.breaker.enabled:
