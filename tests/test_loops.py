@@ -24,20 +24,13 @@ from mailgate.app import App
 from mailgate.cli.root import cli
 from mailgate.clock import SystemClock
 from mailgate.ingest.pipeline import Outcome, ingest
-from mailgate.models import BreakerTrip, Message, MessageKind, Outbox, Ticket
+from mailgate.models import BreakerTrip, Message, MessageKind, Ticket
 from mailgate.outgoing.compose import render
 from tests.conftest import make_settings
 from tests.daemon_harness import running_daemon, wait_for
 from tests.mails import mail
 from tests.smtp_peers import free_port
-
-
-def outbox(app: App, kind: str | None = None) -> list[Outbox]:
-    with app.sessions() as s:
-        query = select(Outbox).order_by(Outbox.id)
-        if kind:
-            query = query.where(Outbox.kind == kind)
-        return list(s.scalars(query))
+from tests.test_ingest import outbox
 
 
 def tickets_count(app: App) -> int:

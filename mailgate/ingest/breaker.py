@@ -24,7 +24,6 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailgate import people, tickets
-from mailgate import subject as subjects
 from mailgate.addresses import domain_of, fold_address
 from mailgate.config import Rate, Settings
 from mailgate.ingest.incoming import Incoming
@@ -143,7 +142,8 @@ def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
     if ticket is None:
         ticket = tickets.create_ticket(
             session,
-            subject=subjects.clean_subject(settings.tickets.tag_prefix, item.mail.subject),
+            # The mails it holds keep their subjects; the ticket says what it is.
+            subject=f"Mail held by the circuit breaker: {trip.source}",
             requester=sender,
             priority=settings.tickets.default_priority,
             channel=item.source,
