@@ -10,6 +10,7 @@ import shutil
 import smtplib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -342,3 +343,16 @@ def test_a_robot_answering_everything_for_40_s_gets_at_most_10_mails_and_the_loo
     for bot, *_ in scenarios:
         assert len(bot.received) <= 10, f"robot {bot.name} received {len(bot.received)} mails"
         assert bot.received[-1] < end - QUIET_SECONDS, f"robot {bot.name} still got mail at the end: the loop lives"
+
+
+def test_mails_from_a_source_at_its_limit_at_once_warn_the_dispatcher_once(app: App, clock) -> None:
+    limit = app.settings.breaker.per_domain.count
+    for i in range(limit):
+        ingest(app, mail(sender=f"first-{i}@robots.example.net"), "smtp")
+    raws = [mail(sender=f"bounce-{secrets.token_hex(4)}@robots.example.net") for _ in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda raw: ingest(app, raw, "smtp").outcome, raws))
+    assert outcomes == [Outcome.HELD] * 16
+    assert len(outbox(app, "breaker_warning")) == 1
+    with app.sessions() as s:
+        assert s.scalar(select(func.count(BreakerTrip.id))) == 1

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from mailgate import people, tickets
 from mailgate.addresses import domain_of, fold_address
 from mailgate.config import Rate, Settings
+from mailgate.db import advisory_key
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
@@ -86,6 +87,7 @@ def breaker(item: Incoming) -> Outcome | None:
     if not settings.breaker.enabled:
         return None
     sources = sources_of(settings, sender.address)
+    _one_at_a_time(session, [key for key, _ in sources])
     # What earlier transactions recorded, which nothing pending here changes: no flush.
     with session.no_autoflush:
         trips = active_trips(session, [key for key, _ in sources], item.now)
@@ -113,6 +115,17 @@ def breaker(item: Incoming) -> Outcome | None:
         )
         session.add(BreakerEvent(source=key, at=item.arrived))
     return None
+
+
+def _one_at_a_time(session: Session, keys: list[str]) -> None:
+    """On PostgreSQL, mails of one source pass this step one after the other (until commit):
+    a robot's parallel flood would otherwise see the same count in each transaction, open a
+    ticket in each, and trip (and warn the dispatcher) in each. SQLite runs one writer at a time
+    anyway. Keys in one order, so that two mails sharing two sources cannot deadlock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for key in sorted(keys):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(f"breaker:{key}")})
 
 
 def _over_limit(session: Session, sources: list[tuple[str, Rate]], at: datetime) -> tuple[str, Rate] | None:
