@@ -18,9 +18,10 @@ ticket. It is stored on no ticket, as automatic mail, and the trace says why.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import and_, delete, or_, select, text
 from sqlalchemy.orm import Session
 
 from mailgate import people, tickets
@@ -61,14 +62,46 @@ def active_trips(session: Session, keys: list[str], now: datetime) -> list[Break
     )
 
 
-def count(session: Session, key: str, rate: Rate, at: datetime) -> int:
-    """New tickets `key` opened in the window before `at`, not counting those before a lift."""
-    since = at - timedelta(minutes=rate.window_minutes)
-    lifted = session.scalar(select(func.max(BreakerTrip.lifted_at)).where(BreakerTrip.source == key))
-    query = select(func.count(BreakerEvent.id)).where(BreakerEvent.source == key, BreakerEvent.at >= since)
-    if lifted is not None:
-        query = query.where(BreakerEvent.at > lifted)
-    return session.scalar(query) or 0
+@dataclass
+class Record:
+    """What the store knows of some sources, read in two queries: their trips and the new
+    tickets they opened. Events older than every window are pruned as they are met, so each
+    source has at most about its limit of them."""
+
+    trips: list[BreakerTrip]
+    events: dict[str, list[tuple[int, datetime]]]  # source -> (event id, when)
+
+    @classmethod
+    def read(cls, session: Session, keys: list[str], now: datetime, since: datetime) -> Record:
+        """The trips of `keys` in force at `now` or lifted since `since` (a lift before the
+        oldest window changes no count), and their events."""
+        in_force = and_(BreakerTrip.lifted_at.is_(None), BreakerTrip.until > now)
+        query = select(BreakerTrip).where(BreakerTrip.source.in_(keys), or_(in_force, BreakerTrip.lifted_at >= since))
+        trips = list(session.scalars(query.order_by(BreakerTrip.id)))
+        events: dict[str, list[tuple[int, datetime]]] = {key: [] for key in keys}
+        columns = select(BreakerEvent.source, BreakerEvent.id, BreakerEvent.at)
+        for source, event_id, at in session.execute(columns.where(BreakerEvent.source.in_(keys))):
+            events[source].append((event_id, at))
+        return cls(trips, events)
+
+    def in_force(self, now: datetime) -> list[BreakerTrip]:
+        return [t for t in self.trips if t.lifted_at is None and t.until > now]
+
+    def count(self, key: str, rate: Rate, at: datetime) -> int:
+        """New tickets `key` opened in the window before `at`, not counting those before a lift."""
+        since = at - timedelta(minutes=rate.window_minutes)
+        lifts = [t.lifted_at for t in self.trips if t.source == key and t.lifted_at is not None]
+        lifted = max(lifts, default=None)
+        return sum(1 for _, when in self.events[key] if when >= since and (lifted is None or when > lifted))
+
+    def stale(self, sources: list[tuple[str, Rate]], at: datetime) -> list[int]:
+        """Events outside their source's window: they will never count again."""
+        return [
+            event_id
+            for key, rate in sources
+            for event_id, when in self.events[key]
+            if when < at - timedelta(minutes=rate.window_minutes)
+        ]
 
 
 def breaker(item: Incoming) -> Outcome | None:
@@ -90,8 +123,10 @@ def breaker(item: Incoming) -> Outcome | None:
     _one_at_a_time(session, [key for key, _ in sources])
     # What earlier transactions recorded, which nothing pending here changes: no flush.
     with session.no_autoflush:
-        trips = active_trips(session, [key for key, _ in sources], item.now)
-        over = None if trips else _over_limit(session, sources, item.arrived)
+        oldest = item.arrived - timedelta(minutes=max(rate.window_minutes for _, rate in sources))
+        record = Record.read(session, [key for key, _ in sources], item.now, oldest)
+    trips = record.in_force(item.now)
+    over = next(((k, r) for k, r in sources if record.count(k, r, item.arrived) >= r.count), None)
     if trips:
         return _hold(item, trips[0], tripped_now=False)
     if over is not None:
@@ -107,13 +142,9 @@ def breaker(item: Incoming) -> Outcome | None:
         )
         session.add(trip)
         return _hold(item, trip, tripped_now=True)
-    for key, rate in sources:
-        session.execute(
-            delete(BreakerEvent).where(
-                BreakerEvent.source == key, BreakerEvent.at < item.arrived - timedelta(minutes=rate.window_minutes)
-            )
-        )
-        session.add(BreakerEvent(source=key, at=item.arrived))
+    if stale := record.stale(sources, item.arrived):
+        session.execute(delete(BreakerEvent).where(BreakerEvent.id.in_(stale)))
+    session.add_all([BreakerEvent(source=key, at=item.arrived) for key, _ in sources])
     return None
 
 
@@ -126,11 +157,6 @@ def _one_at_a_time(session: Session, keys: list[str]) -> None:
         return
     for key in sorted(keys):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(f"breaker:{key}")})
-
-
-def _over_limit(session: Session, sources: list[tuple[str, Rate]], at: datetime) -> tuple[str, Rate] | None:
-    """The narrowest source that has opened as many tickets as its limit allows, if any."""
-    return next(((key, rate) for key, rate in sources if count(session, key, rate, at) >= rate.count), None)
 
 
 def _opens_ticket(item: Incoming) -> bool:
