@@ -275,6 +275,66 @@ class Acknowledgements(_Section):
         return ids
 
 
+class Rate(_Section):
+    """At most `count` within `window_minutes`."""
+
+    count: int = Field(ge=1)
+    window_minutes: int = Field(ge=1)
+
+
+# Webmail domains that countless unrelated people share: their senders are limited by address
+# only. A robot at one of them is still caught by its address.
+SHARED_DOMAINS = (
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "icloud.com",
+    "me.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "t-online.de",
+    "mail.ru",
+    "yandex.ru",
+    "qq.com",
+    "163.com",
+)
+
+
+class Breaker(_Section):
+    """The circuit breaker: how many new tickets (each an acknowledgement and a dispatcher
+    notice) one source may open before its mail is only stored, without any outgoing mail.
+
+    A source is the sender's exact address, its folded address (case and +suffix do not count)
+    and its domain. Only new tickets count: a person writing many replies never trips it.
+    """
+
+    enabled: bool = True
+    per_sender: Rate = Rate(count=8, window_minutes=60)
+    per_address: Rate = Rate(count=10, window_minutes=60)
+    # Short, so that a robot answering from a new address each time is caught within seconds
+    # while a company whose people open a ticket now and then is not.
+    per_domain: Rate = Rate(count=8, window_minutes=10)
+    # Domains limited by address only. The domains of our own addresses always are (an internal
+    # help desk's employees all share one).
+    exempt_domains: list[str] = Field(default_factory=lambda: list(SHARED_DOMAINS))
+
+    @field_validator("exempt_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", domain):
+                raise ValueError(f"domain names like example.com (not {domain!r})")
+        return [d.lower() for d in value]
+
+
 class StaffMember(_Section):
     address: EmailStr
     name: str = ""
@@ -310,6 +370,7 @@ class Settings(BaseSettings):
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
     acknowledgements: Acknowledgements = Acknowledgements()
+    breaker: Breaker = Breaker()
     smtp: Smtp = Smtp()
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,3 +110,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if str(exc.orig) else ''}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit PostgreSQL advisory-lock key for `name`."""
+    digest = hashlib.sha256(f"mailgate:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)

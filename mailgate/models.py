@@ -90,6 +90,7 @@ class MessageKind(enum.StrEnum):
     REPLY = "reply"
     AUTO = "auto"  # auto-generated: stored, never acknowledged, never changes a status
     BOUNCE = "bounce"  # a delivery status notification
+    HELD = "held"  # from a source over the circuit breaker's limits: stored, no mail sent
 
 
 class OutboxState(enum.StrEnum):
@@ -322,3 +323,35 @@ class MailboxState(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[Timestamp]
+
+
+class BreakerEvent(Base):
+    """A new ticket a source opened: what the circuit breaker counts (see ingest/breaker.py).
+    A source is "sender:<address>", "address:<folded address>" or "domain:<domain>"."""
+
+    __tablename__ = "breaker_events"
+    __table_args__ = (Index("ix_breaker_events_source_at", "source", "at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(330))
+    at: Mapped[Timestamp]
+
+
+class BreakerTrip(Base):
+    """A source over its limit: its mail is held (stored, no ticket of its own, no outgoing mail)
+    until `until` passes with no more mail from it, or an admin lifts it."""
+
+    __tablename__ = "breaker_trips"
+    __table_args__ = (Index("ix_breaker_trips_source_until", "source", "until"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(330))
+    # The limit it went over, for the dispatcher and `mailgate limits list`: "8 in 60 minutes".
+    limit: Mapped[str] = mapped_column(String(100))
+    window_minutes: Mapped[int] = mapped_column(Integer)
+    tripped_at: Mapped[Timestamp]
+    # Each held mail moves it on by the window: a robot that keeps sending stays held.
+    until: Mapped[Timestamp]
+    held: Mapped[int] = mapped_column(Integer, default=0)
+    # The ticket held mail goes on when its sender has no open ticket: one per trip.
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    lifted_at: Mapped[Timestamp | None]
+    lifted_by: Mapped[str] = mapped_column(String(320), default="")

@@ -40,6 +40,7 @@ COMMANDS = (
     "quarantine",
     "outbox",
     "attachments",
+    "limits",
 )
 CONFIG = (
     'secret = "cli-test-secret-0123"\n'

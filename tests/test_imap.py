@@ -169,7 +169,7 @@ def imap_records(caplog: pytest.LogCaptureFixture, level: int, contains: str) ->
 
 @pytest.mark.parametrize("after", ["move", "flag"])
 def test_a_backlog_of_several_batches_is_ingested_exactly_once(app: App, dovecot: Account, after: str) -> None:
-    dovecot.append("INBOX", [mail() for _ in range(250)])
+    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(250)])
     with ImapPoller(app, dovecot.mailbox(after=after)) as poller:
         report = poller.poll_once()
         again = poller.poll_once()
@@ -198,7 +198,13 @@ def test_a_batch_is_moved_or_flagged_with_one_command_per_folder(
     or a flag) and one move for the 5 that go to the failure folder, not one per mail."""
     ingest_fails_on(monkeypatch, b"<poison-")
     dovecot.append(
-        "INBOX", [mail(message_id=f"<poison-{i}@client.example.org>" if i % 10 == 3 else "auto") for i in range(50)]
+        "INBOX",
+        [
+            mail(
+                sender=f"user{i}@example.com", message_id=f"<poison-{i}@client.example.org>" if i % 10 == 3 else "auto"
+            )
+            for i in range(50)
+        ],
     )
     with ImapPoller(app, dovecot.mailbox(after=after, max_failures=1)) as poller:
         report = poller.poll_once()
@@ -219,7 +225,7 @@ def test_a_database_failure_in_the_middle_of_a_batch_leaves_the_mail_not_stored_
 ) -> None:
     """The database goes away after 4 of a batch of 10 are committed: those 4 are moved, the other 6
     stay in the INBOX (none moved before its commit), and are stored once the database is back."""
-    mails = [mail() for _ in range(10)]
+    mails = [mail(sender=f"user{i}@example.com") for i in range(10)]
     dovecot.append("INBOX", mails)
     real_ingest = reader_module.ingest
     with database_admin(db_url) as refuse:
@@ -253,7 +259,7 @@ def test_without_move_a_batch_is_copied_and_a_persons_deleted_mail_is_never_expu
     batch. Without UIDPLUS nothing is expunged: a plain EXPUNGE would also remove the mail a person
     flagged \\Deleted and has not expunged; the copies left behind are not read again."""
     dovecot.append("INBOX", [mail(message_id="<kept@client.example.org>")], flags=[b"\\Deleted"])
-    mails = [mail() for _ in range(5)]
+    mails = [mail(sender=f"user{i}@example.com") for i in range(5)]
     dovecot.append("INBOX", mails)
     with ImapPoller(app, dovecot.mailbox(host=host)) as poller:
         assert poller.poll_once().outcomes == {"new_ticket": 5}
@@ -280,7 +286,7 @@ def test_connection_dropped_between_commit_and_acknowledgement_loses_and_duplica
     before the batch is moved/flagged. After the reconnect the batch comes again: the mails stored
     before the drop are duplicates, none is a second ticket, none is lost."""
     caplog.set_level(logging.INFO, logger="mailgate.imap")
-    dovecot.append("INBOX", [mail() for _ in range(150)])
+    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(150)])
     real_ingest = reader_module.ingest
     calls = 0
 
@@ -316,7 +322,7 @@ def test_server_restart_at_any_moment_loses_and_duplicates_nothing(
 
     Killed in the middle of a MOVE, Dovecot (Maildir) may leave the mail both copied and, flagged
     \\Deleted, in the INBOX: the done folder can then hold a copy twice, never a ticket."""
-    mails = [mail() for _ in range(300)]
+    mails = [mail(sender=f"user{i}@example.com") for i in range(300)]
     dovecot.append("INBOX", mails)
     real_ingest = reader_module.ingest
     seen = threading.Semaphore(0)
@@ -347,7 +353,7 @@ def test_server_restart_at_any_moment_loses_and_duplicates_nothing(
 @pytest.mark.parametrize("after", ["move", "flag"])
 def test_a_uidvalidity_change_creates_no_duplicate(app: App, dovecot: Account, after: str) -> None:
     folder = "support-in"
-    first = [mail() for _ in range(5)]
+    first = [mail(sender=f"user{i}@example.com") for i in range(5)]
     dovecot.append(folder, first)
     with ImapPoller(app, dovecot.mailbox(folder=folder, after=after)) as poller:
         assert poller.poll_once().outcomes == {"new_ticket": 5}
@@ -487,7 +493,7 @@ def test_on_postgresql_one_poller_works_and_another_takes_over(
             wait_for(lambda: first.state == "idle", 10, "the first poller works")
             second_running = stack.enter_context(running(second))
             wait_for(lambda: second.state == "standby", 10, "the second stands by")
-            dovecot.append("INBOX", [mail() for _ in range(10)])
+            dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(10)])
             wait_for(lambda: sum(first.totals.values()) == 10, 10, "the first ingests")
             assert sum(first.totals.values()) == 10 and not second.totals and second.state == "standby"
             # The first daemon dies: it never lets go, its connection just stays open ...
@@ -497,7 +503,7 @@ def test_on_postgresql_one_poller_works_and_another_takes_over(
             # ... until PostgreSQL closes it (as it does when the dead host's connection times out).
             terminate(first.lease)
             wait_for(lambda: second.state == "idle", 10, "the second takes over")
-            dovecot.append("INBOX", [mail() for _ in range(10)])
+            dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(10)])
             wait_for(lambda: sum(second.totals.values()) == 10, 10, "the second ingests")
             assert sum(second.totals.values()) == 10 and sum(first.totals.values()) == 10
 
@@ -511,7 +517,7 @@ def test_on_postgresql_one_poller_works_and_another_takes_over(
             wait_for(lambda: third.state == "standby", 10, "the third stands by")
             second_running.stop()
             wait_for(lambda: third.state == "idle", 10, "the third takes over")
-            dovecot.append("INBOX", [mail() for _ in range(5)])
+            dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(5)])
             wait_for(lambda: sum(third.totals.values()) == 5, 10, "the third ingests")
         assert [sum(p.totals.values()) for p in (first, second, third)] == [10, 10, 5]
         assert count(first_app, Ticket) == 25
@@ -580,7 +586,7 @@ def test_the_oauth2_command_prints_the_token() -> None:
 
 @SQLITE_ONLY
 def test_stop_during_a_backlog_finishes_the_mail_in_flight(app: App, dovecot: Account) -> None:
-    dovecot.append("INBOX", [mail() for _ in range(300)])
+    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(300)])
     poller = ImapPoller(app, dovecot.mailbox(), **FAST)
     stop = threading.Event()
     thread = threading.Thread(target=poller.run, args=(stop,))

@@ -372,9 +372,7 @@ def test_a_request_whose_subject_sounds_automatic_still_gets_a_ticket(app: App) 
     assert outbox(app, "dispatcher_new")  # a person sees it
 
 
-def test_the_dispatcher_writes_as_a_person(app: App, clock) -> None:
-    own = ingest(app, mail(sender="Dispatcher <dispatch@example.com>", subject="New laptop for Bob"), "smtp")
-    assert own.outcome == "new_ticket"
+def test_the_dispatchers_reply_stays_a_reply(app: App, clock) -> None:
     number = new_ticket(app)
     notice_id = outbox(app, "dispatcher_new")[-1].message_id
     clock.advance(timedelta(minutes=5))
@@ -521,12 +519,13 @@ def test_our_own_acknowledgement_coming_back_is_not_answered(app: App) -> None:
 
 
 def test_acknowledgements_are_rate_limited_per_sender(app: App, clock) -> None:
-    for i in range(50):
+    # Under the breaker's limit on new tickets (tests/test_loops.py), above the one on acks.
+    for i in range(6):
         ingest(app, mail(subject=f"problem {i}", body=f"body {i}\n"), "smtp")
         clock.advance(timedelta(seconds=1))
-    assert count(app, Ticket) == 50
+    assert count(app, Ticket) == 6
     assert len(outbox(app, "ack")) == app.settings.limits.acks_per_sender == 3
-    assert len(outbox(app, "dispatcher_new")) == 50
+    assert len(outbox(app, "dispatcher_new")) == 6
     clock.advance(timedelta(minutes=app.settings.limits.ack_window_minutes))
     ingest(app, mail(subject="after the window"), "smtp")
     assert len(outbox(app, "ack")) == 4

@@ -13,6 +13,7 @@ it uses when it runs.
     ingest.py       ingest (the MTA pipe)         spool.py       spool list
     import_mail.py  import mbox|maildir           quarantine.py  quarantine list|show|retry
     imap.py         imap poll                     outbox.py      outbox list|flush
+    limits.py       limits list|lift
 """
 
 from __future__ import annotations

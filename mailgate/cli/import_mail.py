@@ -71,10 +71,13 @@ def import_cmd(ctx: Context, kind: str, path: Path, notify: bool, closed: bool) 
         (Outcome.DUPLICATE, "duplicates"),
         (Outcome.AUTO, "auto-generated"),
         (Outcome.BOUNCE, "bounces"),
+        (Outcome.HELD, "held (circuit breaker)"),
         (Outcome.QUARANTINED, "quarantined"),
         ("failed", "failed (not stored)"),
     ]
-    click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in labels))
+    # Held mail only when there is some: an import of history rarely meets the breaker.
+    shown = [(k, label) for k, label in labels if k != Outcome.HELD or counts[k]]
+    click.echo(f"{total} mails: " + ", ".join(f"{counts[k]} {label}" for k, label in shown))
     if history is None:
         click.echo("imported as new mail: senders acknowledged and the dispatcher notified (--notify)")
     else:

@@ -27,6 +27,7 @@ COMMANDS = {
     "imap": "mailgate.cli.imap.imap",
     "import": "mailgate.cli.import_mail.import_cmd",
     "ingest": "mailgate.cli.root.ingest_cmd",
+    "limits": "mailgate.cli.limits.limits",
     "messages": "mailgate.cli.messages.messages",
     "outbox": "mailgate.cli.outbox.outbox",
     "quarantine": "mailgate.cli.quarantine.quarantine",

@@ -23,15 +23,57 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 
 _NOREPLY_LOCALPARTS = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|noreply[-_.+].*|.*[-_.]noreply)$", re.I)
-# Subjects of auto-replies and bounces from systems that set no header at all.
-_AUTO_SUBJECT = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|automatische antwort|réponse automatique|"
-    r"out of (the )?office|abwesenheitsnotiz|autoreply|auto:.{0,200}\bout of (the )?office\b|"
-    r"undeliverable|undelivered mail|delivery status notification|"
-    r"mail delivery (failed|failure|system)|returned mail|delivery failure|"
-    r"nicht zustellbar|unzustellbar)\b",
-    re.I,
+# Reply prefixes as mail clients write them in many languages (Re, AW, SV, VS, Odp, R, RIF,
+# Antw, Ответ, 回复 …), and forward prefixes (Fwd, WG, TR, RV, I, Enc, PD …), each perhaps with
+# a count (Re[2]:, Re(2):, Re^2:), and [list tags] between them.
+_REPLY = r"re|aw|sv|vs|odp|r|rif|antw|antwort|res|ynt|vá|отв|ответ|σχετ|回复|答复|回覆|返信"
+_FORWARD = r"fwd?|fw|wg|vb|tr|rv|i|enc|pd|ilt|továbbítás|пересл|轉寄|转发|転送"
+_COUNT = r"(?:\[\d+\]|\(\d+\)|\^\d+)?"
+
+
+def _run(prefixes: str) -> str:
+    return rf"^\s*(?:\[[^\]]{{0,100}}\]\s*|(?:{prefixes})\s*{_COUNT}\s*[:：]\s*)*"
+
+
+# What auto-replies (vacation, out-of-office) put first in their subject: Outlook, Exchange,
+# Gmail, Lotus Notes, Zimbra and friends, in the languages they ship.
+_AUTO_PHRASES = (
+    # en
+    r"auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|autoresponse|auto-?response|"
+    r"out of (?:the )?office(?: auto ?reply)?|away from (?:the )?office|vacation (?:reply|message|notice)|"
+    # de
+    r"automatische antwort|auto-?antwort|abwesenheitsnotiz|abwesenheitsmeldung|abwesenheit|"
+    # fr
+    r"réponse automatique|r[ée]ponse automatique d'absence|absence du bureau|absent(?:e)? du bureau|"
+    # es, pt, it
+    r"respuesta automática|respuesta automatica|fuera de la oficina|resposta automática|"
+    r"resposta automatica|ausente do escritório|fora do escritório|risposta automatica|fuori sede|"
+    r"fuori ufficio|"
+    # nl, pl, cs
+    r"automatisch antwoord|afwezigheidsbericht|afwezig|odpowiedź automatyczna|"
+    r"automatyczna odpowiedź|poza biurem|automatická odpověď|mimo kancelář|"
+    # sv, da, no, fi
+    r"automatiskt svar|automatisk svar|automatisk besked|autosvar|frånvaromeddelande|"
+    r"inte på kontoret|fraværende|ikke på kontoret|ikke til stede|automaattinen vastaus|"
+    r"poissa toimistolta|"
+    # ru, ja, zh
+    r"автоматический ответ|автоответ|вне офиса|нет на месте|自動応答|自動返信|不在通知|"
+    r"自动回复|自动答复|自動回覆|自動回复|不在办公室"
 )
+# Lotus Notes writes "AUTO: Jane Doe is out of the office (returning …)".
+_LOTUS = r"auto:.{0,200}\bout of (?:the )?office\b"
+# Bounces from MTAs that send no report (a person forwarding one writes "Fwd: Undeliverable").
+_BOUNCE_SUBJECT = (
+    r"^\s*(?:undeliverable|undelivered mail|delivery status notification|"
+    r"mail delivery (?:failed|failure|system)|returned mail|delivery failure|"
+    r"nicht zustellbar|unzustellbar)\b"
+)
+# An auto-reply's form: the phrase alone or followed by a colon ("Automatic reply: …"), behind
+# nothing but reply prefixes ("AW: Abwesenheitsnotiz: …"): a reaction.
+_AUTO_SUBJECT_FORM = re.compile(rf"{_run(_REPLY)}(?:(?:{_AUTO_PHRASES})\s*(?:[:：]|$)|{_LOTUS})", re.I)
+# The phrase in running words ("Out of office assistant will not turn off"), or forwarded by a
+# person, may be a request: automatic (no acknowledgement), but it still opens a ticket.
+_AUTO_SUBJECT = re.compile(rf"{_run(_REPLY + '|' + _FORWARD)}(?:{_AUTO_PHRASES})(?!\w)|{_BOUNCE_SUBJECT}", re.I)
 
 
 @dataclass
@@ -108,8 +150,21 @@ def own_loop_header(ctx: Context) -> str | None:
     return f"{LOOP_HEADER}: {ctx.loop_id}" if ctx.loop_id in values else None
 
 
+def auto_reply_subject(ctx: Context) -> str | None:
+    """A subject in the form auto-replies and bounces give theirs: a reaction."""
+    return f"auto-reply subject {ctx.mail.subject[:200]!r}" if _AUTO_SUBJECT_FORM.match(ctx.mail.subject) else None
+
+
 def auto_subject(ctx: Context) -> str | None:
-    return f"subject {ctx.mail.subject!r}" if _AUTO_SUBJECT.match(ctx.mail.subject) else None
+    if _AUTO_SUBJECT_FORM.match(ctx.mail.subject):
+        return None  # reported by auto_reply_subject
+    return f"subject {ctx.mail.subject[:200]!r}" if _AUTO_SUBJECT.match(ctx.mail.subject) else None
+
+
+def auto_reply_precedence(ctx: Context) -> str | None:
+    """`Precedence: auto_reply` (Exchange, some vacation programs): a reaction."""
+    value = ctx.mail.header("Precedence").strip().lower()
+    return f"Precedence: {value}" if value in ("auto_reply", "auto-reply") else None
 
 
 def noreply_sender(ctx: Context) -> str | None:
@@ -141,7 +196,10 @@ RULES: tuple[tuple[Rule, bool], ...] = (
     (empty_return_path, True),
     (failed_recipients, True),
     (bounce, True),
-    # A subject alone is weak evidence ("Out of office assistant will not turn off" is a request).
+    (auto_reply_precedence, True),
+    (auto_reply_subject, True),
+    # A phrase in running words is weak evidence ("Out of office assistant will not turn off" is
+    # a request).
     (auto_subject, False),
     (auto_generated, False),
     (precedence, False),

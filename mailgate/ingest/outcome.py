@@ -13,6 +13,7 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"  # stored before: nothing changed
     AUTO = "auto"  # auto-generated: stored, never answered
     BOUNCE = "bounce"  # a delivery status notification: stored, never answered
+    HELD = "held"  # from a source over the circuit breaker's limits: stored, nothing sent
     QUARANTINED = "quarantined"  # not a mail we can store: kept with its bytes and the reason
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from mailgate.app import App
 from mailgate.db import describe
 from mailgate.ingest.apply import apply
+from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
 from mailgate.ingest.dedupe import dedupe
 from mailgate.ingest.history import History, date_imported, end_imported
@@ -41,7 +42,8 @@ __all__ = ["STEPS", "IngestResult", "Outcome", "TemporaryFailure", "ingest"]
 Step = Callable[[Incoming], Outcome | None]
 
 # The whole flow of a mail, in order. The dispatcher desk's authenticate, commands and
-# permissions go between thread and apply.
+# permissions go between thread and apply. breaker holds a source that opens too many
+# tickets before apply opens one and notify queues its mail.
 STEPS: tuple[Step, ...] = (
     date_imported,
     dedupe,
@@ -49,6 +51,7 @@ STEPS: tuple[Step, ...] = (
     identify,
     classify,
     thread,
+    breaker,
     apply,
     end_imported,
     notify,
@@ -57,7 +60,7 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "classify")
+_EVIDENCE = ("token", "references", "tag", "classify", "breaker")
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,8 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
+
+from mailgate.db import advisory_key
 
 
 class LeaseLost(Exception):
@@ -39,12 +40,6 @@ class Lease(Protocol):
     def release(self) -> None: ...
 
 
-def lease_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for `name`."""
-    digest = hashlib.sha256(f"mailgate:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 def make_lease(engine: Engine, name: str) -> Lease:
     """The lease for `name` on the database behind `engine`."""
     url = engine.url
@@ -59,7 +54,7 @@ def make_lease(engine: Engine, name: str) -> Lease:
 class PgAdvisoryLease:
     def __init__(self, url: URL, name: str) -> None:
         self.name = name
-        self.key = lease_key(name)
+        self.key = advisory_key(name)
         # NullPool: closing the connection really closes it, and with it the lock.
         self._engine = create_engine(url, poolclass=NullPool)
         self._conn: Connection | None = None
