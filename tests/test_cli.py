@@ -53,6 +53,8 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test runs in a directory of its own, with no MAILGATE_* variable of the caller's."""
     for name in [n for n in os.environ if n.startswith("MAILGATE_")]:
         monkeypatch.delenv(name)
+    # Nor the config of a mailgate installed on this machine (/etc/mailgate/mailgate.toml).
+    monkeypatch.setattr("mailgate.config_file.DEFAULT_CONFIG_PATHS", (Path("mailgate.toml"),))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

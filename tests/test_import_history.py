@@ -81,3 +81,12 @@ def test_notify_imports_as_new_mail(workdir: Path) -> None:  # noqa: F811
     kinds = [line.split()[2] for line in _outbox(workdir)]
     assert sorted(kinds) == ["ack", "dispatcher_new"]
     assert run("import", "mbox", str(workdir / "old.mbox"), "--notify", "--closed").exit_code == 64
+
+
+def test_a_history_of_one_busy_person_is_not_held_as_a_robot(workdir: Path) -> None:  # noqa: F811
+    mails = [
+        _dated(mail(subject=f"Request {n}", message_id=f"<busy-{n}@x>"), f"Mon, {n + 1:02d} Jul 2019 10:00:00 +0000")
+        for n in range(25)
+    ]
+    result = run("import", "mbox", str(_box(workdir / "old.mbox", mails)))
+    assert "25 new tickets" in result.stdout and "held" not in result.stdout, result.stdout
