@@ -222,7 +222,7 @@ class Limits(_Section):
     max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
     # Acknowledgements per sender address within ack_window_minutes (robots ping-pong otherwise).
-    acks_per_sender: int = Field(default=3, ge=0)
+    acks_per_sender: int = Field(default=5, ge=0)
     ack_window_minutes: int = Field(default=60, ge=1)
     # People a new ticket's first mail can make participants (To and Cc): each costs a person
     # and a participant row in the mail's one transaction. The rest stay in the stored mail.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -25,6 +26,7 @@ from mailgate.models import (
     Ticket,
     TicketLink,
 )
+from tests.conftest import make_settings
 from tests.mails import mail
 from tests.tnef import winmail_dat
 
@@ -516,6 +518,21 @@ def test_our_own_acknowledgement_coming_back_is_not_answered(app: App) -> None:
     result = ingest(app, looped, "smtp")
     assert result.outcome == "auto"
     assert len(outbox(app)) == 2
+
+
+def test_by_default_a_person_writing_four_times_an_hour_gets_every_acknowledgement(
+    tmp_path: Path, db_url: str, clock
+) -> None:
+    """The tests' desk allows 3 (see conftest); the shipped default must not cut off a person
+    who writes four times in an hour. Robots are stopped by the circuit breaker instead."""
+    app = App.build(make_settings(tmp_path, db_url, limits={}), clock=clock)
+    try:
+        for i in range(4):
+            ingest(app, mail(subject=f"question {i}", body=f"body {i}\n"), "smtp")
+            clock.advance(timedelta(minutes=10))
+        assert len(outbox(app, "ack")) == 4
+    finally:
+        app.close()
 
 
 def test_acknowledgements_are_rate_limited_per_sender(app: App, clock) -> None:
