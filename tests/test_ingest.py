@@ -747,3 +747,10 @@ def test_a_step_added_after_thread_sees_its_decision_and_can_end_the_pipeline(
     assert [m.kind for m in messages(app, number)] == ["new_ticket"]  # the steps after it did not run
     other = ingest(app, mail(subject="Another problem"), "smtp")  # the step lets this one go on
     assert other.outcome == Outcome.NEW_TICKET and seen == [number, None]
+
+
+def test_the_log_line_of_a_mail_without_message_id_says_so(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="mailgate.ingest"):
+        ingest(app, mail(message_id=None), "smtp")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ingest source="))
+    assert "msgid=(none)" in line and "None" not in line

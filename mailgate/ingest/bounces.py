@@ -171,7 +171,7 @@ def prose_failures(mail: ParsedMail) -> list[Failure]:
     try:
         temporary, permanent = all_failures(mail.message)
     except Exception:  # a detector tripping over hostile input: no addresses, not a lost mail
-        log.debug("bounce detectors failed on msgid=<%s>", mail.message_id, exc_info=True)
+        log.debug("bounce detectors failed on msgid=%s", mail.logged_id, exc_info=True)
         return []
     failures: dict[str, Failure] = {}
     for found, is_permanent in [(a, True) for a in permanent] + [(a, False) for a in temporary]:

@@ -84,7 +84,7 @@ def earlier_copy(session: Session, mail: ParsedMail, content: str) -> tuple[str,
         )
         if same_mail or not key.startswith("mid:") or key != first:
             return key, row.number, True
-        log.warning("msgid=<%s> reused by a different mail from %s: kept as well", mail.message_id, mail.from_addr)
+        log.warning("msgid=%s reused by a different mail from %s: kept as well", mail.logged_id, mail.from_addr)
         key = f"{key}#{content_hash(mail)}"
 
 

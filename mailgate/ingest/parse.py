@@ -67,6 +67,11 @@ class ParsedMail:
         return raw_headers(self.message, name)
 
     @property
+    def logged_id(self) -> str:
+        """The Message-ID as the logs print it: "<id>", or "(none)" for mail without one."""
+        return f"<{self.message_id}>" if self.message_id else "(none)"
+
+    @property
     def thread_ids(self) -> list[str]:
         """In-Reply-To first, then References from the newest back."""
         seen: dict[str, None] = dict.fromkeys(self.in_reply_to)

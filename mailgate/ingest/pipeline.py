@@ -116,9 +116,9 @@ def ingest(
     except Exception as exc:
         # One line for the operator (database down, disk full …); the traceback only with -v.
         log.error(
-            "ingest failed, rolled back, mail left with the sender: source=%s msgid=<%s>: %s",
+            "ingest failed, rolled back, mail left with the sender: source=%s msgid=%s: %s",
             source,
-            mail.message_id,
+            mail.logged_id,
             describe(exc),
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
@@ -127,9 +127,9 @@ def ingest(
         app.outbox_changed()  # mail waits in the outbox: let the sender know now
     evidence = [t["decision"] for t in result.trace if t["step"] in _EVIDENCE]
     log.info(
-        "ingest source=%s msgid=<%s> outcome=%s ticket=%s evidence=%s",
+        "ingest source=%s msgid=%s outcome=%s ticket=%s evidence=%s",
         source,
-        mail.message_id,
+        mail.logged_id,
         result.outcome,
         result.ticket_number,
         "; ".join(evidence) or "-",
@@ -184,7 +184,7 @@ def _apply_with_retry(
             if isinstance(exc, OperationalError) and not _is_conflict(exc):
                 raise
             log.info(
-                "ingest msgid=<%s>: concurrent transaction (%s), attempt %d", mail.message_id, describe(exc), attempt
+                "ingest msgid=%s: concurrent transaction (%s), attempt %d", mail.logged_id, describe(exc), attempt
             )
             last = exc
             # Two transactions that raced once race again if both retry at once (a busy
@@ -200,7 +200,7 @@ def _run(item: Incoming) -> IngestResult:
         if outcome is not None:
             break
     else:
-        raise AssertionError(f"no step ended the pipeline for msgid=<{item.mail.message_id}>")
+        raise AssertionError(f"no step ended the pipeline for msgid={item.mail.logged_id}")
     message = item.message
     if message is not None and len(message.trace) != len(item.trace):
         message.trace = list(item.trace)  # the notes of the steps after the one that stored it
