@@ -16,7 +16,9 @@ from email.message import Message
 
 import mailparser
 
+from mailgate.config import Parsing
 from mailgate.ingest.attachments import MailAttachment, extract_attachments
+from mailgate.ingest.mime import read_tree
 from mailgate.ingest.text import decode_words, html_to_text, repair_text
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class ParsedMail:
     attachments: list[MailAttachment] = field(default_factory=list)
     # SMTP MAIL FROM, when the transport knows it ("" is the null sender of bounces).
     envelope_sender: str | None = None
+    # What the parsing bounds left out of this view of the mail (the raw bytes are whole).
+    notes: list[str] = field(default_factory=list)
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""
@@ -150,8 +154,12 @@ def _sender(parsed: mailparser.MailParser, message: Message, envelope_sender: st
     return "", ""
 
 
-def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> ParsedMail:
-    """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail."""
+def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds: Parsing | None = None) -> ParsedMail:
+    """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail.
+
+    `bounds` cap the work (see mime.py); what they cut is listed in the result's notes.
+    """
+    bounds = bounds or Parsing()
     if not raw.strip():
         raise Unparseable("empty input")
     if len(raw) > max_bytes:
@@ -160,7 +168,8 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
     if not _HEADER_LINE.match(mime):
         raise Unparseable("no header section: the input does not start with a mail header")
     try:
-        message = email.message_from_bytes(mime)
+        tree = read_tree(mime, bounds)  # email.message_from_bytes, bounded
+        message, notes = tree.message, tree.notes
         if message.is_multipart() and message.epilogue is None:
             message.epilogue = ""  # mail-parser 4.8 calls .index() on it when a start boundary is missing
         parsed = mailparser.MailParser(message)
@@ -172,7 +181,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
         raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
     plain = [t for t in parsed.text_plain if t and t.strip()]
-    text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(parsed.text_html))
+    text = "\n\n".join(repair_text(t) for t in plain) if plain else _html_text(parsed.text_html, bounds, notes)
     attachments, attachment_text = extract_attachments(message)
     if not text.strip() and attachment_text:
         text = attachment_text  # e.g. the body of an Outlook winmail.dat
@@ -188,8 +197,34 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
         from_name=from_name,
         to=_addresses(parsed.to),
         cc=_addresses(parsed.cc),
-        subject=next(iter(raw_headers(message, "Subject")), ""),
+        subject=_subject(message, bounds, notes),
         date=_date(message),
         text=text.strip("\n"),
         attachments=attachments,
+        notes=notes,
     )
+
+
+def _subject(message: Message, bounds: Parsing, notes: list[str]) -> str:
+    subject = next(iter(raw_headers(message, "Subject")), "")
+    if len(subject) > bounds.max_subject_chars:
+        notes.append(
+            f"subject of {len(subject)} characters: the first {bounds.max_subject_chars} kept "
+            "(parsing.max_subject_chars)"
+        )
+        subject = subject[: bounds.max_subject_chars - 1].rstrip() + "…"
+    return subject
+
+
+def _html_text(bodies: list[str], bounds: Parsing, notes: list[str]) -> str:
+    """The text of the HTML bodies; html2text takes seconds a megabyte, so only the first
+    parsing.max_html_bytes are converted (cut before a tag)."""
+    html = "\n".join(bodies)
+    if len(html) > bounds.max_html_bytes:
+        cut = html.rfind("<", 0, bounds.max_html_bytes)
+        notes.append(
+            f"HTML of {len(html)} characters: the text shows the first {bounds.max_html_bytes} "
+            f"(parsing.max_html_bytes); the rest is in the raw mail"
+        )
+        html = html[: cut if cut > 0 else bounds.max_html_bytes]
+    return html_to_text(html)

@@ -79,7 +79,7 @@ def ingest(
     arrived = min(now, received_at) if received_at is not None else now
     source = source[:100]
     try:
-        mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
+        mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender, app.settings.parsing)
     except Unparseable as exc:
         return _quarantined(app, raw, source, str(exc), now, envelope_sender, envelope_recipients)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
@@ -170,6 +170,8 @@ def _apply_with_retry(
 
 def _run(item: Incoming) -> IngestResult:
     """The STEPS on `item` until one ends the pipeline; the result is read before commit."""
+    for note in item.mail.notes:  # what the parsing bounds cut, before any step stores the trace
+        item.note("parse", note)
     for step in STEPS:
         outcome = step(item)
         if outcome is not None:
