@@ -1,0 +1,132 @@
+"""One mail must not stall the desk: each of the heavy mails (tests/heavy_mails.py) is ingested
+in under 15 s and 4x its size + 200 MB of memory, no outgoing mail is over 200 KB, the raw mail
+is kept whole and the trace says what was cut. Measured in a child process (its own peak RSS);
+bench/bounds.py prints the same figures."""
+
+from __future__ import annotations
+
+import email.header
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailgate.app import App
+from mailgate.config import load_settings
+from mailgate.config_file import ConfigError
+from mailgate.ingest.encoded_words import split_words
+from mailgate.ingest.pipeline import ingest
+from mailgate.ingest.text import decode_words
+from mailgate.models import Outbox
+from mailgate.outgoing.compose import render
+from tests.conftest import REPO, make_settings
+from tests.heavy_mails import HEAVY, many_files
+from tests.mails import mail
+
+SECONDS = 15
+OUTGOING_BYTES = 200 * 1024
+
+
+def ingest_in_child(db_url: str, tmp_path: Path, raw: bytes) -> dict:
+    path = tmp_path / "heavy.eml"
+    path.write_bytes(raw)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "tests.ingest_child", db_url, str(tmp_path / "data"), str(path)]
+    try:
+        # The child's start and its rendering of the outgoing mail come on top of the ingest.
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ingest of a {len(raw)}-byte mail did not end within {SECONDS + 30} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+# tests/test_threading_rules.py times the mail copying 60,000 people (bench/bounds.py has it too).
+@pytest.mark.parametrize("name", [name for name in HEAVY if "Cc" not in name])
+def test_a_heavy_mail_is_ingested_in_bounded_time_and_memory(db_url: str, tmp_path: Path, name: str) -> None:
+    raw = HEAVY[name]()
+    defaults = make_settings(tmp_path, db_url)
+    assert len(raw) < defaults.limits.max_message_bytes
+    got = ingest_in_child(db_url, tmp_path, raw)
+    assert got["outcome"] == "new_ticket" and got["raw_kept"], got
+    assert got["seconds"] < SECONDS, f"{name}: {got['seconds']:.1f} s"
+    assert got["peak_rss"] < 4 * len(raw) + 200 * 2**20, f"{name}: peak RSS {got['peak_rss'] / 2**20:.0f} MB"
+    assert set(got["outgoing_bytes"]) == {"ack", "dispatcher_new"}
+    assert max(got["outgoing_bytes"].values()) <= OUTGOING_BYTES, got["outgoing_bytes"]
+    assert got["stored_subject"] <= defaults.parsing.max_subject_chars
+    assert got["ticket_subject"] <= defaults.parsing.max_subject_chars
+    # The trace says what was left out of the parsed mail (the participants' bound is apply's).
+    assert any(line.startswith("parse:") and "(parsing." in line for line in got["trace"]), got["trace"]
+
+
+def test_a_mail_listing_a_thousand_files_gets_outgoing_mail_within_the_bound(tmp_path: Path, db_url: str) -> None:
+    # Every file over the attachment limit is listed in the acknowledgement and the notice.
+    settings = make_settings(tmp_path, db_url, limits={"max_attachment_bytes": 0})
+    app = App.build(settings)
+    try:
+        result = ingest(app, many_files(300, 2000), "smtp")
+        assert result.outcome == "new_ticket"
+        with app.sessions() as session:
+            rows = list(session.scalars(select(Outbox)))
+            assert {r.kind for r in rows} == {"ack", "dispatcher_new"}
+            for row in rows:
+                data = render(row)
+                assert len(data) <= OUTGOING_BYTES, (row.kind, len(data))
+                assert "0000-report" in row.body and "cut" in row.body.splitlines()[-1]
+    finally:
+        app.close()
+
+
+def test_the_subject_of_outgoing_mail_is_cut_but_keeps_the_tag(app: App) -> None:
+    result = ingest(app, mail(subject="printer " * 400), "smtp")
+    with app.sessions() as session:
+        for row in session.scalars(select(Outbox)):
+            subject = row.headers["Subject"]
+            assert len(subject) <= app.settings.outgoing.max_subject_chars + 20
+            assert f"#{result.ticket_number}]" in subject and subject.endswith("…")
+
+
+def test_a_reply_quoting_a_long_thread_still_threads_by_its_newest_references(app: App) -> None:
+    first = ingest(app, mail(message_id="<start@client.example.org>"), "smtp")
+    old = " ".join(f"<old-{i}@lists.example.org>" for i in range(3000))  # ~80 KB, the oldest first
+    reply = mail(
+        subject="Re: Printer",
+        message_id="<reply@client.example.org>",
+        headers={"References": f"{old} <start@client.example.org>"},
+    )
+    result = ingest(app, reply, "smtp")
+    assert (result.outcome, result.ticket_number) == ("reply", first.ticket_number)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "=?utf-8?q?Dr=C3=BCcker_kaputt?=",
+        "Re: =?iso-8859-1?q?Gr=FC=DFe?= aus =?utf-8?b?S8O2bG4=?=",
+        "=?utf-8?q?=C3?= =?utf-8?q?=BC?= ber",  # one character split across two words
+        "=?UTF-8?B?w6Q?=",  # base64 without its padding
+        "a =?iso-8859-1?q?=E4?=  =?utf-8?q?=C3=A4?= b",
+        "plain text only",
+    ],
+)
+def test_encoded_words_decode_as_the_stdlib_decodes_them(value: str) -> None:
+    stdlib = "".join(
+        c if isinstance(c, str) else c.decode(cs or "ascii") for c, cs in email.header.decode_header(value)
+    )
+    assert decode_words(value) == " ".join(stdlib.split())
+
+
+def test_a_word_that_does_not_decode_is_kept_as_written() -> None:
+    assert split_words("=?utf-8?b?a?= x") == [("=?utf-8?b?a?=", None), (" x", None)]
+
+
+def test_a_bad_parsing_bound_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "mailgate.toml"
+    path.write_text("[parsing]\nmax_mime_parts = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "parsing.max_mime_parts" in str(info.value) and "0" in str(info.value)
