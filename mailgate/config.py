@@ -227,6 +227,8 @@ class Parsing(_Section):
     max_header_total_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # HTML converted to text when a mail has no plain text; the text shows the first this many.
     max_html_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The text of a mail kept for its ticket (and searched for quotes) is cut to this many characters.
+    max_text_chars: int = Field(default=1_000_000, ge=10_000)
     # A stored subject (and the ticket title) is cut to this many characters.
     max_subject_chars: int = Field(default=1000, ge=80)
 

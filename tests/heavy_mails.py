@@ -4,6 +4,8 @@ tests/test_bounds.py and bench/bounds.py."""
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Callable
 
 
@@ -22,13 +24,14 @@ def many_cc(count: int = 60_000) -> bytes:
 
 def encoded_subject(size: int = 800_000) -> bytes:
     """Short RFC 2047 words on one line, in a charset nobody knows (the fallback path)."""
-    subject = " ".join(["=?x-unknown?q?a?="] * (size // 18))
+    subject = " ".join(["=?x?q?a?="] * (size // 10))
     return (_head("words", subject) + "Content-Type: text/plain\r\n\r\nThe printer jams.\r\n").encode()
 
 
 def mime_parts(count: int = 100_000) -> bytes:
+    """Tiny files, each of its own content (a part of text would be body, not a file)."""
     boundary = "b0undary"
-    parts = "".join(f"--{boundary}\r\nContent-Type: text/plain\r\n\r\np{i}\r\n" for i in range(count))
+    parts = "".join(f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\np{i}\r\n" for i in range(count))
     return (
         _head("parts", "Many parts")
         + f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
@@ -66,11 +69,33 @@ def many_files(count: int = 900, name_chars: int = 28_000) -> bytes:
     ).encode()
 
 
-HEAVY: dict[str, Callable[[], bytes]] = {
-    "60,000 addresses in Cc": many_cc,
-    "0.8 MB Subject of RFC 2047 words": encoded_subject,
-    "100,000 tiny MIME parts": mime_parts,
-    "10 MB Subject": long_subject,
-    "12 MB of HTML": much_html,
-    "900 files with 28 KB names": many_files,
+def much_text(size: int = 45_000_000) -> bytes:
+    line = "The printer on the third floor jams on every second page, please help.\r\n"
+    body = line * (size // len(line))
+    return (_head("text", "Printer") + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+
+
+def large_file(size: int = 34_000_000) -> bytes:
+    data = base64.encodebytes(os.urandom(size)).decode().replace("\n", "\r\n")
+    return (
+        _head("file", "Log file")
+        + 'Content-Type: multipart/mixed; boundary="b0undary"\r\n\r\n'
+        + "--b0undary\r\nContent-Type: text/plain\r\n\r\nThe log is attached.\r\n"
+        + '--b0undary\r\nContent-Type: application/octet-stream; name="log.bin"\r\n'
+        + "Content-Transfer-Encoding: base64\r\n\r\n"
+        + data
+        + "--b0undary--\r\n"
+    ).encode()
+
+
+# Each mail, and the bound that cuts it (named in its trace), if any.
+HEAVY: dict[str, tuple[Callable[[], bytes], str | None]] = {
+    "60,000 addresses in Cc": (many_cc, "limits.max_participants_per_mail"),
+    "0.8 MB Subject of RFC 2047 words": (encoded_subject, "parsing.max_header_bytes"),
+    "100,000 tiny MIME parts": (mime_parts, "parsing.max_mime_parts"),
+    "10 MB Subject": (long_subject, "parsing.max_header_bytes"),
+    "12 MB of HTML": (much_html, "parsing.max_html_bytes"),
+    "900 files with 28 KB names": (many_files, "parsing.max_header_total_bytes"),
+    "45 MB of plain text": (much_text, "parsing.max_text_chars"),
+    "34 MB file (46 MB in base64)": (large_file, None),
 }

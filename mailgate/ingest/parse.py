@@ -181,7 +181,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds
         raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
     plain = [t for t in parsed.text_plain if t and t.strip()]
-    text = "\n\n".join(repair_text(t) for t in plain) if plain else _html_text(parsed.text_html, bounds, notes)
+    text = _plain_text(plain, bounds, notes) if plain else _html_text(parsed.text_html, bounds, notes)
     attachments, attachment_text = extract_attachments(message)
     if not text.strip() and attachment_text:
         text = attachment_text  # e.g. the body of an Outlook winmail.dat
@@ -214,6 +214,23 @@ def _subject(message: Message, bounds: Parsing, notes: list[str]) -> str:
         )
         subject = subject[: bounds.max_subject_chars - 1].rstrip() + "…"
     return subject
+
+
+def _plain_text(bodies: list[str], bounds: Parsing, notes: list[str]) -> str:
+    """The text parts, together at most parsing.max_text_chars: a ticket shows no more, and
+    every later step (quotes, fingerprints, the database) pays for each character."""
+    total, left, kept = sum(map(len, bodies)), bounds.max_text_chars, []
+    for body in bodies:
+        if left <= 0:
+            break
+        kept.append(repair_text(body[:left]))
+        left -= len(kept[-1]) + 2
+    if total > bounds.max_text_chars:
+        notes.append(
+            f"text of {total} characters: the first {bounds.max_text_chars} kept (parsing.max_text_chars); "
+            f"the rest is in the raw mail"
+        )
+    return "\n\n".join(kept)
 
 
 def _html_text(bodies: list[str], bounds: Parsing, notes: list[str]) -> str:
