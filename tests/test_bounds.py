@@ -112,6 +112,7 @@ def test_a_reply_quoting_a_long_thread_still_threads_by_its_newest_references(ap
         "=?UTF-8?B?w6Q?=",  # base64 without its padding
         "a =?iso-8859-1?q?=E4?=  =?utf-8?q?=C3=A4?= b",
         "plain text only",
+        "=?iso-8859-1?q?Fr\xf6sche?=",  # an 8-bit byte inside the word, read as Latin-1 before
     ],
 )
 def test_encoded_words_decode_as_the_stdlib_decodes_them(value: str) -> None:

@@ -60,7 +60,9 @@ def split_words(text: str) -> list[tuple[str | bytes, str | None]]:
 
 
 def _decode(encoding: str, encoded: str) -> bytes | None:
-    data = encoded.encode("utf-8", "surrogateescape")
+    # As the stdlib: a character that should not be there (8-bit text repaired to one) is its
+    # Latin-1 byte, which is what the word's charset usually made of it.
+    data = encoded.encode("raw-unicode-escape")
     try:
         if encoding in "qQ":
             return binascii.a2b_qp(data, header=True)  # '_' is a space in a header (RFC 2047 4.2)
