@@ -8,14 +8,17 @@ from __future__ import annotations
 import email.header
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from mailgate.app import App
+from mailgate.cli.root import cli
 from mailgate.config import load_settings
 from mailgate.config_file import ConfigError
 from mailgate.ingest.encoded_words import split_words
@@ -132,3 +135,26 @@ def test_a_bad_parsing_bound_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert "parsing.max_mime_parts" in str(info.value) and "0" in str(info.value)
+
+
+def test_messages_show_says_what_a_bound_cut(
+    tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in [n for n in os.environ if n.startswith("MAILGATE_")]:
+        monkeypatch.delenv(variable)
+    (tmp_path / "data").mkdir()
+    shutil.copy(sqlite_template, tmp_path / "data" / "mailgate.db")
+    config = tmp_path / "mailgate.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\nsecret = "cli-test-secret-0123"\n'
+        '[addresses]\nsupport = "support@example.com"\ndispatcher = "dispatch@example.com"\n'
+        "[parsing]\nmax_mime_parts = 3\n"
+    )
+    files = [(f"f{i}.txt", "application/octet-stream", b"x") for i in range(5)]
+    runner = CliRunner()
+    ingested = runner.invoke(cli, ["--config", str(config), "ingest", "--now", "-"], input=mail(attachments=files))
+    assert ingested.exit_code == 0 and "new_ticket" in ingested.stdout, ingested.output
+    shown = runner.invoke(cli, ["--config", str(config), "messages", "show", "1"]).stdout
+    assert "parse:" in shown and "parsing.max_mime_parts" in shown
+    ticket = runner.invoke(cli, ["--config", str(config), "tickets", "show", "1"]).stdout
+    assert "f0.txt" in ticket and "f4.txt" not in ticket  # only the parts read
