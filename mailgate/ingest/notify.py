@@ -50,10 +50,17 @@ def why_no_acknowledgement(item: Incoming) -> str | None:
     return None
 
 
+# Files named in one notification; the rest are counted ("and 120 more"), so that a mail of a
+# thousand files still gets a notice that ends with what to do.
+LISTED_FILES = 50
+
+
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
+    over_limit = [a for a in message.attachments if not a.stored]
     context = {
         "due": local_time(item.app.settings, ticket.first_response_due),
-        "over_limit": [a for a in message.attachments if not a.stored],
+        "over_limit": over_limit[:LISTED_FILES],
+        "more_over_limit": len(over_limit[LISTED_FILES:]),
         "summary": excerpt(item.mail.text, lines=6, chars=500),
     }
     outgoing = OutgoingMail(
@@ -81,7 +88,8 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message) ->
         "channel": item.source,
         "due": local_time(settings, ticket.first_response_due),
         "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
-        "attachments": message.attachments,
+        "attachments": message.attachments[:LISTED_FILES],
+        "more_attachments": len(message.attachments[LISTED_FILES:]),
         "linked": item.linked,
         "link_reason": item.link_reason,
         "automatic": item.reasons,
