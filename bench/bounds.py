@@ -32,8 +32,9 @@ def run(url: str, folder: Path, raw: bytes, timeout: float) -> dict | None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return json.loads(out.splitlines()[0]) if out.strip() else None  # ingested; rendering stopped
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.splitlines()[-1])
@@ -74,10 +75,11 @@ def main() -> None:
             if "error" in got:
                 print(f"{head}  failed: {got['error']}")
                 continue
-            out = max(got["outgoing_bytes"].values(), default=0) / 1024
+            out = max(got["outgoing_bytes"].values(), default=0) / 1024 if "outgoing_bytes" in got else None
             cut = [line for line in got["trace"] if line.startswith("parse:") or "left out" in line]
             print(
-                f"{head} {got['seconds']:8.1f} {got['peak_rss'] / 2**20:8.0f} {goal:8.0f} {out:10.0f}  "
+                f"{head} {got['seconds']:8.1f} {got['peak_rss'] / 2**20:8.0f} {goal:8.0f} "
+                + (f"{out:10.0f}  " if out is not None else f"{'(>' + str(int(args.timeout)) + ' s)':>10}  ")
                 + ("; ".join(cut)[:200] or "-")
             )
 

@@ -46,7 +46,6 @@ def main(url: str, data_dir: str, mail_file: str) -> None:
     with app.sessions() as session:
         message = session.scalar(select(Message).where(Message.message_id == result.message_id))
         ticket = session.scalar(select(Ticket).where(Ticket.number == result.ticket_number))
-        outgoing = {row.kind: len(render(row)) for row in session.scalars(select(Outbox))}
         report = {
             "seconds": seconds,
             "peak_rss": peak,
@@ -55,8 +54,11 @@ def main(url: str, data_dir: str, mail_file: str) -> None:
             "raw_kept": message is not None and message.raw == raw,
             "stored_subject": len(message.subject) if message else None,
             "ticket_subject": len(ticket.subject) if ticket else None,
-            "outgoing_bytes": outgoing,
         }
+        # A line before the rendering, which took minutes for some mails: a caller that stops
+        # waiting still has the ingest's figures.
+        print(json.dumps(report), flush=True)
+        report["outgoing_bytes"] = {row.kind: len(render(row)) for row in session.scalars(select(Outbox))}
     app.close()
     print(json.dumps(report))
 

@@ -17,9 +17,10 @@ from email.message import Message
 import mailparser
 
 from mailgate.config import Parsing
+from mailgate.ingest import bounded
 from mailgate.ingest.attachments import MailAttachment, extract_attachments
 from mailgate.ingest.mime import read_tree
-from mailgate.ingest.text import decode_words, html_to_text, repair_text
+from mailgate.ingest.text import decode_words, repair_text
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds
         raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
     plain = [t for t in parsed.text_plain if t and t.strip()]
-    text = _plain_text(plain, bounds, notes) if plain else _html_text(parsed.text_html, bounds, notes)
+    text = bounded.plain_text(plain, bounds, notes) if plain else bounded.html_text(parsed.text_html, bounds, notes)
     attachments, attachment_text = extract_attachments(message)
     if not text.strip() and attachment_text:
         text = attachment_text  # e.g. the body of an Outlook winmail.dat
@@ -197,51 +198,9 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds
         from_name=from_name,
         to=_addresses(parsed.to),
         cc=_addresses(parsed.cc),
-        subject=_subject(message, bounds, notes),
+        subject=bounded.subject(next(iter(raw_headers(message, "Subject")), ""), bounds, notes),
         date=_date(message),
         text=text.strip("\n"),
         attachments=attachments,
         notes=notes,
     )
-
-
-def _subject(message: Message, bounds: Parsing, notes: list[str]) -> str:
-    subject = next(iter(raw_headers(message, "Subject")), "")
-    if len(subject) > bounds.max_subject_chars:
-        notes.append(
-            f"subject of {len(subject)} characters: the first {bounds.max_subject_chars} kept "
-            "(parsing.max_subject_chars)"
-        )
-        subject = subject[: bounds.max_subject_chars - 1].rstrip() + "…"
-    return subject
-
-
-def _plain_text(bodies: list[str], bounds: Parsing, notes: list[str]) -> str:
-    """The text parts, together at most parsing.max_text_chars: a ticket shows no more, and
-    every later step (quotes, fingerprints, the database) pays for each character."""
-    total, left, kept = sum(map(len, bodies)), bounds.max_text_chars, []
-    for body in bodies:
-        if left <= 0:
-            break
-        kept.append(repair_text(body[:left]))
-        left -= len(kept[-1]) + 2
-    if total > bounds.max_text_chars:
-        notes.append(
-            f"text of {total} characters: the first {bounds.max_text_chars} kept (parsing.max_text_chars); "
-            f"the rest is in the raw mail"
-        )
-    return "\n\n".join(kept)
-
-
-def _html_text(bodies: list[str], bounds: Parsing, notes: list[str]) -> str:
-    """The text of the HTML bodies; html2text takes seconds a megabyte, so only the first
-    parsing.max_html_bytes are converted (cut before a tag)."""
-    html = "\n".join(bodies)
-    if len(html) > bounds.max_html_bytes:
-        cut = html.rfind("<", 0, bounds.max_html_bytes)
-        notes.append(
-            f"HTML of {len(html)} characters: the text shows the first {bounds.max_html_bytes} "
-            f"(parsing.max_html_bytes); the rest is in the raw mail"
-        )
-        html = html[: cut if cut > 0 else bounds.max_html_bytes]
-    return html_to_text(html)
