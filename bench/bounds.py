@@ -1,6 +1,6 @@
 """What one heavy mail costs ingest(): time, peak memory, the largest outgoing mail, the trace.
 
-    PYTHONPATH=$PWD python bench/bounds.py [--postgres postgresql+psycopg:///mailgate_bench] [--timeout 600]
+    PYTHONPATH=$PWD python bench/bounds.py [--postgres URL] [--timeout 600] [--only 'MB Subject']
 
 Each mail of tests/heavy_mails.py is ingested on a fresh SQLite database (and PostgreSQL, if
 given) in a child process of its own (tests/ingest_child.py), so that the peak RSS printed is
@@ -52,9 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", help="also ingest on this PostgreSQL database (emptied first)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a child is stopped")
+    parser.add_argument("--only", action="append", help="only the mails whose name contains this")
     args = parser.parse_args()
     print(f"{'mail':34} {'db':8} {'MB':>6} {'seconds':>8} {'peak MB':>8} {'goal MB':>8} {'max out KB':>10}  cut")
     for name, (make, _bound) in HEAVY.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         raw = make()
         goal = (4 * len(raw) + 200 * 2**20) / 2**20
         databases = ["sqlite"] + (["postgres"] if args.postgres else [])
