@@ -88,6 +88,11 @@ def large_file(size: int = 34_000_000) -> bytes:
     ).encode()
 
 
+def many_headers(count: int = 2_000_000) -> bytes:
+    fields = "".join(f"X-H{i}: v\r\n" for i in range(count))
+    return (_head("fields", "Many fields", fields) + "Content-Type: text/plain\r\n\r\nThe printer jams.\r\n").encode()
+
+
 # Each mail, and the bound that cuts it (named in its trace), if any.
 HEAVY: dict[str, tuple[Callable[[], bytes], str | None]] = {
     "60,000 addresses in Cc": (many_cc, "limits.max_participants_per_mail"),
@@ -96,6 +101,7 @@ HEAVY: dict[str, tuple[Callable[[], bytes], str | None]] = {
     "10 MB Subject": (long_subject, "parsing.max_header_bytes"),
     "12 MB of HTML": (much_html, "parsing.max_html_bytes"),
     "900 files with 28 KB names": (many_files, "parsing.max_header_total_bytes"),
+    "2,000,000 header fields (29 MB)": (many_headers, "parsing.max_header_total_bytes"),
     "45 MB of plain text": (much_text, "parsing.max_text_chars"),
     "34 MB file (46 MB in base64)": (large_file, None),
 }

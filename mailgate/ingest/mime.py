@@ -17,6 +17,7 @@ attachments), and `notes` say what, for the decision trace.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
 from email.message import Message
@@ -92,6 +93,13 @@ class Tree:
 
 def read_tree(data: bytes, bounds: Parsing) -> Tree:
     """The MIME tree of `data`, read up to the bounds; `notes` say what was left out."""
+    notes = []
+    data, cut_at = _cut_header_section(data, bounds.max_header_total_bytes)
+    if cut_at is not None:
+        notes.append(
+            f"a header section of {cut_at} bytes: read up to parsing.max_header_total_bytes, the rest kept "
+            f"only in the raw mail"
+        )
     budget = _Budget(bounds.max_header_bytes, bounds.max_header_total_bytes)
     policy = _BoundedPolicy(budget=budget)
 
@@ -108,7 +116,6 @@ def read_tree(data: bytes, bounds: Parsing) -> Tree:
             stopped_at = offset + CHUNK
             break
     message = parser.close()
-    notes = []
     if budget.parts > bounds.max_mime_parts:
         _keep_parts(message, bounds.max_mime_parts)
         notes.append(
@@ -125,6 +132,33 @@ def read_tree(data: bytes, bounds: Parsing) -> Tree:
         more = f" and {budget.cut_count - len(budget.cut)} more" if budget.cut_count > len(budget.cut) else ""
         notes.append(f"header values cut: {shown}{more} (parsing.max_header_bytes, parsing.max_header_total_bytes)")
     return Tree(message, notes)
+
+
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_FIELD_START = re.compile(rb"\n(?=[^ \t])")
+
+
+def _cut_header_section(data: bytes, limit: int) -> tuple[bytes, int | None]:
+    """`data` with its header section cut where it would cost more than `limit` (its bytes and
+    HEADER_OVERHEAD a field), and that section's size if it was cut.
+
+    The stdlib parser holds every line of a header section until the section ends, so the
+    budget above cannot stop a mail of two million header lines: its header section is cut
+    here, at the start of a field, and the body follows as it was.
+    """
+    end = _BLANK_LINE.search(data)
+    size = end.start() if end else len(data)
+    if size <= limit // HEADER_OVERHEAD:
+        return data, None  # too short to be over, however many fields
+    for count, field_start in enumerate(_FIELD_START.finditer(data, 0, min(size, limit)), start=1):
+        if field_start.start() + count * HEADER_OVERHEAD > limit:
+            cut = field_start.start()
+            break
+    else:
+        if size <= limit:
+            return data, None
+        cut = limit
+    return data[: cut + 1] + (data[end.start() :] if end else b""), size
 
 
 def _keep_parts(message: Message, count: int) -> None:
