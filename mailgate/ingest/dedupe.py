@@ -29,7 +29,8 @@ _TRACE_HEADER = re.compile(
 
 def content_hash(mail: ParsedMail) -> str:
     """SHA-256 of the mail without its trace headers: equal for two copies of one mail."""
-    raw = re.sub(rb"\r\n?", b"\n", mail.raw)  # CRLF and old-Mac CR-only alike
+    # CRLF and old-Mac CR-only alike (re.sub would hold a list of every line on the way).
+    raw = mail.raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     head, _, body = raw.partition(b"\n\n")
     # The kept lines joined by "\n", then "\n\n" and the body: hashed as they are found, since
     # a list of every line costs many times a header section of millions of them.
