@@ -139,25 +139,27 @@ _FIELD_START = re.compile(rb"\n(?=[^ \t])")
 
 
 def _cut_header_section(data: bytes, limit: int) -> tuple[bytes, int | None]:
-    """`data` with its header section cut where it would cost more than `limit` (its bytes and
-    HEADER_OVERHEAD a field), and that section's size if it was cut.
+    """`data` with its header section cut where its fields would cost more than `limit`
+    (HEADER_OVERHEAD each) or its bytes four times that, and that section's size if it was cut.
 
     The stdlib parser holds every line of a header section until the section ends, so the
-    budget above cannot stop a mail of two million header lines: its header section is cut
-    here, at the start of a field, and the body follows as it was.
+    budget above cannot stop a mail of two million header fields: its header section is cut
+    here, at the start of a field, and the body follows as it was. A few long values are left
+    to the budget, which keeps the fields after them.
     """
     end = _BLANK_LINE.search(data)
     size = end.start() if end else len(data)
     if size <= limit // HEADER_OVERHEAD:
         return data, None  # too short to be over, however many fields
-    for count, field_start in enumerate(_FIELD_START.finditer(data, 0, min(size, limit)), start=1):
-        if field_start.start() + count * HEADER_OVERHEAD > limit:
+    cut = None
+    for count, field_start in enumerate(_FIELD_START.finditer(data, 0, min(size, 4 * limit)), start=1):
+        if count * HEADER_OVERHEAD > limit:
             cut = field_start.start()
             break
-    else:
-        if size <= limit:
+    if cut is None:
+        if size <= 4 * limit:
             return data, None
-        cut = limit
+        cut = 4 * limit
     return data[: cut + 1] + (data[end.start() :] if end else b""), size
 
 
