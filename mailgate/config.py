@@ -116,6 +116,10 @@ class Outgoing(_Section):
     max_attempts: int = Field(default=10, ge=1)
     # Our own loop-detection header value; mail carrying it came from this installation.
     loop_id: str = "mailgate"
+    # The ticket title in an outgoing Subject is cut to this many characters ("…" marks the cut).
+    max_subject_chars: int = Field(default=200, ge=20, le=2000)
+    # No outgoing mail is larger than this, encoded as sent: a longer body is cut and says so.
+    max_mail_bytes: int = Field(default=200 * 1024, ge=16 * 1024)
 
     @field_validator("relay_password_file", mode="before")
     @classmethod
@@ -335,6 +339,24 @@ class Breaker(_Section):
         return [d.lower() for d in value]
 
 
+class Parsing(_Section):
+    """What reading one mail may cost. The raw mail is always stored whole; beyond these
+    bounds only the parsed view (text, headers, attachments) is cut, and the trace says so."""
+
+    # MIME parts read; the rest of a mail with more stays in the raw mail only.
+    max_mime_parts: int = Field(default=1000, ge=1)
+    # The longest header value read (address headers aside); a longer one is cut at a space.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    # All header values of one mail together, address headers (To, Cc …) included.
+    max_header_total_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # HTML converted to text when a mail has no plain text; the text shows the first this many.
+    max_html_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The text of a mail kept for its ticket (and searched for quotes) is cut to this many characters.
+    max_text_chars: int = Field(default=1_000_000, ge=10_000)
+    # A stored subject (and the ticket title) is cut to this many characters.
+    max_subject_chars: int = Field(default=1000, ge=80)
+
+
 class StaffMember(_Section):
     address: EmailStr
     name: str = ""
@@ -371,6 +393,8 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     acknowledgements: Acknowledgements = Acknowledgements()
     breaker: Breaker = Breaker()
+
+    parsing: Parsing = Parsing()
     smtp: Smtp = Smtp()
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)

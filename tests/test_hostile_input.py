@@ -83,7 +83,7 @@ def test_one_unrenderable_outbox_row_does_not_block_the_others(app: App, tmp_pat
 
 
 def test_a_parser_crash_quarantines_the_mail(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> None:
+    def crash(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds: object = None) -> None:
         raise UnicodeEncodeError("ascii", "\ufffd", 0, 1, "ordinal not in range")
 
     monkeypatch.setattr(pipeline, "parse", crash)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,19 +29,34 @@ _TRACE_HEADER = re.compile(
 
 def content_hash(mail: ParsedMail) -> str:
     """SHA-256 of the mail without its trace headers: equal for two copies of one mail."""
-    raw = re.sub(rb"\r\n?", b"\n", mail.raw)  # CRLF and old-Mac CR-only alike
+    # CRLF and old-Mac CR-only alike (re.sub would hold a list of every line on the way).
+    raw = mail.raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     head, _, body = raw.partition(b"\n\n")
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = bool(_TRACE_HEADER.match(line)) or line.startswith(b"From ")
+    # The kept lines joined by "\n", then "\n\n" and the body: hashed as they are found, since
+    # a list of every line costs many times a header section of millions of them.
+    digest = hashlib.sha256()
+    skipping, first = False, True
+    for line in _lines(head):
+        if line[:1] not in (b" ", b"\t"):
+            skipping = bool(_TRACE_HEADER.match(line)) or line.startswith(b"From ")
         if not skipping:
-            kept.append(line)
-    return hashlib.sha256(b"\n".join(kept) + b"\n\n" + body).hexdigest()
+            digest.update(line if first else b"\n" + line)
+            first = False
+    digest.update(b"\n\n")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _lines(data: bytes) -> Iterator[bytes]:
+    """data.split(b"\n"), one line at a time."""
+    start = 0
+    while True:
+        end = data.find(b"\n", start)
+        if end < 0:
+            yield data[start:]
+            return
+        yield data[start:end]
+        start = end + 1
 
 
 def dedupe_key(mail: ParsedMail) -> str:

@@ -82,11 +82,18 @@ def _proven(item: Incoming) -> bool:
     return proves_from(item.mail.message, config.trusted_authserv_ids, domain_of(item.sender.address))
 
 
+# Files named in one notification; the rest are counted ("and 120 more"), so that a mail of a
+# thousand files still gets a notice that ends with what to do.
+LISTED_FILES = 50
+
+
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
     config = item.app.settings.acknowledgements
+    over_limit = [a for a in message.attachments if not a.stored]
     context = {
         "due": local_time(item.app.settings, ticket.first_response_due),
-        "over_limit": [a for a in message.attachments if not a.stored],
+        "over_limit": over_limit[:LISTED_FILES],
+        "more_over_limit": len(over_limit[LISTED_FILES:]),
         # What the acknowledgement repeats of the request, bounded: text a forger chose reaches
         # whoever the From names.
         "summary": excerpt(item.mail.text, lines=6, chars=config.summary_chars) if config.summary_chars else "",
@@ -118,7 +125,8 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no
         "channel": item.source,
         "due": local_time(settings, ticket.first_response_due),
         "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
-        "attachments": message.attachments,
+        "attachments": message.attachments[:LISTED_FILES],
+        "more_attachments": len(message.attachments[LISTED_FILES:]),
         "linked": item.linked,
         "link_reason": item.link_reason,
         "automatic": item.reasons,

@@ -16,10 +16,13 @@ from email.message import Message
 
 import mailparser
 
+from mailgate.config import Parsing
+from mailgate.ingest import bounded
 from mailgate.ingest.attachments import MailAttachment, extract_attachments
 from mailgate.ingest.body import body_texts
 from mailgate.ingest.charsets import declared_charset
-from mailgate.ingest.text import decode_words, html_to_text, repair_text
+from mailgate.ingest.mime import read_tree
+from mailgate.ingest.text import decode_words, repair_text
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class ParsedMail:
     attachments: list[MailAttachment] = field(default_factory=list)
     # SMTP MAIL FROM, when the transport knows it ("" is the null sender of bounces).
     envelope_sender: str | None = None
+    # What the parsing bounds left out of this view of the mail (the raw bytes are whole).
+    notes: list[str] = field(default_factory=list)
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""
@@ -171,8 +176,12 @@ def _sender(
     return "", ""
 
 
-def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> ParsedMail:
-    """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail."""
+def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds: Parsing | None = None) -> ParsedMail:
+    """Parse `raw`; raise Unparseable (with the reason) when it is not a usable mail.
+
+    `bounds` cap the work (see mime.py); what they cut is listed in the result's notes.
+    """
+    bounds = bounds or Parsing()
     if not raw.strip():
         raise Unparseable("empty input")
     if len(raw) > max_bytes:
@@ -181,7 +190,8 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
     if not _HEADER_LINE.match(mime):
         raise Unparseable("no header section: the input does not start with a mail header")
     try:
-        message = email.message_from_bytes(mime)
+        tree = read_tree(mime, bounds)  # email.message_from_bytes, bounded
+        message, notes = tree.message, tree.notes
         if message.is_multipart() and message.epilogue is None:
             message.epilogue = ""  # mail-parser 4.8 calls .index() on it when a start boundary is missing
         parsed = mailparser.MailParser(message)
@@ -195,7 +205,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
 
     plain_parts, html_parts = body_texts(message)  # decoded by charsets.py, not by mail-parser
     plain = [t for t in plain_parts if t.strip()]
-    text = "\n\n".join(repair_text(t) for t in plain) if plain else html_to_text("\n".join(html_parts))
+    text = bounded.plain_text(plain, bounds, notes) if plain else bounded.html_text(html_parts, bounds, notes)
     attachments, attachment_text = extract_attachments(message)
     if not text.strip() and attachment_text:
         text = attachment_text  # e.g. the body of an Outlook winmail.dat
@@ -211,8 +221,9 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None) -> Par
         from_name=from_name,
         to=_addresses(_raw_pairs(message, "to") or parsed.to, charset),
         cc=_addresses(_raw_pairs(message, "cc") or parsed.cc, charset),
-        subject=next(iter(raw_headers(message, "Subject")), ""),
+        subject=bounded.subject(next(iter(raw_headers(message, "Subject")), ""), bounds, notes),
         date=_date(message),
         text=text.strip("\n"),
         attachments=attachments,
+        notes=notes,
     )

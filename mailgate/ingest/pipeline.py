@@ -96,7 +96,7 @@ def ingest(
     arrived = min(now, received_at) if received_at is not None else now
     source = source[:100]
     try:
-        mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender)
+        mail = parse(raw, app.settings.limits.max_message_bytes, envelope_sender, app.settings.parsing)
     except Unparseable as exc:
         return _quarantined(app, raw, source, str(exc), now, envelope_sender, envelope_recipients)
     except Exception as exc:  # a parser bug on hostile input: the mail waits in quarantine, not in a loop
@@ -183,9 +183,7 @@ def _apply_with_retry(
         except (IntegrityError, OperationalError) as exc:
             if isinstance(exc, OperationalError) and not _is_conflict(exc):
                 raise
-            log.info(
-                "ingest msgid=%s: concurrent transaction (%s), attempt %d", mail.logged_id, describe(exc), attempt
-            )
+            log.info("ingest msgid=%s: concurrent transaction (%s), attempt %d", mail.logged_id, describe(exc), attempt)
             last = exc
             # Two transactions that raced once race again if both retry at once (a busy
             # machine lines them up): a random pause of up to 50 ms per attempt parts them.
@@ -195,6 +193,8 @@ def _apply_with_retry(
 
 def _run(item: Incoming) -> IngestResult:
     """The STEPS on `item` until one ends the pipeline; the result is read before commit."""
+    for note in item.mail.notes:  # what the parsing bounds cut, before any step stores the trace
+        item.note("parse", note)
     for step in STEPS:
         outcome = step(item)
         if outcome is not None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import email.errors
-import email.header
 import re
 
 import html2text
 
 from mailgate.ingest.charsets import decode_bytes, decode_raw_8bit
+from mailgate.ingest.encoded_words import split_words
 
 _SURROGATES = re.compile(r"[\udc80-\udcff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -35,7 +35,7 @@ def decode_words(text: str) -> str:
         return text
     out = []
     try:
-        parts = email.header.decode_header(text)
+        parts = split_words(text)  # linear, where email.header.decode_header is quadratic
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         return text
     for chunk, charset in parts:

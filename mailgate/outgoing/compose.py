@@ -68,11 +68,52 @@ def message(row: Outbox) -> EmailMessage:
 
     Raises ValueError for a header value that cannot be a header (a line break in it).
     """
+    return _build(row.headers, row.body)
+
+
+def _build(headers: dict[str, str], body: str) -> EmailMessage:
     msg = EmailMessage(policy=POLICY)
-    for name, value in row.headers.items():
+    for name, value in headers.items():
         msg[name] = str(value)
-    msg.set_content(row.body, charset="utf-8")
+    msg.set_content(body, charset="utf-8")
     return msg
+
+
+def shorten(text: str, max_chars: int) -> str:
+    """`text` in at most `max_chars` characters, cut at a word and marked "…" when cut."""
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind(" ", 0, max_chars)
+    return text[: cut if cut > max_chars // 2 else max_chars - 1].rstrip() + "…"
+
+
+# Encoded as sent, a body takes at most this many bytes a UTF-8 byte (base64, or quoted-printable
+# when that is shorter, with its line ends), and headers this much beside it: below that, a mail
+# needs no trial rendering to know it fits.
+_ENCODED_PER_BYTE = 1.4
+_HEADER_ROOM = 16 * 1024
+
+
+def fit_body(headers: dict[str, str], body: str, max_bytes: int) -> str:
+    """`body`, cut (and saying so) where the mail rendered with `headers` would exceed `max_bytes`.
+
+    What an outgoing mail quotes of incoming mail is bounded where it is chosen, but a template
+    can list any number of attachments, names and notes: this is the bound that always holds.
+    """
+    if len(body) * 4 * _ENCODED_PER_BYTE + _HEADER_ROOM <= max_bytes:
+        return body  # even if every character took four bytes in UTF-8
+    note = f"\n\n[… cut: this mail would have been longer than {max_bytes // 1024} KB]\n"
+    if len(body) > max_bytes:  # one byte a character at least: no need to render it to know
+        body = body[:max_bytes]
+    while True:
+        size = len(_build(headers, body).as_bytes())
+        if size <= max_bytes:
+            return body
+        over = size - max_bytes + _HEADER_ROOM // 4
+        keep = max(0, len(body) - int(over / _ENCODED_PER_BYTE) - len(note))
+        body = body[:keep].rstrip() + note
+        if keep == 0:
+            return body
 
 
 def render(row: Outbox) -> bytes:

@@ -25,7 +25,7 @@ from mailgate.addresses import fold_address
 from mailgate.config import Settings
 from mailgate.headers import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
-from mailgate.outgoing.compose import Templates, render
+from mailgate.outgoing.compose import Templates, fit_body, render, shorten
 
 log = logging.getLogger("mailgate.outbox")
 
@@ -119,6 +119,7 @@ def queue(
         **mail.context,
     }
     subject, body = templates.render(mail.template, context)
+    subject = shorten(subject, settings.outgoing.max_subject_chars)
     message_id = tokens.message_id(token, mail.kind, domain)
     headers: dict[str, str] = {
         "From": email.utils.formataddr((settings.addresses.display_name, support)),
@@ -137,6 +138,7 @@ def queue(
     if mail.in_reply_to:
         headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
         headers["References"] = f"<{mail.in_reply_to}>"
+    body = fit_body(headers, body, settings.outgoing.max_mail_bytes)
     row = Outbox(
         ticket_id=mail.ticket.id,
         kind=mail.kind,
