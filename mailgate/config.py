@@ -82,6 +82,9 @@ class Tickets(_Section):
         default_factory=lambda: {"low": 24.0, "normal": 8.0, "high": 4.0, "urgent": 1.0}
     )
     timezone: str = "UTC"
+    # Language of outgoing mail to whoever has none of their own: "en", "de" (shipped), or one
+    # with a folder of templates in templates_path. See mailgate/languages.py.
+    language: str = "en"
 
     @field_validator("tag_prefix")
     @classmethod
@@ -362,6 +365,8 @@ class StaffMember(_Section):
     name: str = ""
     team: str = ""
     role: Literal["staff", "dispatcher", "admin"] = "staff"
+    # The language of mail to this person; empty: tickets.language.
+    language: str = ""
 
 
 class Log(_Section):
@@ -420,6 +425,21 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_means_the_default(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _languages_have_templates(self) -> Settings:
+        from mailgate.languages import available
+
+        choices = available(self.templates_path)
+        wanted = [("tickets.language", self.tickets.language)]
+        wanted += [(f"staff.{n}.language", m.language) for n, m in enumerate(self.staff) if m.language]
+        for key, language in wanted:
+            if language not in choices:
+                raise ValueError(
+                    f"{key} = {language!r}: expected one of {', '.join(sorted(choices))} "
+                    f"(or a folder {language}/ of templates in templates_path)"
+                )
+        return self
 
     @field_validator("secret")
     @classmethod
@@ -493,6 +513,8 @@ class Settings(BaseSettings):
 
 def _describe(error: dict[str, Any]) -> str:
     loc = error["loc"]
+    if not loc:  # a check across sections names its keys itself
+        return str(error["msg"]).removeprefix("Value error, ")
     key = ".".join(str(part) for part in loc)
     value = error.get("input")
     shown = repr(value) if not isinstance(value, dict) else "(a table)"

@@ -31,6 +31,7 @@ from mailgate.db import advisory_key
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
+from mailgate.languages import language_of
 from mailgate.models import BreakerEvent, BreakerTrip, MessageKind, Person, Status, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
 
@@ -243,6 +244,7 @@ def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person)
         "breaker_warning",
         context,
         auto_submitted=AutoSubmitted.GENERATED,
+        language=language_of(app.settings, dispatcher.address),
     )
     # The trip is new in this transaction, so nothing was queued for it yet.
     row = queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)

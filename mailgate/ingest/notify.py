@@ -9,6 +9,7 @@ from mailgate.ingest.authentication import authentication_failure, proves_from
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.spam import spam_verdict
+from mailgate.languages import language_of
 from mailgate.models import Message, MessageKind, Ticket
 from mailgate.outgoing.compose import local_time
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
@@ -88,10 +89,13 @@ LISTED_FILES = 50
 
 
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
-    config = item.app.settings.acknowledgements
+    settings = item.app.settings
+    config = settings.acknowledgements
+    # In the language the request asked for (Outlook's Content-Language …), else the desk's.
+    language = language_of(settings, item.sender.address, item.mail.message)
     over_limit = [a for a in message.attachments if not a.stored]
     context = {
-        "due": local_time(item.app.settings, ticket.first_response_due),
+        "due": local_time(settings, ticket.first_response_due, language),
         "over_limit": over_limit[:LISTED_FILES],
         "more_over_limit": len(over_limit[LISTED_FILES:]),
         # What the acknowledgement repeats of the request, bounded: text a forger chose reaches
@@ -109,6 +113,7 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
         auto_submitted=AutoSubmitted.REPLIED,
         in_reply_to=item.mail.message_id,
         rcpt_proven=_proven(item),
+        language=language,
     )
     _queue(item, outgoing)
 
@@ -116,14 +121,15 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
 def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no_ack: str | None = None) -> None:
     """The dispatcher's copy of a new ticket; `no_ack`: why the requester was not told of it."""
     settings, sender = item.app.settings, item.sender
+    language = language_of(settings, item.dispatcher.address)
     context = {
         "requester_line": ", ".join(
             p for p in (sender.name or sender.address, sender.department, sender.location) if p
         ),
         "requester_address": sender.address if sender.name else "",
-        "received": local_time(settings, item.arrived),
+        "received": local_time(settings, item.arrived, language),
         "channel": item.source,
-        "due": local_time(settings, ticket.first_response_due),
+        "due": local_time(settings, ticket.first_response_due, language),
         "excerpt": excerpt(message.text_new, lines=40, chars=3000) or "(no text)",
         "attachments": message.attachments[:LISTED_FILES],
         "more_attachments": len(message.attachments[LISTED_FILES:]),
@@ -142,6 +148,7 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no
         context,
         # A notification, not a reply: RFC 3834 keeps auto-replied for answers to one mail.
         auto_submitted=AutoSubmitted.GENERATED,
+        language=language,
     )
     _queue(item, outgoing)
 

@@ -34,9 +34,16 @@ class Templates:
         )
         self.env.filters["size"] = human_size
 
-    def render(self, name: str, context: dict[str, Any]) -> tuple[str, str]:
-        subject = self.env.get_template(f"{name}/subject.txt").render(context)
-        body = self.env.get_template(f"{name}/body.txt").render(context)
+    def render(self, name: str, context: dict[str, Any], language: str = "en") -> tuple[str, str]:
+        """Subject and body of occasion `name` in `language` (<language>/<name>/…, the site's
+        before the shipped), else in English."""
+
+        def pick(part: str) -> jinja2.Template:
+            names = [f"{name}/{part}"] if language == "en" else [f"{language}/{name}/{part}", f"{name}/{part}"]
+            return self.env.select_template(names)
+
+        subject = pick("subject.txt").render(context)
+        body = pick("body.txt").render(context)
         return " ".join(subject.split()), body.rstrip() + "\n"
 
 
@@ -49,12 +56,23 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def local_time(settings: Settings, moment: datetime | None) -> str:
-    """'Tuesday 14:00 (Europe/Berlin)' — the way a person reads a promise."""
+# How a promise reads in each language (CLDR patterns, formatted by Babel: day and month names
+# in the reader's language); other languages get Babel's own medium date and short time.
+_WHEN = {"en": "EEEE dd MMMM HH:mm", "de": "EEEE, d. MMMM, HH:mm 'Uhr'"}
+
+
+def local_time(settings: Settings, moment: datetime | None, language: str = "en") -> str:
+    """'Tuesday 14 November 14:00 (Europe/Berlin)' — the way a person reads a promise, in their
+    language and the desk's zone."""
     if moment is None:
         return ""
-    zone = settings.tickets.timezone
-    return f"{moment.astimezone(ZoneInfo(zone)):%A %d %B %H:%M} ({zone})"
+    from babel.dates import format_datetime
+
+    zone = ZoneInfo(settings.tickets.timezone)
+    local = moment.astimezone(zone)
+    pattern = _WHEN.get(language)
+    text = format_datetime(local, pattern or "medium", tzinfo=zone, locale=language)
+    return f"{text} ({zone.key})"
 
 
 # policy.SMTP writes CRLF line ends and RFC 2047 words for non-ASCII header text. With

@@ -66,6 +66,7 @@ class OutgoingMail:
     in_reply_to: str | None = None
     # The mail it answers was proven to come from `to` (see Outbox.rcpt_proven).
     rcpt_proven: bool = False
+    language: str = "en"  # of the templates and dates (see mailgate/languages.py)
 
 
 def acks_recently(
@@ -118,7 +119,7 @@ def queue(
         "desk_name": settings.addresses.display_name,
         **mail.context,
     }
-    subject, body = templates.render(mail.template, context)
+    subject, body = templates.render(mail.template, context, mail.language)
     subject = shorten(subject, settings.outgoing.max_subject_chars)
     message_id = tokens.message_id(token, mail.kind, domain)
     headers: dict[str, str] = {

@@ -1,0 +1,99 @@
+"""Outgoing mail in the reader's language: the desk's default, the one a request asks for, or a
+staff member's own; dates in that language too; a language without templates is a config error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailgate.app import App
+from mailgate.config import ConfigError, load_settings
+from mailgate.ingest.pipeline import ingest
+from mailgate.models import Outbox
+from tests.conftest import make_settings
+from tests.mails import mail
+
+
+def _queued(app: App) -> dict[str, Outbox]:
+    with app.sessions() as session:
+        return {row.kind: row for row in session.scalars(select(Outbox))}
+
+
+def _desk(tmp_path: Path, db_url: str, clock, **overrides: object) -> App:
+    return App.build(make_settings(tmp_path, db_url, **overrides), clock=clock)
+
+
+def test_a_german_desk_writes_german_with_german_dates(tmp_path: Path, db_url: str, clock) -> None:
+    app = _desk(tmp_path, db_url, clock, tickets={"language": "de", "timezone": "Europe/Berlin"})
+    try:
+        ingest(app, mail(subject="Drucker streikt"), "smtp")
+        rows = _queued(app)
+    finally:
+        app.close()
+    ack = rows["ack"].body
+    assert ack.startswith("Guten Tag Dana Smith,\n\nwir haben Ihre Anfrage erhalten")
+    # START is Monday 23 November 2026, 09:00 UTC; the first answer is due 8 hours later.
+    assert "Sie erhalten eine Antwort bis Montag, 23. November, 18:00 Uhr (Europe/Berlin)" in ack
+    notice = rows["dispatcher_new"]
+    assert notice.headers["Subject"].startswith("[HD #1] Neu: Drucker streikt")
+    assert "Nicht zugewiesen" in notice.body and "Montag, 23. November" in notice.body
+
+
+def test_a_request_in_german_is_acknowledged_in_german_by_an_english_desk(tmp_path: Path, db_url: str, clock) -> None:
+    app = _desk(tmp_path, db_url, clock)
+    try:
+        ingest(app, b"Content-Language: de-DE\r\n" + mail(subject="Drucker"), "smtp")  # as Outlook writes it
+        ingest(
+            app, mail(sender="erik@example.com", subject="Printer", headers={"Accept-Language": "fr, en;q=0.5"}), "smtp"
+        )
+        with app.sessions() as session:
+            acks = {r.recipients[0]: r.body for r in session.scalars(select(Outbox).where(Outbox.kind == "ack"))}
+            notices = [r.body for r in session.scalars(select(Outbox).where(Outbox.kind == "dispatcher_new"))]
+    finally:
+        app.close()
+    assert acks["dana@example.com"].startswith("Guten Tag")
+    assert acks["erik@example.com"].startswith("Hello")  # French is not shipped: the desk's English
+    assert all(n.startswith("From ") for n in notices)  # the dispatcher reads the desk's language
+
+
+def test_a_staff_member_gets_their_own_language(tmp_path: Path, db_url: str, clock) -> None:
+    staff = [{"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher", "language": "de"}]
+    app = _desk(tmp_path, db_url, clock, staff=staff)
+    try:
+        ingest(app, mail(), "smtp")
+        rows = _queued(app)
+    finally:
+        app.close()
+    assert rows["dispatcher_new"].body.startswith("Von Dana Smith")
+    assert rows["ack"].body.startswith("Hello Dana Smith")
+
+
+def test_a_site_language_comes_from_its_templates(tmp_path: Path, db_url: str, clock) -> None:
+    site = tmp_path / "site"
+    (site / "fr" / "ack").mkdir(parents=True)
+    (site / "fr" / "ack" / "body.txt").write_text("Bonjour {{ recipient.name }}, réponse avant {{ due }}.\n")
+    app = _desk(tmp_path, db_url, clock, templates_path=site, tickets={"language": "fr"})
+    try:
+        ingest(app, mail(), "smtp")
+        rows = _queued(app)
+    finally:
+        app.close()
+    assert rows["ack"].body.startswith("Bonjour Dana Smith, réponse avant 23 nov. 2026")
+    assert rows["dispatcher_new"].body.startswith("From ")  # no French notice: the English one
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[tickets]\nlanguage = "fr"\n', "tickets.language = 'fr'"),
+        ('[[staff]]\naddress = "a@x.org"\nlanguage = "xx"\n', "staff.0.language = 'xx'"),
+    ],
+)
+def test_a_language_without_templates_is_refused_by_name(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert key in str(info.value) and "expected one of de, en" in str(info.value)
