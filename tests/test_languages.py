@@ -25,13 +25,24 @@ def _desk(tmp_path: Path, db_url: str, clock, **overrides: object) -> App:
     return App.build(make_settings(tmp_path, db_url, **overrides), clock=clock)
 
 
-def test_a_german_desk_writes_german_with_german_dates(tmp_path: Path, db_url: str, clock) -> None:
-    app = _desk(tmp_path, db_url, clock, tickets={"language": "de", "timezone": "Europe/Berlin"})
+def _mail_to(tmp_path: Path, db_url: str, clock, raw: bytes, **overrides: object) -> dict[str, Outbox]:
+    """What a desk configured with `overrides` queues for one new mail, by kind."""
+    app = _desk(tmp_path, db_url, clock, **overrides)
     try:
-        ingest(app, mail(subject="Drucker streikt"), "smtp")
-        rows = _queued(app)
+        ingest(app, raw, "smtp")
+        return _queued(app)
     finally:
         app.close()
+
+
+def test_a_german_desk_writes_german_with_german_dates(tmp_path: Path, db_url: str, clock) -> None:
+    rows = _mail_to(
+        tmp_path,
+        db_url,
+        clock,
+        mail(subject="Drucker streikt"),
+        tickets={"language": "de", "timezone": "Europe/Berlin"},
+    )
     ack = rows["ack"].body
     assert ack.startswith("Guten Tag Dana Smith,\n\nwir haben Ihre Anfrage erhalten")
     # START is Monday 23 November 2026, 09:00 UTC; the first answer is due 8 hours later.
@@ -60,12 +71,7 @@ def test_a_request_in_german_is_acknowledged_in_german_by_an_english_desk(tmp_pa
 
 def test_a_staff_member_gets_their_own_language(tmp_path: Path, db_url: str, clock) -> None:
     staff = [{"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher", "language": "de"}]
-    app = _desk(tmp_path, db_url, clock, staff=staff)
-    try:
-        ingest(app, mail(), "smtp")
-        rows = _queued(app)
-    finally:
-        app.close()
+    rows = _mail_to(tmp_path, db_url, clock, mail(), staff=staff)
     assert rows["dispatcher_new"].body.startswith("Von Dana Smith")
     assert rows["ack"].body.startswith("Hello Dana Smith")
 
@@ -74,12 +80,7 @@ def test_a_site_language_comes_from_its_templates(tmp_path: Path, db_url: str, c
     site = tmp_path / "site"
     (site / "fr" / "ack").mkdir(parents=True)
     (site / "fr" / "ack" / "body.txt").write_text("Bonjour {{ recipient.name }}, réponse avant {{ due }}.\n")
-    app = _desk(tmp_path, db_url, clock, templates_path=site, tickets={"language": "fr"})
-    try:
-        ingest(app, mail(), "smtp")
-        rows = _queued(app)
-    finally:
-        app.close()
+    rows = _mail_to(tmp_path, db_url, clock, mail(), templates_path=site, tickets={"language": "fr"})
     assert rows["ack"].body.startswith("Bonjour Dana Smith, réponse avant 23 nov. 2026")
     assert rows["dispatcher_new"].body.startswith("From ")  # no French notice: the English one
 
