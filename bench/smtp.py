@@ -248,8 +248,9 @@ class ThreadListener:
 
         from mailgate.spool import Spool
         from mailgate.transports import smtp
+        from mailgate.transports.listener_process import WRITERS
 
-        with ThreadPoolExecutor(1) as writer:
+        with ThreadPoolExecutor(WRITERS) as writer:
             listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)  # type: ignore[attr-defined]
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)  # type: ignore[attr-defined]
             conn.send(("ready", server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]

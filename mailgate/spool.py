@@ -30,7 +30,7 @@ import re
 import socket
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +39,7 @@ from typing import NamedTuple
 # A writer may still be busy with a big mail: only this old a file is taken for dead.
 STALE_TMP_SECONDS = 36 * 3600
 ENVELOPE_MAX_BYTES = 1024 * 1024  # an envelope line longer than this is not ours
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 _NAME = re.compile(r"^(?P<base>\d+\.\d+\.[0-9a-f]+)(?:\.a(?P<attempts>\d+)\.d(?P<due>\d+))?$")
 
@@ -130,6 +131,9 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp, self.new, self.cur, self.notes = (root / part for part in ("tmp", "new", "cur", "notes"))
+        # put() runs once per mail: plain strings spare it pathlib's work.
+        self._tmp, self._new = str(self.tmp), str(self.new)
+        self._wakeup: str | None = None
         self._lock_fd: int | None = None
 
     def _make_dirs(self) -> None:
@@ -139,41 +143,35 @@ class Spool:
     # -- writing: any process, any number at once ------------------------------------------------
 
     def put(self, raw: bytes, envelope: Envelope) -> str:
-        """Keep the mail. When this returns it is on stable storage: a crash, a kill -9 or a
-        power cut after this cannot lose it. OSError (disk full, read-only) if it could not."""
-        return self.put_many([(raw, envelope)])[0]
+        """Keep the mail; its name. When this returns it is on stable storage: a crash, a kill -9
+        or a power cut after this cannot lose it. OSError (disk full, read-only) if it could not.
 
-    def put_many(self, mails: Sequence[tuple[bytes, Envelope]]) -> list[str]:
-        """Keep several mails, each as durably as put() does, with one sync of the folder for
-        all of them (the listener's concurrent clients share it). Their names, in order.
-
-        If it fails part way, it raises for all: a mail whose rename happened may then be
-        ingested although its client was told to try again; the second copy is a duplicate."""
-        if not self.new.is_dir():
-            self._make_dirs()
-        written: list[str] = []
+        Any number of threads and processes may put at once: the filesystem's journal commits
+        syncs that overlap together, so concurrent writers share the cost of the disk flushes.
+        If the last sync fails, the mail may still be ingested although its writer was told
+        to try again: the second copy is a duplicate, a no-op."""
+        base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
+        tmp = f"{self._tmp}/{base}"
         try:
-            for raw, envelope in mails:
-                base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
-                fd = os.open(self.tmp / base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                written.append(base)
-                try:
-                    with os.fdopen(fd, "wb", closefd=False) as out:
-                        out.write(envelope.to_line())
-                        out.write(raw)
-                    # The contents first, then the name: after a crash a file in new/ is whole.
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for base in written:
-                os.rename(self.tmp / base, self.new / base)
+            fd = os.open(tmp, _CREATE, 0o600)
+        except FileNotFoundError:  # a spool never written to
+            self._make_dirs()
+            fd = os.open(tmp, _CREATE, 0o600)
+        try:
+            try:
+                _write_all(fd, envelope.to_line())
+                _write_all(fd, raw)
+                # The contents first, then the name: after a crash a file in new/ is whole.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, f"{self._new}/{base}")
         except BaseException:
-            for base in written:
-                with contextlib.suppress(OSError):
-                    (self.tmp / base).unlink()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
-        _sync_folder(self.new)  # the renames survive a power cut only once this is done
-        return written
+        _sync_folder(self._new)  # the rename survives a power cut only once this is done
+        return base
 
     def wake_daemon(self) -> None:
         """Tell the daemon working this spool, if one runs, to look now. Never raises: without
@@ -187,8 +185,10 @@ class Spool:
         # Linux's abstract socket namespace: no file to leave behind after a crash and no limit
         # of 108 bytes on the path; the name is derived from the spool's real path. (Two spools
         # whose names collide only wake each other's daemon for nothing.)
-        path = str(self.root.resolve()).encode()
-        return f"\0mailgate-spool-{zlib.crc32(path):08x}-{len(path)}"
+        if self._wakeup is None:
+            path = str(self.root.resolve()).encode()
+            self._wakeup = f"\0mailgate-spool-{zlib.crc32(path):08x}-{len(path)}"
+        return self._wakeup
 
     # -- the worker: one per spool, holding the lock -----------------------------------------------
 
@@ -368,7 +368,13 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _sync_folder(folder: Path) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _sync_folder(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -30,6 +30,11 @@ log = logging.getLogger("mailgate.smtp")
 
 GRACE_SECONDS = 5.0  # for the mail in flight at SIGTERM
 
+# Mails written at once. Each write waits for two disk flushes; syncs that overlap are
+# committed together by the filesystem's journal, so clients that send at the same time share
+# them instead of queueing behind each other. Past this many, a write waits for a thread.
+WRITERS = 16
+
 
 class ListenerProcess:
     """The parent's handle on the listener process."""
@@ -115,7 +120,7 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         stop.set()
 
     loop.add_reader(conn.fileno(), parent_gone)
-    with ThreadPoolExecutor(1, thread_name_prefix="spool-write") as writer:
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="spool-write") as writer:
         listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)
         try:
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)

@@ -34,7 +34,6 @@ from mailgate.config import Smtp as SmtpSettings
 from mailgate.transports.connection_slots import ConnectionSlots
 from mailgate.transports.refusal_log import RefusalLog
 from mailgate.transports.smtp_data import Refused, read_data
-from mailgate.transports.spool_writes import SpoolWrites
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -64,9 +63,9 @@ class Listener:
         self.settings = settings
         self.secret = secret
         self.spool = spool
-        # Writes and syncs run on this one thread, off the event loop, several mails at once.
+        # Writes and syncs run off the event loop, on threads of their own (see
+        # listener_process.py for how many).
         self.executor = executor
-        self.writes = SpoolWrites(spool, executor)
         self.slots = ConnectionSlots(settings.smtp.max_connections, settings.smtp.max_connections_per_client)
         self.refusals = RefusalLog(log, clock or SystemClock())
         self.in_flight = 0
@@ -124,7 +123,7 @@ class Listener:
         )
         self.in_flight += 1
         try:
-            name = await self.writes.put(raw, spooled)
+            name = await asyncio.get_running_loop().run_in_executor(self.executor, self._store, raw, spooled)
         except OSError as exc:  # disk full, spool not writable: the client keeps the mail
             log.warning("451 to %s: cannot write the spool: %s", session.peer, exc)
             return self._per_recipient(server, envelope, TEMPORARY)
@@ -134,6 +133,11 @@ class Listener:
         # One line per mail comes from ingest(), with its Message-ID and ticket.
         log.debug("spooled %s from %s <%s> for %s", name, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {name}")
+
+    def _store(self, raw: bytes, envelope: spooling.Envelope) -> str:
+        name = self.spool.put(raw, envelope)
+        self.spool.wake_daemon()
+        return name
 
     async def watch_backlog(self, every: float = 1.0) -> None:
         """Recount the spool every `every` seconds (the daemon's worker empties it)."""
