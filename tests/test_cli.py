@@ -245,6 +245,28 @@ def test_every_command_explains_itself(name: str) -> None:
     assert result.stdout.lower().startswith("usage: ") and f" {name} " in result.stdout.splitlines()[0]
 
 
+def test_every_command_subcommand_and_option_has_help_text() -> None:
+    import importlib
+
+    import click
+
+    from mailgate.cli.root import COMMANDS as LOADED
+
+    missing = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if not (command.help or command.short_help):
+            missing.append(path)
+        missing.extend(f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help)
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub, f"{path} {sub.name}")
+
+    for name, target in LOADED.items():
+        module, attribute = target.rsplit(".", 1)
+        walk(getattr(importlib.import_module(module), attribute), name)
+    assert missing == []
+
+
 def test_version_is_the_installed_package_version() -> None:
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"mailgate {version('mailgate')}"

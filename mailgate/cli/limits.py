@@ -19,6 +19,7 @@ def limits() -> None:
 @limits.command("list")
 @pass_ctx
 def limits_list(ctx: Context) -> None:
+    """Every source whose mail the circuit breaker holds now: since when, until when, how much."""
     from mailgate.ingest.breaker import trips_in_force
 
     app = ctx.app()
