@@ -502,3 +502,21 @@ def test_a_squatted_wake_up_name_does_not_keep_the_daemon_from_running(tmp_path:
     finally:
         squatter.close()
         app.close()
+
+
+@pytest.mark.parametrize(("level", "logged"), [("info", True), ("warning", False)])
+def test_log_level_sets_what_the_daemon_logs(tmp_path: Path, level: str, logged: bool) -> None:
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        process, port = _start_daemon(tmp_path, stderr, f'[log]\nlevel = "{level}"\n')
+    try:
+        wait_listening(port, process)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("dana@example.com", ["support@example.com"], mail())
+        listing = [sys.executable, "-m", "mailgate", "--config", str(tmp_path / "mailgate.toml"), "tickets", "list"]
+        wait_for(lambda: "HD #1" in subprocess.run(listing, capture_output=True, text=True, env=_env()).stdout, 30)
+    finally:
+        code, _ = _sigterm(process)
+    said = log.read_text()
+    assert code == 0
+    assert ("INFO mailgate.ingest: ingest source=smtp" in said) is logged, said[-500:]
