@@ -50,7 +50,8 @@ def put(
         # describe(): one line, without the SQL statement and the mail's bytes it would carry.
         log.error("could not write quarantine: %s", describe(exc))
         raise TemporaryFailure(f"could not quarantine: {describe(exc)}") from exc
-    log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
+    if not source.endswith(RETRY_SUFFIX):  # a failed retry's row is removed again: retry() logs it
+        log.warning("quarantined source=%s id=%s reason=%s", source, row_id, reason)
     return row_id
 
 
@@ -99,6 +100,7 @@ def retry(app: App, qid: int) -> str:
         # The same mail for the same reason: one row of it is enough.
         with app.sessions() as session, session.begin():
             session.delete(session.get(Quarantine, result.quarantine_id))
+        log.warning("quarantine id=%s retried, still quarantined: %s", qid, result.trace[0]["decision"])
         raise StillQuarantined(result.trace[0]["decision"])
     released_as = f"{result.outcome} {result.ticket_number or ''}".strip()
     with app.sessions() as session, session.begin():

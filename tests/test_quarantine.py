@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -9,6 +11,7 @@ from mailgate import quarantine
 from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Quarantine, Ticket
+from mailgate.quarantine import StillQuarantined, retry
 from tests.mails import mail
 
 
@@ -51,3 +54,13 @@ def test_a_mail_still_unparseable_stays_quarantined_once(app: App) -> None:
 def test_there_is_nothing_to_retry_under_an_unknown_id(app: App) -> None:
     with pytest.raises(quarantine.NotRetried, match="no quarantined mail 42"):
         quarantine.retry(app, 42)
+
+
+def test_a_failed_retry_logs_only_the_id_that_exists(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    first = ingest(app, b"this is not a mail\n", "pipe")
+    with caplog.at_level("INFO", logger="mailgate.quarantine"), pytest.raises(StillQuarantined):
+        retry(app, first.quarantine_id)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"quarantine id={first.quarantine_id} retried, still quarantined" in logged
+    ids = {int(m) for m in re.findall(r"id=(\d+)", logged)}
+    assert ids == {first.quarantine_id}  # no id of the retry's own row, which is removed again
