@@ -283,7 +283,7 @@ def backscatter_figures(corpus: Path, mails: dict[Path, ParsedMail]) -> list[Fig
             now.count(True, rel)
         top = _top_authserv_id(mail)
         if top:
-            failure = authentication_failure(mail.message, {top})
+            failure = authentication_failure(mail.message, {top}, mail.from_addr.rpartition("@")[2])
             failed.count(failure is None, f"{rel}: {failure}")
     return [before, now, failed]
 

@@ -41,7 +41,10 @@ def requested(message: Message, choices: set[str]) -> str | None:
     names ("de-DE", "de, en;q=0.8"), or None."""
     for header in ("Content-Language", "Accept-Language"):
         for tag in str(message.get(header, "") or "").split(","):
-            primary = tag.split(";")[0].strip().lower().split("-")[0]
+            language, _, params = tag.partition(";")
+            if re.fullmatch(r"\s*q\s*=\s*0(\.0*)?\s*", params):
+                continue  # "de;q=0": not German
+            primary = language.strip().lower().split("-")[0]
             if primary in choices:
                 return primary
     return None

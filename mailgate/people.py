@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate import tickets
+from mailgate.addresses import fold_address
 from mailgate.config import Settings
 from mailgate.models import Person, Ticket
 
@@ -52,9 +53,9 @@ def dispatcher(session: Session, settings: Settings, now: datetime) -> Person:
 
 
 def is_own_address(settings: Settings, address: str) -> bool:
-    """One of our addresses, including its plus variants (support+token@…)."""
-    local, _, domain = address.partition("@")
-    return f"{local.partition('+')[0]}@{domain}" in settings.addresses.all_own()
+    """One of our addresses, in any form that reaches it: plus variants (support+token@…),
+    quoted ("support"@…), a trailing dot on the domain, any case."""
+    return fold_address(address) in {fold_address(own) for own in settings.addresses.all_own()}
 
 
 def mark_undeliverable(

@@ -62,10 +62,15 @@ CHECK
 
 # The program: a venv of its own. The venv's paths are those inside the root.
 venv="$(in_root /opt/mailgate)"
-rm -rf "$venv"
-"$python" -m venv "$venv"
+# The venv's scripts name its path, so it is built in place: the old one waits beside it and
+# comes back if the new one cannot be built (an upgrade that fails leaves the service as it was).
+rm -rf "$venv.old"
+[ -e "$venv" ] && mv "$venv" "$venv.old"
+restore() { rm -rf "$venv"; [ -e "$venv.old" ] && mv "$venv.old" "$venv"; echo "install.sh: $1; the previous install is back" >&2; exit 70; }
+"$python" -m venv "$venv" || restore "cannot make a venv with $python"
 # shellcheck disable=SC2086  # pip_args is a list of words on purpose
-"$venv/bin/pip" install --quiet --disable-pip-version-check $pip_args "$src"
+"$venv/bin/pip" install --quiet --disable-pip-version-check $pip_args "$src" || restore "pip could not install $src"
+rm -rf "$venv.old"
 if [ "$root" = / ]; then
   runuser -u mailgate -- "$venv/bin/mailgate" --version >/dev/null 2>&1 || cannot_run "$venv/bin/mailgate"
 fi

@@ -152,3 +152,9 @@ def test_a_missing_acknowledgement_says_why_in_tickets_show(workdir: Path) -> No
     shown = run("tickets", "show", "1").stdout
     assert "[no acknowledgement:" in shown and "spam" in shown.split("[no acknowledgement:")[1].split("]")[0], shown
     assert "(ack, outbox" not in shown
+
+
+def test_bidi_overrides_do_not_reach_the_terminal(workdir: Path) -> None:  # noqa: F811
+    run("ingest", "--now", "-", stdin=mail(subject="invoice \u202etxt.exe"))
+    out = run("tickets", "list").stdout + run("tickets", "show", "1").stdout
+    assert "\u202e" not in out and "invoice" in out

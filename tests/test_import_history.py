@@ -90,3 +90,18 @@ def test_a_history_of_one_busy_person_is_not_held_as_a_robot(workdir: Path) -> N
     ]
     result = run("import", "mbox", str(_box(workdir / "old.mbox", mails)))
     assert "25 new tickets" in result.stdout and "held" not in result.stdout, result.stdout
+
+
+def test_closed_imports_keep_replies_on_their_closed_ticket(workdir: Path) -> None:  # noqa: F811
+    request = _dated(mail(subject="VPN down", message_id="<vpn@x>"), "Mon, 01 Jul 2019 10:00:00 +0000")
+    reply = _dated(
+        mail(subject="Re: VPN down", message_id="<vpn-2@x>", headers={"In-Reply-To": "<vpn@x>"}, body="Works now.\n"),
+        "Tue, 02 Jul 2019 10:00:00 +0000",
+    )
+    result = run("import", "mbox", str(_box(workdir / "old.mbox", [request, reply])), "--closed")
+    assert "1 new tickets, 1 replies" in result.stdout, result.stdout
+    ticket = json.loads(run("tickets", "show", "1", "--json").stdout)
+    assert ticket["status"] == "closed"
+    replied = [i for i in ticket["thread"] if i["type"] == "message"][-1]
+    assert replied["at"].startswith("2019-07-02T10:00") and "Works now." in replied["text"]
+    assert all(e["at"].startswith("2019-07-0") for e in ticket["thread"] if e["type"] == "event")

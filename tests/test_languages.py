@@ -98,3 +98,8 @@ def test_a_language_without_templates_is_refused_by_name(tmp_path: Path, text: s
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert key in str(info.value) and "expected one of de, en" in str(info.value)
+
+
+def test_a_language_refused_with_q0_is_not_chosen(tmp_path: Path, db_url: str, clock) -> None:
+    raw = b"Accept-Language: de;q=0, en\r\n" + mail()
+    assert _mail_to(tmp_path, db_url, clock, raw)["ack"].body.startswith("Hello")

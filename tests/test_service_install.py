@@ -164,3 +164,15 @@ def test_a_python_the_service_cannot_reach_is_refused_before_the_venv_is_touched
     )
     assert result.returncode == 70 and "user mailgate cannot run" in result.stderr
     assert (root / "opt/mailgate/bin/mailgate").exists()  # the working install is still there
+
+
+def test_an_upgrade_that_cannot_install_leaves_the_previous_install(root: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--pip-args", "--no-index --find-links /nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 70 and "the previous install is back" in result.stderr
+    program = root / "opt/mailgate/bin/mailgate"
+    assert subprocess.run([program, "--help"], capture_output=True).returncode == 0

@@ -48,7 +48,8 @@ def main() -> None:
 # C0 controls but tab and newline, DEL, and the C1 controls: mail content (a subject, a sender's
 # name, a body, an attachment's type) may carry any of them, and a terminal obeys them (ESC c
 # resets it, ESC ] rewrites its title, CSI moves the cursor).
-_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional overrides and isolates too: U+202E shows "exe.txt" for "txt.exe".
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:

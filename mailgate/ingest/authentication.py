@@ -37,6 +37,8 @@ def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Resu
             break  # the hops before ours: what they carry came with the mail
         if lower != "authentication-results":
             continue
+        if str(value).split(";", 1)[0].strip().lower() in trusted_ids:
+            seen_ours = True  # even if it cannot be read: the fields below it are not ours
         try:
             header = authres.AuthenticationResultsHeader.parse_value(" ".join(str(value).split()))
         except (authres.AuthResError, ValueError, IndexError):
@@ -64,12 +66,13 @@ def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str
     )
 
 
-def authentication_failure(message: Message, trusted_ids: Collection[str]) -> str | None:
+def authentication_failure(message: Message, trusted_ids: Collection[str], from_domain: str = "") -> str | None:
     """What failed, e.g. "dmarc=fail (mx.example.com)", or None when nothing trusted failed.
 
     DMARC fails on "fail". A DMARC pass proves the From's domain, so SPF or DKIM failing beside
     it does not count (a forwarder breaks SPF, a list footer breaks a signature). Without one,
     SPF fails on "fail", and DKIM when no signature passed (one valid signature is enough).
+    `from_domain`: the domain of the From we would answer; only a DMARC pass for it counts.
     softfail, neutral, none and errors are not failures: they prove nothing either way."""
     results = trusted_results(message, trusted_ids)
 
@@ -78,8 +81,8 @@ def authentication_failure(message: Message, trusted_ids: Collection[str]) -> st
 
     if failed := first("dmarc", "fail"):
         return f"dmarc=fail ({failed.authserv_id})"
-    if first("dmarc", "pass"):
-        return None
+    if any(r.method == "dmarc" and r.result == "pass" and r.header_from == from_domain for r in results):
+        return None  # a pass for another From (a second From field) proves nothing of this one
     if failed := first("spf", "fail"):
         return f"spf=fail ({failed.authserv_id})"
     if (failed := first("dkim", "fail")) and not first("dkim", "pass"):

@@ -28,6 +28,7 @@ from mailgate import people, tickets
 from mailgate.addresses import domain_of, fold_address
 from mailgate.config import Rate, Settings
 from mailgate.db import advisory_key
+from mailgate.ingest.authentication import proves_from
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
@@ -123,6 +124,11 @@ def breaker(item: Incoming) -> Outcome | None:
     if not settings.breaker.enabled or item.history is not None:
         return None
     sources = sources_of(settings, sender.address)
+    if proves_from(item.mail.message, settings.acknowledgements.trusted_authserv_ids, domain_of(sender.address)):
+        # The trusted MTA proved this sender's domain (DMARC pass): forged mail in that domain's
+        # name, which is what trips a domain, must not hold the real people of it. A proven
+        # robot is still held by its own address.
+        sources = [(key, rate) for key, rate in sources if not key.startswith("domain:")]
     _one_at_a_time(session, [key for key, _ in sources])
     # What earlier transactions recorded, which nothing pending here changes: no flush.
     with session.no_autoflush:

@@ -73,9 +73,12 @@ def codec_for(label: str | None) -> str | None:
     name = label.strip().strip("\"'").lower().partition("*")[0]  # "utf-8*en": RFC 2231 language
     name = _ALIASES.get(name, name)
     try:
-        codec = codecs.lookup(name).name.replace("-", "_")
+        info = codecs.lookup(name)
     except (LookupError, ValueError):
         return None
+    if not getattr(info, "_is_text_encoding", True):
+        return None  # zlib, base64, rot13 …: codecs, but not of bytes to text
+    codec = info.name.replace("-", "_")
     return _SUPERSETS.get(codec, codec)
 
 

@@ -33,7 +33,8 @@ def written_at(mail: ParsedMail, now: datetime) -> tuple[datetime, str]:
     """When the mail was written, as well as its headers tell, and which header told it."""
     received = _received_at(mail)
     date = mail.date
-    if date is not None and date > now + DATE_TOLERANCE:
+    future = date is not None and date > now + DATE_TOLERANCE
+    if future:
         date = None  # a Date in the future says nothing about when it was written
     if date is not None and received is not None and abs(date - received) > DATE_TOLERANCE:
         return min(received, now), f"Received ({received:%Y-%m-%d %H:%M} UTC; its Date {date:%Y-%m-%d} disagrees)"
@@ -41,6 +42,8 @@ def written_at(mail: ParsedMail, now: datetime) -> tuple[datetime, str]:
         return min(date, now), f"Date ({date:%Y-%m-%d %H:%M} UTC)"
     if received is not None:
         return min(received, now), f"Received ({received:%Y-%m-%d %H:%M} UTC; no usable Date)"
+    if future:
+        return now, "the import (its Date is in the future, and no Received can be read)"
     return now, "the import (neither Date nor Received can be read)"
 
 
@@ -52,9 +55,9 @@ def _received_at(mail: ParsedMail) -> datetime | None:
             continue
         try:
             parsed = email.utils.parsedate_to_datetime(stamp.strip())
-        except (TypeError, ValueError, IndexError):
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        except (TypeError, ValueError, IndexError, OverflowError):
             continue
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     return None
 
 
@@ -63,6 +66,9 @@ def date_imported(item: Incoming) -> Outcome | None:
     if item.history is None:
         return None
     item.arrived, how = written_at(item.mail, item.now)
+    # What the mail changes happened then too: the ticket's last activity, its history, and the
+    # reopen window a reply is measured against (a reply a day after its closed request joins it).
+    item.now = item.arrived
     item.note("history", f"imported as history, dated by {how}")
     return None
 
@@ -75,8 +81,6 @@ def end_imported(item: Incoming) -> Outcome | None:
     message, ticket = item.message, item.ticket
     assert message is not None and ticket is not None, "end_imported runs after apply stored the mail on a ticket"
     item.note("history", "no acknowledgement and no notice: imported as history")
-    if message.kind != MessageKind.NEW_TICKET:
-        return Outcome.REPLY
-    if item.history.close:
+    if item.history.close:  # a reply reopened it, as replies do: an archive stays closed
         tickets.set_status(item.session, ticket, Status.CLOSED, actor="import", channel=item.source, now=item.arrived)
-    return Outcome.NEW_TICKET
+    return Outcome.NEW_TICKET if message.kind == MessageKind.NEW_TICKET else Outcome.REPLY

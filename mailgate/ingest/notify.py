@@ -73,8 +73,13 @@ def why_not_answer_the_from(item: Incoming) -> str | None:
         return f"the sender's domain {domain or '(none)'} is not among acknowledgements.domains"
     if verdict := spam_verdict(message, config.spam_scl_threshold):
         return f"marked as spam by the receiving MTA ({verdict})"
-    if failure := authentication_failure(message, config.trusted_authserv_ids):
+    if failure := authentication_failure(message, config.trusted_authserv_ids, domain):
         return f"the sender failed authentication: {failure}"
+    if item.mail.sender_header not in ("from", "envelope"):
+        # The From was missing or unusable, so the address came from Reply-To, Sender or
+        # Return-Path: fields nobody checked, which a forger fills with the victim. (A device
+        # that writes no From at all is answered at the envelope sender the MTA accepted.)
+        return f"the address to answer is from {item.mail.sender_header}, not from the mail's From"
     return None
 
 

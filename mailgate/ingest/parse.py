@@ -60,6 +60,9 @@ class ParsedMail:
     attachments: list[MailAttachment] = field(default_factory=list)
     # SMTP MAIL FROM, when the transport knows it ("" is the null sender of bounces).
     envelope_sender: str | None = None
+    # Where from_addr was read: "from", or "sender", "reply-to", "return-path", "envelope"
+    # when the From was missing or unusable.
+    sender_header: str = "from"
     # What the parsing bounds left out of this view of the mail (the raw bytes are whole).
     notes: list[str] = field(default_factory=list)
 
@@ -144,36 +147,36 @@ def _date(message: Message) -> datetime | None:
         return None
     try:
         parsed = email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
+        # A date next to the calendar's end (31 Dec 9999 -1200) overflows on its way to UTC.
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _sender(
     parsed: mailparser.MailParser, message: Message, envelope_sender: str | None, charset: str | None = None
-) -> tuple[str, str]:
-    """From, else Sender, else Reply-To, else Return-Path: who a reply should go to."""
+) -> tuple[str, str, str]:
+    """From, else Sender, else Reply-To, else Return-Path: who a reply should go to, and the
+    header (or "envelope") the address came from."""
     for header in ("from", "sender", "reply-to"):
         raw = _raw_pairs(message, header)
         found = _addresses(raw or email.utils.getaddresses([str(v) for v in message.get_all(header, [])]), charset)
         if header == "from" and parsed.from_ and raw is None:
             found = _addresses(parsed.from_) or found
         if found:
-            return found[0]
+            return (*found[0], header)
     return_path = message_ids(str(message.get("Return-Path", "")))
     if return_path and "@" in return_path[0]:
-        return "", return_path[0].lower()
+        return "", return_path[0].lower(), "return-path"
     # A script or scanner that wrote no From: the envelope address, repaired like a header's.
     if envelope := _addresses([("", envelope_sender.strip("<> "))] if envelope_sender else []):
-        return envelope[0]
+        return (*envelope[0], "envelope")
     robot = _ROBOT.search(" ".join(str(v) for v in message.get_all("from", [])))
     if robot or str(message.get("Return-Path", "")).strip() == "<>":
         # A bounce from "MAILER-DAEMON <>" or an unqualified <MAILER-DAEMON>: keep it as a bounce
         # (classify.robot_sender) rather than quarantine it; .invalid never receives mail.
-        return "Mail Delivery System", "mailer-daemon@invalid"
-    return "", ""
+        return "Mail Delivery System", "mailer-daemon@invalid", "from"
+    return "", "", ""
 
 
 def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds: Parsing | None = None) -> ParsedMail:
@@ -199,7 +202,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds
         raise Unparseable(f"MIME parser failed: {type(exc).__name__}: {exc}") from exc
     message = parsed.message
     charset = declared_charset(message)
-    from_name, from_addr = _sender(parsed, message, envelope_sender, charset)
+    from_name, from_addr, sender_header = _sender(parsed, message, envelope_sender, charset)
     if not from_addr:
         raise Unparseable("no sender address in From, Sender, Reply-To, Return-Path or the envelope")
 
@@ -218,6 +221,7 @@ def parse(raw: bytes, max_bytes: int, envelope_sender: str | None = None, bounds
         # The newest references are the ones that thread; a mail quoting 10,000 is hostile.
         references=message_ids(" ".join(str(v) for v in message.get_all("References", [])))[-MAX_REFERENCES:],
         from_addr=from_addr,
+        sender_header=sender_header,
         from_name=from_name,
         to=_addresses(_raw_pairs(message, "to") or parsed.to, charset),
         cc=_addresses(_raw_pairs(message, "cc") or parsed.cc, charset),

@@ -66,12 +66,15 @@ def local_time(settings: Settings, moment: datetime | None, language: str = "en"
     language and the desk's zone."""
     if moment is None:
         return ""
+    from babel import UnknownLocaleError
     from babel.dates import format_datetime
 
     zone = ZoneInfo(settings.tickets.timezone)
     local = moment.astimezone(zone)
-    pattern = _WHEN.get(language)
-    text = format_datetime(local, pattern or "medium", tzinfo=zone, locale=language)
+    try:
+        text = format_datetime(local, _WHEN.get(language, "medium"), tzinfo=zone, locale=language)
+    except (UnknownLocaleError, ValueError):  # a site's folder named for no locale Babel knows
+        text = format_datetime(local, _WHEN["en"], tzinfo=zone, locale="en")
     return f"{text} ({zone.key})"
 
 

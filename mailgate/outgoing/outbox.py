@@ -8,6 +8,7 @@ attempts marks the row dead and writes an event, so nothing fails silently.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import smtplib
 from dataclasses import dataclass
@@ -121,7 +122,13 @@ def queue(
     }
     subject, body = templates.render(mail.template, context, mail.language)
     subject = shorten(subject, settings.outgoing.max_subject_chars)
-    message_id = tokens.message_id(token, mail.kind, domain)
+    # One occasion per kind and ticket (ack:12) has the kind for its purpose; a kind that can
+    # recur on a ticket for one person (a breaker warning per trip) also names the occasion, or
+    # two of them would share one Message-ID.
+    purpose = mail.kind
+    if mail.occasion != f"{mail.kind}:{mail.ticket.number}":
+        purpose += "-" + hashlib.sha256(mail.occasion.encode()).hexdigest()[:10]
+    message_id = tokens.message_id(token, purpose, domain)
     headers: dict[str, str] = {
         "From": email.utils.formataddr((settings.addresses.display_name, support)),
         "To": email.utils.formataddr((mail.to.name, mail.to.address)),
