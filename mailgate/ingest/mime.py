@@ -100,6 +100,12 @@ def read_tree(data: bytes, bounds: Parsing) -> Tree:
             f"a header section of {cut_at} bytes: read up to parsing.max_header_total_bytes, the rest kept "
             f"only in the raw mail"
         )
+    data, cut_parts = _cut_part_header_sections(data, bounds.max_header_total_bytes)
+    if cut_parts:
+        notes.append(
+            f"{cut_parts} MIME part header sections over parsing.max_header_total_bytes: cut, the rest kept "
+            f"only in the raw mail"
+        )
     budget = _Budget(bounds.max_header_bytes, bounds.max_header_total_bytes)
     policy = _BoundedPolicy(budget=budget)
 
@@ -160,7 +166,48 @@ def _cut_header_section(data: bytes, limit: int) -> tuple[bytes, int | None]:
         if size <= 4 * limit:
             return data, None
         cut = 4 * limit
-    return data[: cut + 1] + (data[end.start() :] if end else b""), size
+    # The kept part ends with a line end, so the blank line's first one is not needed again.
+    tail = data[end.start() :] if end else b""
+    tail = tail[2:] if tail.startswith(b"\r\n") else tail[1:]
+    return data[: cut + 1] + tail, size
+
+
+# A line that may open a MIME part (a boundary, RFC 2046 5.1.1), followed by a header field.
+_PART_START = re.compile(rb"\n--[^\r\n]{1,200}\r?\n(?=[!-9;-~]+[ \t]*:)")
+
+
+def _cut_part_header_sections(data: bytes, limit: int) -> tuple[bytes, int]:
+    """`data` with every part's header section cut as the top one is (see above), and how many
+    were. The stdlib holds a part's header lines until its blank line just as it does the top
+    section's, so one part of ten million short fields cost 1.5 GB. A section starts after any
+    line that looks like a boundary: the parser's own idea of the boundaries is not known yet,
+    and only a section of thousands of fields is ever cut. One pass: each blank line is looked
+    for once, however many parts."""
+    small = limit // HEADER_OVERHEAD
+    if len(data) <= small:
+        return data, 0
+    pieces, kept_to, cut = [], 0, 0
+    blank = _BLANK_LINE.search(data)
+    for found in _PART_START.finditer(data):
+        begin = found.end()
+        if begin < kept_to:
+            continue
+        if blank is not None and blank.start() < begin:
+            blank = _BLANK_LINE.search(data, begin)
+        stop = blank.start() if blank is not None else len(data)
+        if stop - begin <= small:
+            continue
+        section, was = _cut_header_section(data[begin:stop], limit)
+        if was is None:
+            continue
+        pieces += [data[kept_to:begin], section.rstrip(b"\r\n") + b"\r\n"]
+        # Go on from the blank line, without the line end the kept fields already end with.
+        kept_to = stop + (2 if data.startswith(b"\r\n", stop) else 1) if blank is not None else stop
+        cut += 1
+    if not cut:
+        return data, 0
+    pieces.append(data[kept_to:])
+    return b"".join(pieces), cut
 
 
 def _keep_parts(message: Message, count: int) -> None:
