@@ -158,3 +158,12 @@ def test_bidi_overrides_do_not_reach_the_terminal(workdir: Path) -> None:  # noq
     run("ingest", "--now", "-", stdin=mail(subject="invoice \u202etxt.exe"))
     out = run("tickets", "list").stdout + run("tickets", "show", "1").stdout
     assert "\u202e" not in out and "invoice" in out
+
+
+def test_quarantine_show_output_never_overwrites(workdir: Path) -> None:  # noqa: F811
+    run("ingest", "--now", "-", stdin=b"not a mail\n")
+    there = workdir / "kept.eml"
+    there.write_bytes(b"the admin's own file")
+    result = run("quarantine", "show", "1", "--output", str(there))
+    assert result.exit_code == 64 and "exists" in result.stderr
+    assert there.read_bytes() == b"the admin's own file"

@@ -340,3 +340,10 @@ def test_an_acknowledgement_to_a_sender_without_a_name_greets_without_the_addres
         ack = session.scalars(select(Outbox).where(Outbox.kind == "ack", Outbox.ticket_id.is_not(None))).one()
     assert result.outcome == "new_ticket"
     assert ack.body.startswith("Hello,\n\nWe received your request")
+
+
+def test_bidi_overrides_of_a_request_do_not_reach_the_acknowledgements_subject(app: App) -> None:
+    ingest(app, mail(subject="invoice \u202etxt.exe"), "smtp")
+    with app.sessions() as session:
+        subjects = [row.headers["Subject"] for row in session.scalars(select(Outbox))]
+    assert subjects and all("\u202e" not in s for s in subjects)

@@ -51,7 +51,11 @@ def quarantine_show(ctx: Context, qid: int, raw: bool, output: Path | None) -> N
         if row is None:
             fail(f"there is no quarantined mail {qid} (see `mailgate quarantine list`)")
         if output is not None:
-            output.write_bytes(row.raw)
+            try:
+                with open(output, "xb") as out:  # never over a file that is there
+                    out.write(row.raw)
+            except FileExistsError:
+                fail(f"{output} exists: give a new file name", EX_USAGE)
             click.echo(f"wrote {len(row.raw)} bytes to {output}")
         elif raw:
             sys.stdout.buffer.write(row.raw)

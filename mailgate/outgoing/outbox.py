@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import re
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,6 +71,9 @@ class OutgoingMail:
     language: str = "en"  # of the templates and dates (see mailgate/languages.py)
 
 
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def acks_recently(
     session: Session, mailbox: str, now: datetime, window_minutes: int, *, proven_only: bool = False
 ) -> int:
@@ -121,7 +125,8 @@ def queue(
         **mail.context,
     }
     subject, body = templates.render(mail.template, context, mail.language)
-    subject = shorten(subject, settings.outgoing.max_subject_chars)
+    # Bidi overrides from the request's subject would make "txt.exe" read "exe.txt" in a client.
+    subject = shorten(_BIDI.sub("", subject), settings.outgoing.max_subject_chars)
     # One occasion per kind and ticket (ack:12) has the kind for its purpose; a kind that can
     # recur on a ticket for one person (a breaker warning per trip) also names the occasion, or
     # two of them would share one Message-ID.
