@@ -369,6 +369,30 @@ class StaffMember(_Section):
     language: str = ""
 
 
+class Requester(_Section):
+    """A person who writes to the desk, as the company's directory knows them: a ticket carries
+    their name, department and location, and mail to them is in their language."""
+
+    address: EmailStr
+    name: str = ""
+    department: str = ""
+    location: str = ""
+    manager: str = ""  # the manager's address, for escalations (issue 13)
+    language: str = ""
+
+
+class Directory(_Section):
+    # A CSV file of requesters (a header row naming address and any of name, department,
+    # location, manager, language), e.g. exported from the HR system; relative to this file.
+    # [[requesters]] tables in the config add to it and win for the same address.
+    csv: Path | None = None
+
+    @field_validator("csv", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class Log(_Section):
     """What the daemon logs (commands log only warnings unless -v), and how."""
 
@@ -404,6 +428,8 @@ class Settings(BaseSettings):
     spool: Spool = Spool()
     imap: list[ImapMailbox] = Field(default_factory=list)
     staff: list[StaffMember] = Field(default_factory=list)
+    requesters: list[Requester] = Field(default_factory=list)
+    directory: Directory = Directory()
     log: Log = Log()
 
     @classmethod
@@ -433,6 +459,7 @@ class Settings(BaseSettings):
         choices = available(self.templates_path)
         wanted = [("tickets.language", self.tickets.language)]
         wanted += [(f"staff.{n}.language", m.language) for n, m in enumerate(self.staff) if m.language]
+        wanted += [(f"requesters.{n}.language", r.language) for n, r in enumerate(self.requesters) if r.language]
         for key, language in wanted:
             if language not in choices:
                 raise ValueError(
@@ -601,4 +628,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     paths = {k: config.beside(getattr(outgoing, k)) for k in ("maildir", "relay_password_file") if getattr(outgoing, k)}
     if paths:
         values["outgoing"] = outgoing.model_copy(update=paths)
+    if loaded.directory.csv is not None:
+        from mailgate.directory import read_requesters
+
+        listed = {r.address: r for r in read_requesters(config.beside(loaded.directory.csv))}
+        listed.update({r.address: r for r in loaded.requesters})  # the config's own tables win
+        values["requesters"] = list(listed.values())
     return Settings.model_construct(**values)

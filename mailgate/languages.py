@@ -4,7 +4,8 @@ English is the templates' top level (templates/<occasion>/…); every other lang
 of the same layout (templates/de/<occasion>/…), shipped or in the site's templates_path, and a
 template it lacks falls back to English. A person's language is, in order: the one the staff
 list gives them, the one their request asked for (Content-Language or Accept-Language, as
-Outlook and most webmail send), the desk's tickets.language.
+Outlook and most webmail send), the desk's tickets.language. A requester's entry in the directory
+(directory.csv, [[requesters]]) counts like a staff member's.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def requested(message: Message, choices: set[str]) -> str | None:
 
 def language_of(settings: Settings, address: str, request: Message | None = None) -> str:
     """The language to write to `address` in; `request`: the mail being answered, if any."""
-    member = next((m for m in settings.staff if m.address == address), None)
+    member = next((m for m in (*settings.staff, *settings.requesters) if m.address == address), None)
     if member is not None and member.language:
         return member.language
     if request is not None:

@@ -40,11 +40,22 @@ def person_for(session: Session, settings: Settings, address: str, name: str, no
         # Taken off the staff list: no more threading into any ticket by its tag alone.
         role, team, name = "requester", person.team, person.name
     else:
+        _from_directory(settings, person)
         return person
     # Set only what changes: an object marked dirty costs a flush at the next query.
     if (person.role, person.team, person.name) != (role, team, name):
         person.role, person.team, person.name = role, team, name
     return person
+
+
+def _from_directory(settings: Settings, person: Person) -> None:
+    """Name, department and location as the directory lists them (a ticket copies the last two)."""
+    entry = next((r for r in settings.requesters if r.address == person.address), None)
+    if entry is None:
+        return
+    known = (entry.name or person.name, entry.department, entry.location)
+    if (person.name, person.department, person.location) != known:  # a dirty object costs a flush
+        person.name, person.department, person.location = known
 
 
 def dispatcher(session: Session, settings: Settings, now: datetime) -> Person:
