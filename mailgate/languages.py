@@ -10,6 +10,7 @@ Outlook and most webmail send), the desk's tickets.language. A requester's entry
 
 from __future__ import annotations
 
+import functools
 import re
 from email.message import Message
 from pathlib import Path
@@ -24,8 +25,11 @@ DEFAULT = "en"
 _CODE = re.compile(r"[a-z]{2}")  # ISO 639-1; occasions (ack, …) are longer names
 
 
-def available(site_dir: Path | None = None) -> set[str]:
-    """English, and each language with a folder of templates, shipped or the site's."""
+@functools.lru_cache(maxsize=16)
+def available(site_dir: Path | None = None) -> frozenset[str]:
+    """English, and each language with a folder of templates, shipped or the site's. Read once
+    per folder: every acknowledgement asks, and a new language needs a restart anyway (the
+    config check at start reads it too)."""
     found = {DEFAULT}
     for root in (templates_dir(), site_dir):
         if root is not None and root.is_dir():
@@ -34,10 +38,10 @@ def available(site_dir: Path | None = None) -> set[str]:
                 for p in root.iterdir()
                 if p.is_dir() and _CODE.fullmatch(p.name) and not (p / "body.txt").exists()
             )
-    return found
+    return frozenset(found)
 
 
-def requested(message: Message, choices: set[str]) -> str | None:
+def requested(message: Message, choices: frozenset[str]) -> str | None:
     """The first language among `choices` that the mail's Content-Language or Accept-Language
     names ("de-DE", "de, en;q=0.8"), or None."""
     for header in ("Content-Language", "Accept-Language"):

@@ -166,15 +166,15 @@ def _env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")} | extra
 
 
+def _mailgate(config: Path, *args: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """The real `mailgate --config CONFIG ARGS`, with only `environment` of MAILGATE_* set."""
+    command = [sys.executable, "-m", "mailgate", "--config", str(config), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(**environment), timeout=60)
+
+
 def test_a_misspelt_variable_is_warned_with_the_one_meant(tmp_path: Path) -> None:
     path = write(tmp_path, "")
-    checked = subprocess.run(
-        [sys.executable, "-m", "mailgate", "--config", str(path), "check-config"],
-        capture_output=True,
-        text=True,
-        env=_env(MAILGATE_SMPT__PORT="2526", MAILGATE_TICKETS__TIMEZONE="UTC"),
-        timeout=60,
-    )
+    checked = _mailgate(path, "check-config", MAILGATE_SMPT__PORT="2526", MAILGATE_TICKETS__TIMEZONE="UTC")
     said = checked.stdout + checked.stderr
     assert "MAILGATE_SMPT__PORT sets nothing and is ignored: did you mean MAILGATE_SMTP__PORT?" in said
     assert "MAILGATE_TICKETS__TIMEZONE" not in said  # a real setting is not warned about
@@ -182,13 +182,7 @@ def test_a_misspelt_variable_is_warned_with_the_one_meant(tmp_path: Path) -> Non
 
 def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[log]\nformat = "json"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "mailgate", "--config", str(path), "tickets", "list"],
-        capture_output=True,
-        text=True,
-        env=_env(MAILGATE_SMPT__PORT="1"),
-        timeout=60,
-    )
+    done = _mailgate(path, "tickets", "list", MAILGATE_SMPT__PORT="1")
     line = json.loads(done.stderr.splitlines()[0])
     assert (line["level"], line["logger"]) == ("WARNING", "mailgate.config")
     assert "MAILGATE_SMPT__PORT" in line["message"] and "time" in line
