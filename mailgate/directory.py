@@ -21,7 +21,10 @@ def read_requesters(path: Path) -> list[Requester]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             sample = handle.read(4096)
             handle.seek(0)
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample else csv.excel
+            try:
+                dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:  # one column, or too little to tell: plain comma-separated
+                dialect = csv.excel
             rows = csv.DictReader(handle, dialect=dialect)
             header = [c.strip().lower() for c in rows.fieldnames or []]
             if "address" not in header:

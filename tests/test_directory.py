@@ -81,3 +81,12 @@ def test_a_requester_is_written_to_in_their_directory_language(tmp_path: Path, d
     finally:
         app.close()
     assert ack.body.startswith("Guten Tag")
+
+
+def test_a_directory_of_addresses_only_is_read_and_a_bad_one_named(tmp_path: Path) -> None:
+    (tmp_path / "people.csv").write_text("address\ndana@example.com\n")
+    settings = load_settings(_config(tmp_path, '[directory]\ncsv = "people.csv"\n'))
+    assert [r.address for r in settings.requesters] == ["dana@example.com"]
+    (tmp_path / "people.csv").write_text("address\nbad\n")
+    with pytest.raises(ConfigError, match="line 2: address = 'bad'"):
+        load_settings(_config(tmp_path, '[directory]\ncsv = "people.csv"\n'))
