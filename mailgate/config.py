@@ -361,12 +361,34 @@ class Parsing(_Section):
 
 
 class StaffMember(_Section):
-    address: EmailStr
+    """A person who works the desk. Mail from any of their addresses is theirs, but a From header
+    proves nothing: what staff may do by mail needs the mail authenticated (ingest/authenticate.py)."""
+
+    address: EmailStr  # where mailgate writes to them
+    # Further addresses they send from (an alias, a second domain): the same person.
+    aliases: list[EmailStr] = Field(default_factory=list)
     name: str = ""
-    team: str = ""
-    role: Literal["staff", "dispatcher", "admin"] = "staff"
+    # "agent" works tickets of their teams and those assigned to them; "dispatcher" and "admin"
+    # may do everything. "staff" is the older name of "agent".
+    role: Literal["agent", "dispatcher", "admin", "staff"] = "agent"
+    team: str = ""  # the older single team; counts as the first of `teams`
+    teams: list[str] = Field(default_factory=list)
+    manager: str = ""  # the manager's address, for escalations
     # The language of mail to this person; empty: tickets.language.
     language: str = ""
+
+    @field_validator("role")
+    @classmethod
+    def _staff_is_agent(cls, value: str) -> str:
+        return "agent" if value == "staff" else value
+
+    @property
+    def all_teams(self) -> list[str]:
+        return list(dict.fromkeys([t for t in (self.team, *self.teams) if t]))
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address, *self.aliases]
 
 
 class Requester(_Section):
@@ -467,6 +489,25 @@ class Settings(BaseSettings):
                     f"(or a folder {language}/ of templates in templates_path)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _staff_addresses_are_unique(self) -> Settings:
+        # One address, one person: an alias listed for two people would let either act as both.
+        owner: dict[str, int] = {}
+        for n, member in enumerate(self.staff):
+            for address in member.addresses:
+                if address in owner and owner[address] != n:
+                    raise ValueError(
+                        f"staff.{n} lists {address!r}, which staff.{owner[address]} lists already: "
+                        "expected each address under one staff member"
+                    )
+                owner[address] = n
+        return self
+
+    def staff_member(self, address: str) -> StaffMember | None:
+        """The staff member who sends from `address` (their address or an alias), if any."""
+        address = address.lower()
+        return next((m for m in self.staff if address in m.addresses), None)
 
     @field_validator("secret")
     @classmethod

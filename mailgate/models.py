@@ -124,7 +124,7 @@ class Person(Base):
 
     @property
     def is_staff(self) -> bool:
-        return self.role in ("staff", "dispatcher", "admin")
+        return self.role in ("agent", "staff", "dispatcher", "admin")
 
 
 class Ticket(Base):
@@ -237,6 +237,10 @@ class Event(Base):
     old: Mapped[str | None] = mapped_column(Text)
     new: Mapped[str | None] = mapped_column(Text)
     channel: Mapped[str] = mapped_column(String(100))
+    # What proved the actor did it (ingest/authenticate.py), e.g. "reply token issued to
+    # alice@example.com" or "dmarc=pass header.from=example.com (mx.example.com)"; empty
+    # for what mailgate itself or an unproven sender did.
+    evidence: Mapped[str] = mapped_column(Text, default="", server_default="")
     at: Mapped[Timestamp]
 
 

@@ -29,13 +29,18 @@ def find_or_create_person(session: Session, address: str, name: str, now: dateti
 
 
 def person_for(session: Session, settings: Settings, address: str, name: str, now: datetime) -> Person:
-    """The person behind `address`, with the role and team the config gives them today."""
+    """The person behind `address`, with the role and team the config gives them today.
+    A staff member's alias is that staff member: one person, however they write."""
+    member = settings.staff_member(address)
+    if member is not None:
+        address = member.address
     person = find_or_create_person(session, address, name, now)
-    member = next((m for m in settings.staff if m.address == person.address), None)
     if person.address == settings.addresses.dispatcher:
         role, team, name = "dispatcher", person.team, person.name
+        if member is not None:
+            team, name = (member.all_teams or [""])[0], member.name or person.name
     elif member is not None:
-        role, team, name = member.role, member.team, member.name or person.name
+        role, team, name = member.role, (member.all_teams or [""])[0], member.name or person.name
     elif person.is_staff:
         # Taken off the staff list: no more threading into any ticket by its tag alone.
         role, team, name = "requester", person.team, person.name

@@ -32,6 +32,7 @@ def record(
     old: str | None = None,
     new: str | None = None,
     message_id: int | None = None,
+    evidence: str = "",
 ) -> Event:
     event = Event(
         ticket_id=ticket.id if ticket else None,
@@ -43,6 +44,7 @@ def record(
         old=old,
         new=new,
         message_id=message_id,
+        evidence=evidence,
     )
     session.add(event)
     return event

@@ -22,6 +22,7 @@ class Result:
     result: str  # "pass", "fail", "softfail", "none", …
     authserv_id: str
     header_from: str = ""  # DMARC's header.from: the From domain the MTA judged, lowercased
+    header_d: str = ""  # DKIM's header.d: the domain that signed, lowercased
 
 
 def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Result]:
@@ -52,8 +53,28 @@ def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Resu
 
 
 def _result(found: authres.core.BaseAuthenticationResult, authserv_id: str) -> Result:
-    header_from = next((p.value for p in found.properties if (p.type, p.name) == ("header", "from")), "") or ""
-    return Result(found.method.lower(), (found.result or "").lower(), authserv_id, header_from.lower().rstrip("."))
+    def header(name: str) -> str:
+        value = next((p.value for p in found.properties if (p.type, p.name) == ("header", name)), "") or ""
+        return value.lower().rstrip(".")
+
+    return Result(found.method.lower(), (found.result or "").lower(), authserv_id, header("from"), header("d"))
+
+
+def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: str) -> str | None:
+    """What proves the From's domain sent this mail, e.g. "dmarc=pass header.from=example.com
+    (mx.example.com)", or None. A DMARC pass for that domain, else a DKIM signature of that very
+    domain (a signature of another domain proves only that domain). Any DMARC fail proves
+    nothing, whatever passed beside it."""
+    results = trusted_results(message, trusted_ids)
+    if not from_domain or any(r.method == "dmarc" and r.result == "fail" for r in results):
+        return None
+    for r in results:
+        if r.method == "dmarc" and r.result == "pass" and r.header_from == from_domain:
+            return f"dmarc=pass header.from={from_domain} ({r.authserv_id})"
+    for r in results:
+        if r.method == "dkim" and r.result == "pass" and r.header_d == from_domain:
+            return f"dkim=pass header.d={from_domain} ({r.authserv_id})"
+    return None
 
 
 def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str) -> bool:

@@ -14,6 +14,7 @@ from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Person, Ticket
 
 if TYPE_CHECKING:
+    from mailgate.ingest.authenticate import Proof
     from mailgate.ingest.bounces import Bounce
     from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
@@ -42,6 +43,15 @@ class Incoming:
     reaction: bool = False  # classify: answers earlier mail (auto-reply, bounce): never a ticket of its own
     bounce: Bounce | None = None  # classify: what a delivery report says
     thread: ThreadDecision = field(init=False)  # thread: the ticket it belongs to, and why
+    proof: Proof | None = None  # authenticate: what proves the sender wrote it (None: nothing)
+    # Set by what assigns the ticket in this mail (a routing rule, #assign, #take): the person
+    # now working on it, whom the relay tells, with the thread so far.
+    assigned: Person | None = None
+    internal: bool = False  # commands (#note): an internal note, never relayed to the requester
+    # commands: the new text with the command lines taken out (None: the mail had no commands);
+    # what a relay passes on.
+    text_after_commands: str | None = None
+    status_set: bool = False  # commands: a command set the status, the conversation does not move it
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from mailgate.app import App
 from mailgate.db import describe
 from mailgate.ingest.apply import apply
+from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
 from mailgate.ingest.dedupe import dedupe
@@ -41,8 +42,8 @@ __all__ = ["STEPS", "IngestResult", "Outcome", "TemporaryFailure", "ingest"]
 
 Step = Callable[[Incoming], Outcome | None]
 
-# The whole flow of a mail, in order. The dispatcher desk's authenticate, commands and
-# permissions go between thread and apply. breaker holds a source that opens too many
+# The whole flow of a mail, in order. The dispatcher desk's commands go between
+# authenticate and apply. breaker holds a source that opens too many
 # tickets before apply opens one and notify queues its mail.
 STEPS: tuple[Step, ...] = (
     date_imported,
@@ -51,6 +52,7 @@ STEPS: tuple[Step, ...] = (
     identify,
     classify,
     thread,
+    authenticate,
     breaker,
     apply,
     end_imported,
@@ -60,7 +62,7 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "classify", "breaker")
+_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "breaker")
 
 
 @dataclass
