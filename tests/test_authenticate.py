@@ -22,7 +22,12 @@ def app(tmp_path, db_url, clock):
         db_url,
         acknowledgements={"trusted_authserv_ids": [MX]},
         staff=[
-            {"address": "alice@example.com", "aliases": ["a.jones@corp.example.net"], "name": "Alice", "teams": ["network"]},
+            {
+                "address": "alice@example.com",
+                "aliases": ["a.jones@corp.example.net"],
+                "name": "Alice",
+                "teams": ["network"],
+            },
             {"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher"},
         ],
     )
