@@ -37,6 +37,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 
 from mailgate.config_file import ConfigError, find_data_dir, read_config_file
+from mailgate.sla.settings import Sla
 
 MIN_SECRET_CHARS = 16  # the reply tokens are only as unguessable as this key
 
@@ -77,7 +78,8 @@ class Tickets(_Section):
     default_priority: Literal["low", "normal", "high", "urgent"] = "normal"
     # A reply to a ticket closed longer ago than this opens a new ticket linked to the old one.
     reopen_window_days: int = Field(default=14, ge=0)
-    # Hours until the first answer is due, per priority (shown in the acknowledgement).
+    # Business hours until the first answer is due, per priority (shown in the acknowledgement),
+    # where [sla.targets] gives none; counted in the [sla] calendar (Mon-Fri 09:00-17:00 unless set).
     first_response_hours: dict[Literal["low", "normal", "high", "urgent"], float] = Field(
         default_factory=lambda: {"low": 24.0, "normal": 8.0, "high": 4.0, "urgent": 1.0}
     )
@@ -444,7 +446,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     acknowledgements: Acknowledgements = Acknowledgements()
     breaker: Breaker = Breaker()
-
+    sla: Sla = Sla()
     parsing: Parsing = Parsing()
     smtp: Smtp = Smtp()
     spool: Spool = Spool()

@@ -143,6 +143,7 @@ class Ticket(Base):
     created_at: Mapped[Timestamp]
     first_response_due: Mapped[Timestamp | None]
     first_response_at: Mapped[Timestamp | None]
+    resolution_due: Mapped[Timestamp | None]
     resolved_at: Mapped[Timestamp | None]
     closed_at: Mapped[Timestamp | None]
     last_activity_at: Mapped[Timestamp]

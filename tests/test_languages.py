@@ -45,8 +45,9 @@ def test_a_german_desk_writes_german_with_german_dates(tmp_path: Path, db_url: s
     )
     ack = rows["ack"].body
     assert ack.startswith("Guten Tag Dana Smith,\n\nwir haben Ihre Anfrage erhalten")
-    # START is Monday 23 November 2026, 09:00 UTC; the first answer is due 8 hours later.
-    assert "Sie erhalten eine Antwort bis Montag, 23. November, 18:00 Uhr (Europe/Berlin)" in ack
+    # START is Monday 23 November 2026, 10:00 in Berlin; 8 business hours (09:00-17:00) later
+    # is Tuesday 10:00.
+    assert "Sie erhalten eine Antwort bis Dienstag, 24. November, 10:00 Uhr (Europe/Berlin)" in ack
     notice = rows["dispatcher_new"]
     assert notice.headers["Subject"].startswith("[HD #1] Neu: Drucker streikt")
     assert "Nicht zugewiesen" in notice.body and "Montag, 23. November" in notice.body

@@ -9,14 +9,13 @@ limits.max_participants_per_mail of them; a reply adds no one.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from mailgate import people, tickets
 from mailgate import subject as subjects
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.models import MessageKind, Person, Ticket
+from mailgate.sla import policy as sla
 
 
 def apply(item: Incoming) -> Outcome | None:
@@ -98,8 +97,9 @@ def _new_ticket(item: Incoming, linked: Ticket | None, link_kind: str, link_reas
         channel=item.source,
         # A mail that waited in the spool: the ticket exists since the mail arrived.
         now=item.arrived,
-        first_response_due=item.arrived + timedelta(hours=settings.tickets.first_response_hours[priority]),
+        first_response_due=None,
     )
+    sla.set_deadlines(settings, ticket)
     for person in {p.id: p for p in copied if p.id != sender.id}.values():  # each once, in order
         tickets.add_participant(session, ticket, person, "cc", new_ticket=True)
     if linked is not None:

@@ -1,0 +1,106 @@
+"""Which calendar and which targets apply to a ticket, and the deadlines they give.
+
+The targets: a category's (for the ticket's priority) before its team's before the desk's
+([sla.targets]); a priority the config gives no target has tickets.first_response_hours as its
+first-response target. The calendar: the team's own, else the desk's. Deadlines count business
+time from the ticket's creation, plus the business time it spent paused (pending).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from mailgate.config import Settings
+from mailgate.models import Ticket
+from mailgate.sla.calendar import Calendar, holiday_set
+from mailgate.sla.settings import Duration, Targets, TeamSla, _CalendarFields
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    first_response: datetime | None
+    resolution: datetime | None
+
+
+def timezone(settings: Settings) -> ZoneInfo:
+    return ZoneInfo(settings.sla.timezone or settings.tickets.timezone)
+
+
+def calendar_for(settings: Settings, team: str | None) -> Calendar:
+    sla = settings.sla
+    own = sla.teams.get(team or "")
+    fields: _CalendarFields = own if own is not None and own.business_hours is not None else sla
+    return _build(fields, timezone(settings), team if fields is own else "")
+
+
+def _build(fields: _CalendarFields, zone: ZoneInfo, name: str) -> Calendar:
+    if fields.business_hours == "24x7" or fields.business_hours is None:
+        return Calendar.always_open(zone, name or "24x7")
+    days = holiday_set(fields.holidays, fields.holiday_country, fields.holiday_subdivision)
+    return Calendar.from_hours(zone, fields.business_hours, days, name or "business hours")
+
+
+def day_length(calendar: Calendar) -> timedelta:
+    """What "1d" of a target means in `calendar`: its most common working day (8 hours for
+    09:00-17:00; 24 hours in 24x7)."""
+    lengths = Counter(sum(end - start for start, end in spans) for spans in calendar.week if spans)
+    return timedelta(minutes=lengths.most_common(1)[0][0])
+
+
+def targets_for(settings: Settings, priority: str, category: str | None, team: str | None) -> Targets:
+    sla = settings.sla
+    chosen: dict[str, Duration | None] = {"first_response": None, "resolution": None}
+    team_sla: TeamSla | None = sla.teams.get(team or "")
+    category_sla = sla.categories.get(category or "")
+    layers = [
+        category_sla.targets.get(priority) if category_sla is not None else None,
+        team_sla.targets.get(priority) if team_sla is not None else None,
+        sla.targets.get(priority),
+    ]
+    for layer in layers:
+        if layer is None:
+            continue
+        for key in chosen:
+            if chosen[key] is None:
+                chosen[key] = getattr(layer, key)
+    hours = dict(settings.tickets.first_response_hours).get(priority)
+    if chosen["first_response"] is None and hours is not None:
+        chosen["first_response"] = Duration(minutes=hours * 60)
+    return Targets(**chosen)
+
+
+def deadlines(
+    settings: Settings,
+    *,
+    priority: str,
+    category: str | None,
+    team: str | None,
+    start: datetime,
+    paused: timedelta = timedelta(0),
+) -> Deadlines:
+    """The deadlines of a ticket opened at `start` that spent `paused` business time pending."""
+    calendar = calendar_for(settings, team)
+    targets = targets_for(settings, priority, category, team)
+    length = day_length(calendar)
+
+    def due(target: Duration | None) -> datetime | None:
+        return None if target is None else calendar.add(start, target.resolve(length) + paused)
+
+    return Deadlines(due(targets.first_response), due(targets.resolution))
+
+
+def set_deadlines(settings: Settings, ticket: Ticket, paused: timedelta = timedelta(0)) -> None:
+    """Compute and store `ticket`'s deadlines from its priority, category and team: when it is
+    created, and again when one of them changes."""
+    found = deadlines(
+        settings,
+        priority=ticket.priority,
+        category=ticket.category,
+        team=ticket.team,
+        start=ticket.created_at,
+        paused=paused,
+    )
+    ticket.first_response_due, ticket.resolution_due = found.first_response, found.resolution
