@@ -37,6 +37,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 
 from mailgate.config_file import ConfigError, find_data_dir, read_config_file
+from mailgate.routing.alerts import AlertSource
+from mailgate.routing.rules import Route
 from mailgate.sla.settings import Sla
 
 MIN_SECRET_CHARS = 16  # the reply tokens are only as unguessable as this key
@@ -454,6 +456,10 @@ class Settings(BaseSettings):
     staff: list[StaffMember] = Field(default_factory=list)
     requesters: list[Requester] = Field(default_factory=list)
     directory: Directory = Directory()
+    # Routing rules, tried in order on each new ticket (routing/rules.py), and monitoring
+    # systems whose mail opens one incident ticket per alert (routing/alerts.py).
+    routes: list[Route] = Field(default_factory=list)
+    alerts: list[AlertSource] = Field(default_factory=list)
     log: Log = Log()
 
     @classmethod
@@ -504,6 +510,14 @@ class Settings(BaseSettings):
                         "expected each address under one staff member"
                     )
                 owner[address] = n
+        return self
+
+    @model_validator(mode="after")
+    def _routes_name_what_exists(self) -> Settings:
+        from mailgate.routing.rules import problems
+
+        if lines := problems(self):
+            raise ValueError("\n  ".join(lines))
         return self
 
     def staff_member(self, address: str) -> StaffMember | None:

@@ -147,6 +147,8 @@ class Ticket(Base):
     resolved_at: Mapped[Timestamp | None]
     closed_at: Mapped[Timestamp | None]
     last_activity_at: Mapped[Timestamp]
+    # The alert it was opened for (routing/alerts.py): the alert's repeats go on it while it is open.
+    alert_key: Mapped[str | None] = mapped_column(String(300), index=True)
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])

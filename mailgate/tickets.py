@@ -113,7 +113,16 @@ def link(session: Session, ticket: Ticket, other: Ticket, kind: str, *, channel:
     )
 
 
-def assign(session: Session, ticket: Ticket, person: Person | None, *, actor: str, channel: str, now: datetime) -> None:
+def assign(
+    session: Session,
+    ticket: Ticket,
+    person: Person | None,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+) -> None:
     """`person` works on `ticket` from now on (None: nobody). The assignee is on the ticket:
     their mail threads into it by its tag."""
     if ticket.assignee_id == (person.id if person else None):
@@ -130,10 +139,82 @@ def assign(session: Session, ticket: Ticket, person: Person | None, *, actor: st
         new=person.address if person else None,
         channel=channel,
         at=now,
+        evidence=evidence,
     )
 
 
-def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, channel: str, now: datetime) -> None:
+def _set_field(
+    session: Session,
+    ticket: Ticket,
+    name: str,
+    value: str | None,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str,
+) -> bool:
+    """Set one plain field of `ticket` and record it; False when it had that value already.
+    The caller recomputes the deadlines (sla.policy.set_deadlines) once for all its changes."""
+    old = getattr(ticket, name)
+    if old == value:
+        return False
+    setattr(ticket, name, value)
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action=name,
+        field=name,
+        old=old,
+        new=value,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+    )
+    return True
+
+
+def set_priority(
+    session: Session, ticket: Ticket, priority: str, *, actor: str, channel: str, now: datetime, evidence: str = ""
+) -> bool:
+    return _set_field(session, ticket, "priority", priority, actor=actor, channel=channel, now=now, evidence=evidence)
+
+
+def set_category(
+    session: Session,
+    ticket: Ticket,
+    category: str | None,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+) -> bool:
+    return _set_field(session, ticket, "category", category, actor=actor, channel=channel, now=now, evidence=evidence)
+
+
+def set_team(
+    session: Session, ticket: Ticket, team: str | None, *, actor: str, channel: str, now: datetime, evidence: str = ""
+) -> bool:
+    return _set_field(session, ticket, "team", team, actor=actor, channel=channel, now=now, evidence=evidence)
+
+
+def set_alert_key(session: Session, ticket: Ticket, key: str, *, channel: str, now: datetime, evidence: str) -> None:
+    """`ticket` is the one for alert `key` (routing/alerts.py): its repeats go on it while it is open."""
+    _set_field(session, ticket, "alert_key", key, actor="mailgate", channel=channel, now=now, evidence=evidence)
+
+
+def set_status(
+    session: Session,
+    ticket: Ticket,
+    status: Status,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+) -> None:
     if ticket.status == status:
         return
     old = ticket.status
@@ -154,6 +235,7 @@ def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, 
         new=status,
         channel=channel,
         at=now,
+        evidence=evidence,
     )
 
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from mailgate.ingest.bounces import Bounce
     from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
+    from mailgate.routing.alerts import Alert
+    from mailgate.routing.rules import Hit
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Incoming:
     # what a relay passes on.
     text_after_commands: str | None = None
     status_set: bool = False  # commands: a command set the status, the conversation does not move it
+    # route helper: what an alert source's mail reports (alerts), and the routing rules that
+    # matched a new ticket, with what each set (route); the dispatcher's notice names them.
+    alert: Alert | None = None
+    route_rules: list[Hit] = field(default_factory=list)
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None
