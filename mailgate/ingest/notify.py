@@ -143,6 +143,9 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no
         "automatic": item.reasons,
         # Automatic mail says so above; otherwise the dispatcher learns here that nobody was told.
         "no_acknowledgement": "" if item.reasons else (no_ack or ""),
+        # What set the ticket's fields before the dispatcher saw it (step route).
+        "alert": item.alert,
+        "routed": item.route_rules,
     }
     outgoing = OutgoingMail(
         "dispatcher_new",

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from mailgate.app import App
 from mailgate.db import describe
+from mailgate.ingest.alerts import alerts
 from mailgate.ingest.apply import apply
 from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
@@ -33,6 +34,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
+from mailgate.ingest.route import route
 from mailgate.ingest.screen import screen
 from mailgate.ingest.thread import thread
 from mailgate.models import Attachment
@@ -52,9 +54,11 @@ STEPS: tuple[Step, ...] = (
     identify,
     classify,
     thread,
+    alerts,
     authenticate,
     breaker,
     apply,
+    route,
     end_imported,
     notify,
 )
@@ -62,7 +66,7 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "breaker")
+_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "alerts", "breaker", "route")
 
 
 @dataclass
