@@ -187,11 +187,14 @@ def test_routing_rules_fill_what_the_alert_left(tmp_path, db_url, clock) -> None
     app.close()
 
 
-def test_a_burst_of_distinct_alerts_is_bounded_by_the_circuit_breaker(tmp_path, db_url, clock) -> None:
-    app = desk(tmp_path, db_url, clock, breaker={"per_sender": {"count": 3, "window_minutes": 60}})
-    outcomes = [ingest(app, alert(f"** PROBLEM Host Alert: host{n} is DOWN **"), "smtp").outcome for n in range(6)]
-    assert outcomes == ["new_ticket"] * 3 + ["held"] * 3
-    assert [o.kind for o in outbox(app)] == ["dispatcher_new"] * 3 + ["breaker_warning"]
+def test_a_burst_of_distinct_alerts_is_bounded_by_the_sources_own_limit(tmp_path, db_url, clock) -> None:
+    source = {**NAGIOS, "new_tickets": {"count": 5, "window_minutes": 60}}
+    # An outage: more distinct alerts than breaker.per_sender allows anyone, fewer than the source's limit.
+    app = desk(tmp_path, db_url, clock, source, breaker={"per_sender": {"count": 3, "window_minutes": 60}})
+    outcomes = [ingest(app, alert(f"** PROBLEM Host Alert: host{n} is DOWN **"), "smtp").outcome for n in range(8)]
+    assert outcomes == ["new_ticket"] * 5 + ["held"] * 3
+    assert [o.kind for o in outbox(app)] == ["dispatcher_new"] * 5 + ["breaker_warning"]
+    assert "alert:nagios" in outbox(app, "breaker_warning")[0].body
     # A repeat of an alert that has its ticket is still a reply to it.
     assert ingest(app, alert("** PROBLEM Host Alert: host0 is DOWN **"), "smtp").outcome == "auto"
     app.close()

@@ -15,9 +15,11 @@ problem or recovery, its priority, and its alert key. Then:
   ticket its key, category and priority.
 
 Repeats are replies to the alert's ticket, so the circuit breaker (which counts new tickets) never
-holds them. A burst of distinct alerts opens a ticket each, and those the breaker counts as any
-source's: past breaker.per_sender the source's new alerts are held on one ticket, with one
-warning to the dispatcher, until `mailgate limits lift`.
+holds them. A burst of distinct alerts opens a ticket each, and the breaker counts those as the
+source `alert:<name>` against the source's own limit (new_tickets, default 30 in 60 minutes,
+instead of breaker.per_sender, which one outage would trip at once): past it, the source's new
+alerts are held on one ticket without mail, the dispatcher is warned once, and
+`mailgate limits lift alert:<name>` ends it. Repeats of alerts that have a ticket still go on.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ addresses.py) and its domain (not the domains of our own addresses, where an int
 employees all live, nor breaker.exempt_domains). Beyond a limit the source is *tripped*: its mail
 is stored on the sender's latest open ticket (else on one ticket per trip) with no outgoing mail
 at all, and the dispatcher gets one warning that says so and how to lift it. Each held mail keeps
-the trip on for another window; `mailgate limits lift SOURCE` ends it.
+the trip on for another window; `mailgate limits lift SOURCE` ends it. An alert source's new
+alerts count as one source of their own, `alert:<name>`, against its alerts.new_tickets limit
+(ingest/alerts.py): a monitoring outage is many distinct alerts at once.
 
 Mail from our own addresses (the dispatcher's included) that threads into no ticket opens none
 and sends nothing: a robot behind one of them would otherwise answer our every notice with a
@@ -124,7 +126,11 @@ def breaker(item: Incoming) -> Outcome | None:
     if not settings.breaker.enabled or item.history is not None:
         return None
     sources = sources_of(settings, sender.address)
-    if proves_from(item.mail.message, settings.acknowledgements.trusted_authserv_ids, domain_of(sender.address)):
+    if item.alert is not None:
+        # An alert source's new alerts count against its own limit (ingest/alerts.py).
+        limit = item.alert.source.new_tickets
+        sources = [(f"alert:{item.alert.source.name}", Rate(count=limit.count, window_minutes=limit.window_minutes))]
+    elif proves_from(item.mail.message, settings.acknowledgements.trusted_authserv_ids, domain_of(sender.address)):
         # The trusted MTA proved this sender's domain (DMARC pass): forged mail in that domain's
         # name, which is what trips a domain, must not hold the real people of it. A proven
         # robot is still held by its own address.
@@ -269,7 +275,7 @@ def keys_for(source: str) -> list[str]:
     """The sources an admin means: a key as the warning names it ("domain:example.net"), an
     address (its exact and its folded form) or a domain."""
     source = source.strip().lower()
-    if source.partition(":")[0] in ("sender", "address", "domain"):
+    if source.partition(":")[0] in ("sender", "address", "domain", "alert"):
         return [source]
     if "@" in source:
         return sorted({f"sender:{source}", f"address:{fold_address(source)}"})

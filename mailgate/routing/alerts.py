@@ -75,6 +75,14 @@ def _words(values: list[str]) -> list[str]:
     return [v.upper() for v in values]
 
 
+class NewTickets(BaseModel):
+    """At most `count` new alert tickets within `window_minutes` (the circuit breaker counts them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    count: int = Field(default=30, ge=1)
+    window_minutes: int = Field(default=60, ge=1)
+
+
 class AlertSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,6 +99,10 @@ class AlertSource(BaseModel):
     priority: Priority = "normal"
     category: str = Field(default="incident", min_length=1, max_length=100)
     resolve_on_recovery: bool = False
+    # Distinct alerts of this source that may open tickets (each a dispatcher notice) in a
+    # window; past it, the circuit breaker holds its new alerts (not the repeats). In place of
+    # breaker.per_sender and the others, which a monitoring outage would trip at once.
+    new_tickets: NewTickets = NewTickets()
 
     @field_validator("senders")
     @classmethod
