@@ -171,6 +171,16 @@ def test_mail_of_other_senders_and_subjects_is_no_alert(tmp_path, db_url, clock)
     app.close()
 
 
+def test_a_person_forwarding_or_answering_an_alert_writes_to_the_desk(tmp_path, db_url, clock) -> None:
+    app = desk(tmp_path, db_url, clock, {"name": "mon", "subject": r"\*\* (PROBLEM|RECOVERY) "})
+    ingest(app, alert(PROBLEM), "smtp")
+    forwarded = ingest(app, alert(f"Fwd: {PROBLEM}", sender="dana@example.com", body="Is this why?\n"), "smtp")
+    assert forwarded.outcome == "new_ticket"
+    assert [t.alert_key for t in tickets_of(app)] == ["mon:service alert web01/http", None]
+    assert len(outbox(app, "ack")) == 1  # dana's question is answered like any request
+    app.close()
+
+
 def test_a_recovery_of_no_open_alert_opens_nothing(tmp_path, db_url, clock) -> None:
     app = desk(tmp_path, db_url, clock)
     assert ingest(app, alert(RECOVERY), "smtp").outcome == "auto"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, text
 
+from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.addresses import fold_address
 from mailgate.db import advisory_key
@@ -45,6 +46,10 @@ def alerts(item: Incoming) -> Outcome | None:
     sources, mail = item.app.settings.alerts, item.mail
     if not sources or item.bounce is not None:
         return None  # a bounce reports on our mail, whoever sent it
+    if item.sender.is_staff or subjects.strip_prefixes(mail.subject) != mail.subject.strip():
+        # A monitoring system writes no "Re:" or "Fwd:": a person answering or forwarding an
+        # alert (a source known by its subject alone would match them) writes to the desk.
+        return None
     senders = {fold_address(mail.from_addr), fold_address(item.sender.address)}
     try:
         source = source_for(sources, senders, mail.subject)
