@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.config import ConfigError, load_settings
+from mailgate.ingest.breaker import lift
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Event, Message, Status, Ticket
 from tests.conftest import make_settings
@@ -207,6 +208,9 @@ def test_a_burst_of_distinct_alerts_is_bounded_by_the_sources_own_limit(tmp_path
     assert "alert:nagios" in outbox(app, "breaker_warning")[0].body
     # A repeat of an alert that has its ticket is still a reply to it.
     assert ingest(app, alert("** PROBLEM Host Alert: host0 is DOWN **"), "smtp").outcome == "auto"
+    with app.sessions() as s, s.begin():  # what `mailgate limits lift alert:nagios` does
+        assert [t.source for t in lift(s, "alert:nagios", clock.now(), "admin@example.com")] == ["alert:nagios"]
+    assert ingest(app, alert("** PROBLEM Host Alert: host9 is DOWN **"), "smtp").outcome == "new_ticket"
     app.close()
 
 
