@@ -3,6 +3,7 @@ never acknowledged; repeats join it while it is open; a recovery notes it (and r
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -69,6 +70,17 @@ def test_twenty_identical_alerts_make_one_ticket_with_twenty_messages_and_no_ack
     (notice,) = outbox(app, "dispatcher_new")
     assert "Alert from nagios (PROBLEM): category incident, priority high" in " ".join(notice.body.split())
     assert len(events(app, t, "alert_repeated")) == 19
+    app.close()
+
+
+def test_copies_of_a_new_alert_ingested_at_once_open_one_ticket(tmp_path, db_url, clock) -> None:
+    # Two monitoring servers, or one notifying several desk addresses: the same alert at once.
+    app = desk(tmp_path, db_url, clock)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = sorted(pool.map(lambda _: ingest(app, alert(PROBLEM), "smtp").outcome, range(8)))
+    assert outcomes == ["auto"] * 7 + ["new_ticket"]
+    (t,) = tickets_of(app)
+    assert message_count(app, t) == 8
     app.close()
 
 
