@@ -158,6 +158,18 @@ def test_common_formats_pair_a_problem_with_its_recovery(tmp_path, db_url, clock
     app.close()
 
 
+def test_a_key_pattern_of_ones_own_pairs_what_the_subject_alone_would_not(tmp_path, db_url, clock) -> None:
+    # Uptime Kuma: the monitor's name first, then the state and a message that differs.
+    source = {"name": "kuma", "senders": ["kuma@monitor.example.com"], "key": r"^\[([^\]]+)\]"}
+    app = desk(tmp_path, db_url, clock, {**source, "resolve_on_recovery": True})
+    sender = "kuma@monitor.example.com"
+    ingest(app, alert("[Intranet] [🔴 Down] timeout of 48000ms exceeded", sender=sender), "smtp")
+    ingest(app, alert("[Intranet] [✅ Up] 200 - OK", sender=sender), "smtp")
+    (t,) = tickets_of(app)
+    assert (t.alert_key, t.priority, t.status) == ("kuma:intranet", "urgent", Status.RESOLVED)
+    app.close()
+
+
 def test_a_graver_repeat_raises_the_priority_and_its_deadline(tmp_path, db_url, clock) -> None:
     app = desk(tmp_path, db_url, clock)
     ingest(app, alert("** PROBLEM Service Alert: web01/Disk is WARNING **"), "smtp")
