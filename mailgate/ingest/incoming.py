@@ -52,6 +52,9 @@ class Incoming:
     # what a relay passes on.
     text_after_commands: str | None = None
     status_set: bool = False  # commands: a command set the status, the conversation does not move it
+    # commands (#close <text>): what was done, in the sender's words; relay puts it in the
+    # requester's close notice.
+    close_text: str = ""
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

@@ -33,6 +33,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
+from mailgate.ingest.relay import relay
 from mailgate.ingest.screen import screen
 from mailgate.ingest.thread import thread
 from mailgate.models import Attachment
@@ -56,6 +57,7 @@ STEPS: tuple[Step, ...] = (
     breaker,
     apply,
     end_imported,
+    relay,
     notify,
 )
 

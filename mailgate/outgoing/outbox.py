@@ -53,6 +53,10 @@ class AutoSubmitted(StrEnum):
 
     GENERATED = "auto-generated"  # not caused by one mail: the dispatcher's notice, reminders, reports
     REPLIED = "auto-replied"  # the answer to one incoming mail: the acknowledgement, a command receipt
+    # A person's words the desk passes on (a relayed answer): no robot wrote them. Their
+    # out-of-office is still asked not to answer (X-Auto-Response-Suppress), and is stored as
+    # automatic mail if it does.
+    NO = "no"
 
 
 @dataclass(frozen=True)
