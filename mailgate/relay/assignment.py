@@ -105,7 +105,7 @@ def tell_assignee(
         to=assignee,
         context=context,
         now=now,
-        relayed=cause,
+        relayed=cause or (shown[-1][1] if shown else None),  # threads after the newest message
         files=files,
         auto_submitted=AutoSubmitted.GENERATED,
         language=language,

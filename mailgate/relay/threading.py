@@ -1,6 +1,6 @@
-"""The thread headers of a relayed mail, per recipient: In-Reply-To the relayed message and
-References our earlier mail on the ticket to that recipient, so their client (which holds
-those) files it into the conversation they already see."""
+"""The thread headers of a relayed mail, per recipient: In-Reply-To the relayed message, and
+References the request and our earlier mail on the ticket to that recipient, so their client
+(which holds those) files it into the conversation they already see."""
 
 from __future__ import annotations
 
@@ -30,9 +30,20 @@ def thread_ids(
         )
     )
     ids = [i.strip("<>") for i in reversed(earlier)]
+    # The request itself: the requester sent it and the people on its Cc received it, so their
+    # clients thread by it even where no mail of ours reached them yet.
+    request = session.scalar(
+        select(Message.message_id).where(Message.ticket_id == ticket.id).order_by(Message.id).limit(1)
+    )
+    if _usable(request) and request not in ids:
+        ids.insert(0, request)
     own = relayed.message_id if relayed is not None else None
-    if own and len(own) <= _MAX_ID and "<" not in own and ">" not in own:
-        return own, tuple(ids)
+    if _usable(own):
+        return own, tuple(i for i in ids if i != own)
     if ids:
         return ids[-1], tuple(ids[:-1])
     return None, ()
+
+
+def _usable(message_id: str | None) -> bool:
+    return bool(message_id) and len(message_id) <= _MAX_ID and not any(c in message_id for c in "<> \t\r\n")
