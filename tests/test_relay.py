@@ -281,6 +281,21 @@ def test_an_answer_that_resolves_the_ticket_says_so_and_no_second_mail(app: App,
     assert ticket(app, number).status == Status.RESOLVED  # a command's status is not moved to pending
 
 
+def test_a_status_the_answer_set_by_command_is_not_moved_to_pending(app: App, monkeypatch) -> None:
+    number = new_ticket(app)
+    assign(app, number)
+
+    def status_open(item: Incoming) -> None:
+        if item.mail.text.startswith("#status open"):
+            tickets.set_status(item.session, item.ticket, Status.OPEN, actor="alice", channel="t", now=item.now)
+            item.status_set, item.text_after_commands = True, item.mail.text.partition("\n")[2].strip()
+
+    with_step(monkeypatch, status_open)
+    answer_from_alice(app, number, "#status open\nI am ordering the part.\n")
+    assert len(outbox(app, "answer")) == 1
+    assert ticket(app, number).status == Status.OPEN
+
+
 # -- the close notice -----------------------------------------------------------------------------
 
 

@@ -47,7 +47,9 @@ def relay(item: Incoming) -> Outcome | None:
             item.queued += 1
             item.note("relay", f"assignment notice to {item.assigned.address}")
     if item.reasons or message.kind != MessageKind.REPLY:
-        return None  # automatic mail is relayed to nobody; a new ticket has the dispatcher's notice
+        # Automatic mail is relayed to nobody (apply ended a robot's mail on a ticket already;
+        # this holds for any a later step lets through); a new ticket has the dispatcher's notice.
+        return None
     text = item.text_after_commands if item.text_after_commands is not None else message.text_new
     answered_requester = False
     if sender.id == ticket.requester_id or not sender.is_staff:
