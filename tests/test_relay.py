@@ -453,3 +453,37 @@ def test_a_row_whose_file_left_the_store_is_dead_not_stuck(app: App, tmp_path) -
     assert report.dead == 1
     with app.sessions() as s:
         assert s.get(Outbox, row.id).state == OutboxState.DEAD
+
+
+# -- every relay template, in German too ----------------------------------------------------------
+
+
+def test_a_german_desk_writes_every_relay_mail_in_german(tmp_path, db_url, clock, monkeypatch) -> None:
+    app = desk(tmp_path, db_url, clock, tickets={"language": "de"})
+    try:
+        number = new_ticket(app)
+        assign(app, number)
+        answer_from_alice(app, number, "Bitte den Drucker neu starten.\n")
+        ingest(app, mail(subject=f"AW: [HD #{number}] x", body="Hat nicht geholfen.\n"), "smtp")
+        ingest(app, mail(sender="alice@example.com", subject=f"AW: [HD #{number}] x", body="Gefälscht.\n"), "smtp")
+
+        def close(item: Incoming) -> None:
+            if item.mail.text.startswith("#close"):
+                tickets.set_status(item.session, item.ticket, Status.CLOSED, actor="x", channel="t", now=item.now)
+                item.status_set, item.text_after_commands, item.close_text = True, "", "Trommel getauscht"
+
+        with_step(monkeypatch, close)
+        answer_from_alice(app, number, "#close\n")
+        expected = {
+            "assigned": "hat Ihnen das Ticket",
+            "answer": "Antworten Sie auf diese Mail",
+            "requester_reply": "hat zum Ticket",
+            "answer_kept": "NICHT an die anfragende Person gesendet",
+            "closed": "Trommel getauscht",
+        }
+        for kind, words in expected.items():
+            (row,) = outbox(app, kind)
+            assert words in text_of(parsed(app, row)), kind
+        assert parsed(app, outbox(app, "closed")[0])["Subject"].endswith("Geschlossen: Printer on 3rd floor jams")
+    finally:
+        app.close()
