@@ -163,6 +163,50 @@ def test_the_assignment_notice_marks_an_internal_note_and_is_in_the_assignees_la
     assert "INTERNE NOTIZ" not in text[: text.index("every second page")]
 
 
+def assigning(address: str, when: Callable[[Incoming], bool]) -> Callable[[Incoming], None]:
+    """What a routing rule, #assign or #take do: the ticket is `address`'s, and relay is told."""
+
+    def step(item: Incoming) -> None:
+        if when(item):
+            assignee = people.person_for(item.session, item.app.settings, address, "", item.now)
+            tickets.assign(item.session, item.ticket, assignee, actor="t", channel="t", now=item.now)
+            item.assigned = assignee
+            if item.mail.text.startswith("#"):
+                item.text_after_commands = item.mail.text.partition("\n")[2].strip()
+
+    return step
+
+
+def test_whoever_assigns_in_a_mail_the_assignee_is_told_by_whom(app: App, monkeypatch) -> None:
+    with_step(monkeypatch, assigning("alice@example.com", lambda item: item.mail.subject == "VPN down"))
+    routed = new_ticket(app, subject="VPN down", body="No VPN since 8:00.\n")
+    (notice,) = outbox(app, "assigned")
+    assert "the desk's routing rules assigned" in text_of(parsed(app, notice))
+
+    number = new_ticket(app)
+    dispatcher_notice = outbox(app, "dispatcher_new")[-1]
+    monkeypatch.undo()
+    with_step(monkeypatch, assigning("alice@example.com", lambda item: item.mail.text.startswith("#assign")))
+    to = reply_address(dispatcher_notice)
+    ingest(
+        app, mail(sender="dispatch@example.com", to=to, subject=f"Re: [HD #{number}] x", body="#assign alice\n"), "smtp"
+    )
+    notice = outbox(app, "assigned")[-1]
+    assert notice.ticket_id != outbox(app, "assigned")[0].ticket_id and routed != number
+    text = text_of(parsed(app, notice))
+    assert "Dispatcher <dispatch@example.com> assigned" in text
+    assert "#assign" not in text.split("The thread so far")[1].split("How to answer")[0]
+
+
+def test_who_takes_a_ticket_themself_gets_no_notice(app: App, monkeypatch) -> None:
+    number = new_ticket(app)
+    assign(app, number, notify=False)
+    with_step(monkeypatch, assigning("alice@example.com", lambda item: item.mail.text.startswith("#take")))
+    raw = mail(sender="alice@example.com", subject=f"Re: [HD #{number}] x", body="#take\n")
+    ingest(app, f"Authentication-Results: {MX}; dmarc=pass header.from=example.com\r\n".encode() + raw, "smtp")
+    assert outbox(app, "assigned") == []
+
+
 # -- a staff member's answer ---------------------------------------------------------------------
 
 
