@@ -531,3 +531,12 @@ def test_a_german_desk_writes_every_relay_mail_in_german(tmp_path, db_url, clock
         assert parsed(app, outbox(app, "closed")[0])["Subject"].endswith("Geschlossen: Printer on 3rd floor jams")
     finally:
         app.close()
+
+
+def test_the_requester_is_answered_in_the_language_their_request_asked_for(app: App, monkeypatch) -> None:
+    number = new_ticket(app, headers={"Accept-Language": "de-DE, en;q=0.5"})
+    assert "Guten Tag" in text_of(parsed(app, outbox(app, "ack")[0]))
+    assign(app, number)
+    answer_from_alice(app, number, "Bitte neu starten.\n")
+    assert "Antworten Sie auf diese Mail" in text_of(parsed(app, outbox(app, "answer")[0]))
+    assert "How to answer" in text_of(parsed(app, outbox(app, "assigned")[0]))  # Alice reads English
