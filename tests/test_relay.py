@@ -540,3 +540,23 @@ def test_the_requester_is_answered_in_the_language_their_request_asked_for(app: 
     answer_from_alice(app, number, "Bitte neu starten.\n")
     assert "Antworten Sie auf diese Mail" in text_of(parsed(app, outbox(app, "answer")[0]))
     assert "How to answer" in text_of(parsed(app, outbox(app, "assigned")[0]))  # Alice reads English
+
+
+def test_a_huge_reply_with_a_hostile_name_is_relayed_bounded(app: App) -> None:
+    # A name that decodes to a bidi override and a line break with a header after it.
+    hostile = b"From: =?utf-8?q?Dana_=E2=80=AESmith=0D=0ABcc=3A_x=40evil.example?= <dana@example.com>"
+    first = mail().replace(b"From: Dana Smith <dana@example.com>", hostile)
+    number = ingest(app, first, "smtp").ticket_number
+    assert ticket(app, number).requester_id == person(app, "dana@example.com").id
+    assign(app, number)
+    body = "The jam is back.\n" + "word " * 400_000
+    reply = mail(subject=f"Re: [HD #{number}] x", body=body).replace(b"From: Dana Smith <dana@example.com>", hostile)
+    result = ingest(app, reply, "smtp")
+    assert says(result, "relayed to alice@example.com"), result.trace
+    (row,) = outbox(app, "requester_reply")
+    data = render(row, app.store)
+    assert len(data) <= app.settings.outgoing.max_mail_bytes
+    msg = email.message_from_bytes(data, policy=default)
+    assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["alice@example.com"]
+    assert "\u202e" not in msg["From"].addresses[0].display_name
+    assert "The jam is back." in text_of(msg)

@@ -155,7 +155,8 @@ def queue(
     if mail.occasion != f"{mail.kind}:{mail.ticket.number}":
         purpose += "-" + hashlib.sha256(mail.occasion.encode()).hexdigest()[:10]
     message_id = tokens.message_id(token, purpose, domain)
-    from_name = mail.from_name or settings.addresses.display_name
+    # A relayed mail names its writer, whose name the sender chose: no bidi overrides in it either.
+    from_name = _BIDI.sub("", mail.from_name) or settings.addresses.display_name
     headers: dict[str, str] = {
         "From": email.utils.formataddr((from_name, support)),
         "To": email.utils.formataddr((mail.to.name, mail.to.address)),
