@@ -561,3 +561,22 @@ def test_a_huge_reply_with_a_hostile_name_is_relayed_bounded(app: App) -> None:
     assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["alice@example.com"]
     assert "\u202e" not in str(email.header.make_header(email.header.decode_header(msg["From"])))
     assert "The jam is back." in text_of(msg)
+
+
+def test_an_unreadable_store_is_retried_and_the_mails_without_files_still_go(app: App, tmp_path) -> None:
+    number = new_ticket(app)
+    assign(app, number)
+    answer_from_alice(app, number, "See the manual.\n", attachments=[("manual.pdf", "application/pdf", PDF)])
+    row = outbox(app, "answer")[0]
+    path = app.store.path_for(row.attachments[0]["sha256"])
+    data = path.read_bytes()
+    path.unlink()
+    path.mkdir()  # reading it fails, as on a mount that is away, but not as "no such file"
+    with app.sessions() as s:
+        report = deliver_due(s, MaildirSink(tmp_path / "out"), app.clock.now(), 5, store=app.store)
+    assert (report.retried, report.dead, report.sent) == (1, 0, len(outbox(app)) - 1)
+    path.rmdir()
+    path.write_bytes(data)
+    with app.sessions() as s:
+        later = app.clock.now() + timedelta(hours=1)
+        assert deliver_due(s, MaildirSink(tmp_path / "out"), later, 5, store=app.store).sent == 1

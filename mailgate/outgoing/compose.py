@@ -90,7 +90,8 @@ def message(row: Outbox, store: AttachmentStore | None = None) -> EmailMessage:
     files it carries from `store` (then multipart/mixed).
 
     Raises ValueError for a header value that cannot be a header (a line break in it), and
-    for a file that is not in the store (or no store given).
+    for a file that is not in the store (or no store given); OSError when the store cannot be
+    read.
     """
     msg = _build(row.headers, row.body)
     for attached in row.attachments or ():
@@ -98,8 +99,8 @@ def message(row: Outbox, store: AttachmentStore | None = None) -> EmailMessage:
             raise ValueError("the mail carries files and no attachment store was given")
         try:
             data = store.get(attached["sha256"])
-        except OSError as exc:
-            raise ValueError(f"attachment {attached['filename']!r} is not in the store: {exc.strerror}") from exc
+        except FileNotFoundError as exc:  # another error (a mount away) is the caller's to retry
+            raise ValueError(f"attachment {attached['filename']!r} is not in the store") from exc
         maintype, _, subtype = str(attached["content_type"]).lower().partition("/")
         if maintype in ("message", "multipart", "") or not subtype:
             # A stored mail or a part of unusable type travels as a file: message/* may not be

@@ -301,18 +301,26 @@ def _attempt(
     """Deliver `row` and record the outcome; returns the error if the relay is down. With
     `relay_down` given, the row is not tried: a relay that timed out for one mail would make
     each of the rest wait out the timeout again (50 rows, 30 s each: longer than their claim)."""
+    unreadable: OSError | None = None
     try:
         data = render(row, store)
+    except OSError as exc:
+        # The attachment store cannot be read now (its network mount is away): retried like a
+        # relay that failed, without holding up the mails that carry no files.
+        data, unreadable = b"", exc
     except Exception as exc:
-        # Rendering depends on nothing but the row, so no retry can fix a row that fails it (a
-        # line break in a header, a value the header parser chokes on); it must not stay first
-        # in the queue, blocking every mail behind it, nor stop the sender.
+        # Rendering depends on nothing but the row (and a file that is gone stays gone), so no
+        # retry can fix a row that fails it (a line break in a header, a value the header
+        # parser chokes on); it must not stay first in the queue, blocking every mail behind
+        # it, nor stop the sender.
         _dead(session, row, now, f"cannot be rendered as a mail: {exc}")
         report.dead += 1
         return None
     try:
         if relay_down is not None:
             raise relay_down
+        if unreadable is not None:
+            raise unreadable
         transport.deliver(row.mail_from, list(row.recipients), data)
     except PermanentFailure as exc:
         _dead(session, row, now, f"refused: {exc}")
@@ -327,7 +335,7 @@ def _attempt(
             row.next_attempt_at, row.claimed_by = now + retry.OUTBOX.delay(row.attempts), None
             log.info("outbox id=%s msgid=%s retry at %s: %s", row.id, row.message_id, row.next_attempt_at, exc)
             report.retried += 1
-        return exc if isinstance(exc, RELAY_DOWN) else None
+        return exc if isinstance(exc, RELAY_DOWN) and exc is not unreadable else None
     row.state, row.sent_at, row.last_error, row.claimed_by = OutboxState.SENT, now, "", None
     log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.recipients[0])
     report.sent += 1
