@@ -427,6 +427,21 @@ def test_the_requesters_reply_reaches_the_assignee_without_the_quote(app: App, c
     assert ticket(app, number).status == Status.OPEN
 
 
+def test_an_html_only_reply_reaches_the_assignee_as_text_without_the_quote(app: App) -> None:
+    number = new_ticket(app)
+    assign(app, number)
+    html = (
+        "<html><body><div dir='ltr'>The jam is back since this <b>morning</b>.</div><br>"
+        "<div class='gmail_quote'><div dir='ltr'>On Mon, 23 Nov 2026 at 10:00, Alice Jones via IT Help Desk "
+        "&lt;support@example.com&gt; wrote:<br></div>"
+        "<blockquote class='gmail_quote'>Please switch it off and on again.</blockquote></div></body></html>"
+    )
+    ingest(app, mail(subject=f"Re: [HD #{number}] Printer", body=None, html=html), "smtp")
+    text = text_of(parsed(app, outbox(app, "requester_reply")[0]))
+    assert "The jam is back since this" in text and "morning" in text
+    assert "switch it off" not in text and "<div" not in text
+
+
 def test_a_reply_while_unassigned_goes_to_the_dispatcher_and_a_new_ticket_stays_new(app: App) -> None:
     number = new_ticket(app)
     ingest(app, mail(subject=f"Re: [HD #{number}] Printer", body="It is the HP on the left.\n"), "smtp")
