@@ -240,6 +240,13 @@ class Limits(_Section):
     max_participants_per_mail: int = Field(default=50, ge=0)
 
 
+class Relay(_Section):
+    """Mail the desk passes on between requesters and staff (mailgate/relay/)."""
+
+    # Files a relayed mail carries, in all: what does not fit is named in its text, not attached.
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+
+
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -447,6 +454,7 @@ class Settings(BaseSettings):
     outgoing: Outgoing = Outgoing()
     limits: Limits = Limits()
     acknowledgements: Acknowledgements = Acknowledgements()
+    relay: Relay = Relay()
     breaker: Breaker = Breaker()
     sla: Sla = Sla()
     parsing: Parsing = Parsing()

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -273,6 +274,9 @@ class Outbox(Base):
     recipients: Mapped[list[Any]]
     headers: Mapped[dict[str, Any]]
     body: Mapped[str] = mapped_column(Text)
+    # Stored files it carries, [{"sha256", "filename", "content_type", "size"}, …]: read from the
+    # attachment store when it is rendered, so a relayed file is not copied into the database.
+    attachments: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
     state: Mapped[str] = mapped_column(String(10), default=OutboxState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Timestamp]

@@ -248,13 +248,32 @@ def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bo
 
 
 def message_added(session: Session, ticket: Ticket, sender: Person, *, channel: str, now: datetime) -> None:
-    """Someone wrote on the ticket. Staff answering is the first response; the requester
-    answering a resolved, closed (within the window) or pending ticket needs us again.
-    A Cc's "thanks, works for me too" changes no status."""
+    """Someone wrote on the ticket. The requester answering a resolved, closed (within the
+    window) or pending ticket needs us again. A Cc's "thanks, works for me too" changes no
+    status. Staff mail is no first response by itself: only a proven staff member's answer
+    that reached the requester is (see answered); a From header proves nothing."""
     ticket.last_activity_at = now
     if sender.is_staff and sender.id != ticket.requester_id:
-        if ticket.first_response_at is None:
-            ticket.first_response_at = now
         return
     if sender.id == ticket.requester_id and ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
         set_status(session, ticket, Status.OPEN, actor=sender.address, channel=channel, now=now)
+
+
+def answered(
+    session: Session, ticket: Ticket, agent: Person, *, channel: str, now: datetime, message_id: int, evidence: str
+) -> None:
+    """Proven staff member `agent` answered the requester (the relay sent it): the first such
+    answer is the ticket's first response, recorded with what proved who wrote it."""
+    if ticket.first_response_at is not None:
+        return
+    ticket.first_response_at = now
+    record(
+        session,
+        ticket,
+        actor=agent.address,
+        action="first_response",
+        channel=channel,
+        at=now,
+        message_id=message_id,
+        evidence=evidence,
+    )

@@ -45,7 +45,9 @@ def outbox_flush(ctx: Context) -> None:
     transport = transport_for(settings.outgoing, settings.outgoing_maildir)
     try:
         with app.sessions() as session:
-            report = deliver_due(session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000)
+            report = deliver_due(
+                session, transport, app.clock.now(), settings.outgoing.max_attempts, limit=10_000, store=app.store
+            )
     finally:
         transport.close()
     where = f"relay {settings.outgoing.relay_host}" if settings.outgoing.relay_host else settings.outgoing_maildir

@@ -58,6 +58,9 @@ class Incoming:
     # matched a new ticket, with what each set (route); the dispatcher's notice names them.
     alert: Alert | None = None
     route_rules: list[Hit] = field(default_factory=list)
+    # commands (#close <text>): what was done, in the sender's words; relay puts it in the
+    # requester's close notice.
+    close_text: str = ""
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

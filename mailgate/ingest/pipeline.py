@@ -34,6 +34,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
+from mailgate.ingest.relay import relay
 from mailgate.ingest.route import route
 from mailgate.ingest.screen import screen
 from mailgate.ingest.thread import thread
@@ -62,6 +63,7 @@ STEPS: tuple[Step, ...] = (
     apply,
     route,
     end_imported,
+    relay,
     notify,
 )
 

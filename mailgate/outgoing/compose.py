@@ -14,6 +14,7 @@ import jinja2
 from mailgate.config import Settings
 from mailgate.models import Outbox
 from mailgate.resources import templates_dir
+from mailgate.storage import AttachmentStore
 
 
 class Templates:
@@ -84,12 +85,29 @@ def local_time(settings: Settings, moment: datetime | None, language: str = "en"
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
 
 
-def message(row: Outbox) -> EmailMessage:
-    """The queued row as a message: its headers in order, its body as UTF-8 text.
+def message(row: Outbox, store: AttachmentStore | None = None) -> EmailMessage:
+    """The queued row as a message: its headers in order, its body as UTF-8 text, and the
+    files it carries from `store` (then multipart/mixed).
 
-    Raises ValueError for a header value that cannot be a header (a line break in it).
+    Raises ValueError for a header value that cannot be a header (a line break in it), and
+    for a file that is not in the store (or no store given); OSError when the store cannot be
+    read.
     """
-    return _build(row.headers, row.body)
+    msg = _build(row.headers, row.body)
+    for attached in row.attachments or ():
+        if store is None:
+            raise ValueError("the mail carries files and no attachment store was given")
+        try:
+            data = store.get(attached["sha256"])
+        except FileNotFoundError as exc:  # another error (a mount away) is the caller's to retry
+            raise ValueError(f"attachment {attached['filename']!r} is not in the store") from exc
+        maintype, _, subtype = str(attached["content_type"]).lower().partition("/")
+        if maintype in ("message", "multipart", "") or not subtype:
+            # A stored mail or a part of unusable type travels as a file: message/* may not be
+            # base64-encoded, and 8bit is not what a relay without 8BITMIME takes.
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=attached["filename"] or "attachment")
+    return msg
 
 
 def _build(headers: dict[str, str], body: str) -> EmailMessage:
@@ -137,6 +155,6 @@ def fit_body(headers: dict[str, str], body: str, max_bytes: int) -> str:
             return body
 
 
-def render(row: Outbox) -> bytes:
-    """The queued row as RFC 5322 bytes, ready for SMTP."""
-    return message(row).as_bytes()
+def render(row: Outbox, store: AttachmentStore | None = None) -> bytes:
+    """The queued row as RFC 5322 bytes, ready for SMTP (its files read from `store`)."""
+    return message(row, store).as_bytes()

@@ -28,6 +28,7 @@ from mailgate.config import Settings
 from mailgate.headers import LOOP_HEADER
 from mailgate.models import Outbox, OutboxState, Person, Ticket
 from mailgate.outgoing.compose import Templates, fit_body, render, shorten
+from mailgate.storage import AttachmentStore
 
 log = logging.getLogger("mailgate.outbox")
 
@@ -52,6 +53,20 @@ class AutoSubmitted(StrEnum):
 
     GENERATED = "auto-generated"  # not caused by one mail: the dispatcher's notice, reminders, reports
     REPLIED = "auto-replied"  # the answer to one incoming mail: the acknowledgement, a command receipt
+    # A person's words the desk passes on (a relayed answer): no robot wrote them. Their
+    # out-of-office is still asked not to answer (X-Auto-Response-Suppress), and is stored as
+    # automatic mail if it does.
+    NO = "no"
+
+
+@dataclass(frozen=True)
+class Attached:
+    """A stored file (storage.AttachmentStore) that a queued mail carries."""
+
+    sha256: str
+    filename: str
+    content_type: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,12 @@ class OutgoingMail:
     # The mail it answers was proven to come from `to` (see Outbox.rcpt_proven).
     rcpt_proven: bool = False
     language: str = "en"  # of the templates and dates (see mailgate/languages.py)
+    # Message-IDs (without <>) of the earlier mail of the thread, oldest first: References
+    # holds them before in_reply_to, so the mail threads in the recipient's client.
+    references: tuple[str, ...] = ()
+    # The display name of From and Reply-To (empty: the desk's), e.g. "Alice via IT Help Desk".
+    from_name: str = ""
+    attachments: tuple[Attached, ...] = ()  # files it carries, chosen and bounded by the caller
 
 
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
@@ -134,15 +155,17 @@ def queue(
     if mail.occasion != f"{mail.kind}:{mail.ticket.number}":
         purpose += "-" + hashlib.sha256(mail.occasion.encode()).hexdigest()[:10]
     message_id = tokens.message_id(token, purpose, domain)
+    # A relayed mail names its writer, whose name the sender chose: no bidi overrides in it either.
+    from_name = _BIDI.sub("", mail.from_name) or settings.addresses.display_name
     headers: dict[str, str] = {
-        "From": email.utils.formataddr((settings.addresses.display_name, support)),
+        "From": email.utils.formataddr((from_name, support)),
         "To": email.utils.formataddr((mail.to.name, mail.to.address)),
         "Subject": subject
         if subjects.find_tag(prefix, subject)
         else subjects.tagged_subject(prefix, mail.ticket.number, subject),
         "Message-ID": message_id,
         "Date": email.utils.format_datetime(now),
-        "Reply-To": email.utils.formataddr((settings.addresses.display_name, tokens.plus_address(support, token))),
+        "Reply-To": email.utils.formataddr((from_name, tokens.plus_address(support, token))),
         LOOP_HEADER: settings.outgoing.loop_id,
         # Ask Exchange and friends not to send out-of-office or read receipts back to us.
         "X-Auto-Response-Suppress": "All",
@@ -150,7 +173,8 @@ def queue(
     }
     if mail.in_reply_to:
         headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
-        headers["References"] = f"<{mail.in_reply_to}>"
+        thread = dict.fromkeys((*mail.references, mail.in_reply_to))  # each once, in order
+        headers["References"] = " ".join(f"<{i}>" for i in thread)
     body = fit_body(headers, body, settings.outgoing.max_mail_bytes)
     row = Outbox(
         ticket_id=mail.ticket.id,
@@ -163,6 +187,10 @@ def queue(
         recipients=[mail.to.address],
         headers=headers,
         body=body,
+        attachments=[
+            {"sha256": a.sha256, "filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in mail.attachments
+        ],
         state=OutboxState.QUEUED,
         attempts=0,
         next_attempt_at=now,
@@ -231,15 +259,17 @@ def deliver_due(
     max_attempts: int,
     limit: int = 100,
     claimer: str | None = None,
+    store: AttachmentStore | None = None,
 ) -> FlushReport:
-    """Deliver up to `limit` due rows over `transport` (left open for the next call)."""
+    """Deliver up to `limit` due rows over `transport` (left open for the next call); the
+    files rows carry are read from `store`."""
     report = FlushReport()
     rows = claim_due(session, now, limit, claimer)
     relay_down: Exception | None = None
     try:
         for done, row in enumerate(rows, start=1):
             dead = report.dead
-            relay_down = _attempt(session, transport, row, now, max_attempts, report, relay_down) or relay_down
+            relay_down = _attempt(session, transport, row, now, max_attempts, report, relay_down, store) or relay_down
             # A dead row wrote an event, and on SQLite any statement holds the write lock until
             # the commit: commit at once rather than hold it while further mails travel.
             if done % COMMIT_EVERY == 0 or report.dead != dead:
@@ -266,22 +296,31 @@ def _attempt(
     max_attempts: int,
     report: FlushReport,
     relay_down: Exception | None = None,
+    store: AttachmentStore | None = None,
 ) -> Exception | None:
     """Deliver `row` and record the outcome; returns the error if the relay is down. With
     `relay_down` given, the row is not tried: a relay that timed out for one mail would make
     each of the rest wait out the timeout again (50 rows, 30 s each: longer than their claim)."""
+    unreadable: OSError | None = None
     try:
-        data = render(row)
+        data = render(row, store)
+    except OSError as exc:
+        # The attachment store cannot be read now (its network mount is away): retried like a
+        # relay that failed, without holding up the mails that carry no files.
+        data, unreadable = b"", exc
     except Exception as exc:
-        # Rendering depends on nothing but the row, so no retry can fix a row that fails it (a
-        # line break in a header, a value the header parser chokes on); it must not stay first
-        # in the queue, blocking every mail behind it, nor stop the sender.
+        # Rendering depends on nothing but the row (and a file that is gone stays gone), so no
+        # retry can fix a row that fails it (a line break in a header, a value the header
+        # parser chokes on); it must not stay first in the queue, blocking every mail behind
+        # it, nor stop the sender.
         _dead(session, row, now, f"cannot be rendered as a mail: {exc}")
         report.dead += 1
         return None
     try:
         if relay_down is not None:
             raise relay_down
+        if unreadable is not None:
+            raise unreadable
         transport.deliver(row.mail_from, list(row.recipients), data)
     except PermanentFailure as exc:
         _dead(session, row, now, f"refused: {exc}")
@@ -296,7 +335,7 @@ def _attempt(
             row.next_attempt_at, row.claimed_by = now + retry.OUTBOX.delay(row.attempts), None
             log.info("outbox id=%s msgid=%s retry at %s: %s", row.id, row.message_id, row.next_attempt_at, exc)
             report.retried += 1
-        return exc if isinstance(exc, RELAY_DOWN) else None
+        return exc if isinstance(exc, RELAY_DOWN) and exc is not unreadable else None
     row.state, row.sent_at, row.last_error, row.claimed_by = OutboxState.SENT, now, "", None
     log.info("outbox id=%s msgid=%s kind=%s sent to %s", row.id, row.message_id, row.kind, row.recipients[0])
     report.sent += 1

@@ -254,6 +254,7 @@ class Sender:
                 settings.outgoing.max_attempts,
                 limit=50,
                 claimer=self.claimer,
+                store=self.app.store,
             )
             next_due = session.scalar(
                 select(func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.QUEUED)
