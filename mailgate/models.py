@@ -129,6 +129,14 @@ class Person(Base):
 
 class Ticket(Base):
     __tablename__ = "tickets"
+    # The SLA scans (sla/scans.py) look for tickets of a status whose instant has passed.
+    __table_args__ = (
+        Index("ix_tickets_status_first_response_due", "status", "first_response_due"),
+        Index("ix_tickets_status_first_response_warn_at", "status", "first_response_warn_at"),
+        Index("ix_tickets_status_resolution_due", "status", "resolution_due"),
+        Index("ix_tickets_status_resolution_warn_at", "status", "resolution_warn_at"),
+        Index("ix_tickets_status_last_activity_at", "status", "last_activity_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger, unique=True)
     subject: Mapped[str] = mapped_column(Text)
@@ -147,12 +155,42 @@ class Ticket(Base):
     resolved_at: Mapped[Timestamp | None]
     closed_at: Mapped[Timestamp | None]
     last_activity_at: Mapped[Timestamp]
+    # The SLA clock (sla/policy.py): paused while pending, since `pending_since`, until the
+    # requester replies or `pending_until` (#pending until) passes; the pauses so far as
+    # [[start, end], …] ISO instants, so that the paused business time can be counted again in
+    # another calendar when the team changes.
+    pending_since: Mapped[Timestamp | None]
+    pending_until: Mapped[Timestamp | None]
+    pauses: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # When the assignee is warned (sla.warn_at of a target): stored, so the scans are queries.
+    first_response_warn_at: Mapped[Timestamp | None]
+    resolution_warn_at: Mapped[Timestamp | None]
+    # Imported as history (`mailgate import`): it never escalates nor reminds anyone.
+    imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id", foreign_keys="Message.ticket_id"
     )
+
+
+class SlaFiring(Base):
+    """What an SLA scan did (a warning, an escalation, a reminder, an auto-close): written before
+    its mail is queued, in the same transaction, and unique per (ticket, kind, level, deadline),
+    so two daemons, or a restart, never do it twice. `deadline` is the instant it answers (a
+    due date, the start of a pause): a new deadline (a priority change) may fire again."""
+
+    __tablename__ = "sla_firings"
+    __table_args__ = (UniqueConstraint("ticket_id", "kind", "level", "deadline"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    level: Mapped[int] = mapped_column(Integer)
+    deadline: Mapped[Timestamp]
+    fired_at: Mapped[Timestamp]
+    recipient: Mapped[Address] = mapped_column(default="")
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class Participant(Base):

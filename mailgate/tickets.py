@@ -144,6 +144,7 @@ def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, 
         ticket.closed_at = now
     elif old in (Status.RESOLVED, Status.CLOSED):
         ticket.resolved_at = ticket.closed_at = None
+    _keep_pause(ticket, old, status, now)
     record(
         session,
         ticket,
@@ -155,6 +156,37 @@ def set_status(session: Session, ticket: Ticket, status: Status, *, actor: str, 
         channel=channel,
         at=now,
     )
+
+
+def _keep_pause(ticket: Ticket, old: str, new: str, now: datetime) -> None:
+    """The SLA clock stands still while a ticket is pending: entering starts a pause, leaving
+    ends it. Counting the pause in business time needs the calendar: sla.policy.recompute."""
+    if new == Status.PENDING:
+        ticket.pending_since = now
+    elif old == Status.PENDING and ticket.pending_since is not None:
+        # A new list, so that the ORM sees the JSON change.
+        ticket.pauses = [*(ticket.pauses or []), [ticket.pending_since.isoformat(), now.isoformat()]]
+        ticket.pending_since = ticket.pending_until = None
+
+
+def set_pending(
+    session: Session, ticket: Ticket, until: datetime | None, *, actor: str, channel: str, now: datetime
+) -> None:
+    """`ticket` waits on its requester, until their reply or `until` (#pending until), when the
+    SLA scan sets it open again. Call sla.policy.recompute afterwards."""
+    set_status(session, ticket, Status.PENDING, actor=actor, channel=channel, now=now)
+    if ticket.pending_until != until:
+        ticket.pending_until = until
+        record(
+            session,
+            ticket,
+            actor=actor,
+            action="pending_until",
+            field="pending_until",
+            new=until.isoformat() if until else None,
+            channel=channel,
+            at=now,
+        )
 
 
 def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bool:

@@ -151,6 +151,8 @@ class Sla(_CalendarFields):
     business_hours: dict[str, str] | Literal["24x7"] | None = Field(default_factory=lambda: dict(OFFICE_HOURS))
     # Where escalations go when a ticket has no team lead or assignee's manager to go to.
     escalation_address: str = ""
+    # The assignee is warned when this share of a target has passed (0.75: at 3 of 4 hours).
+    warn_at: float = Field(default=0.75, gt=0, lt=1)
     # Per priority. A priority without targets here falls back to tickets.first_response_hours
     # (business hours) for its first response, and has no resolution target.
     targets: dict[Priority, Targets] = Field(default_factory=dict)
