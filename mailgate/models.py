@@ -136,6 +136,9 @@ class Ticket(Base):
         Index("ix_tickets_status_resolution_due", "status", "resolution_due"),
         Index("ix_tickets_status_resolution_warn_at", "status", "resolution_warn_at"),
         Index("ix_tickets_status_last_activity_at", "status", "last_activity_at"),
+        Index("ix_tickets_status_created_at", "status", "created_at"),
+        Index("ix_tickets_status_resolved_at", "status", "resolved_at"),
+        Index("ix_tickets_status_pending_since", "status", "pending_since"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger, unique=True)

@@ -36,6 +36,9 @@ def upgrade() -> None:
     op.create_index("ix_tickets_status_resolution_due", "tickets", ["status", "resolution_due"])
     op.create_index("ix_tickets_status_resolution_warn_at", "tickets", ["status", "resolution_warn_at"])
     op.create_index("ix_tickets_status_last_activity_at", "tickets", ["status", "last_activity_at"])
+    op.create_index("ix_tickets_status_created_at", "tickets", ["status", "created_at"])
+    op.create_index("ix_tickets_status_resolved_at", "tickets", ["status", "resolved_at"])
+    op.create_index("ix_tickets_status_pending_since", "tickets", ["status", "pending_since"])
     op.create_table(
         "sla_firings",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -55,6 +58,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("sla_firings")
     for name in (
+        "ix_tickets_status_pending_since",
+        "ix_tickets_status_resolved_at",
+        "ix_tickets_status_created_at",
         "ix_tickets_status_last_activity_at",
         "ix_tickets_status_resolution_warn_at",
         "ix_tickets_status_resolution_due",
