@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgate import people
@@ -25,7 +26,7 @@ def manager_of(settings: Settings, address: str) -> str:
 
 
 def assignee_or_dispatcher(session: Session, settings: Settings, ticket: Ticket, now: datetime) -> Person:
-    return ticket.assignee or people.dispatcher(session, settings, now)
+    return ticket.assignee or person(session, settings, settings.addresses.dispatcher, now)
 
 
 def escalation_address(settings: Settings, ticket: Ticket, level: int) -> str:
@@ -41,4 +42,10 @@ def escalation_address(settings: Settings, ticket: Ticket, level: int) -> str:
 
 
 def person(session: Session, settings: Settings, address: str, now: datetime) -> Person:
-    return people.person_for(session, settings, address, "", now)
+    """The person at `address`, created in a savepoint: another daemon scanning at the same time
+    may create them first, and that must not undo what this run did so far."""
+    try:
+        with session.begin_nested():
+            return people.person_for(session, settings, address, "", now)
+    except IntegrityError:
+        return people.person_for(session, settings, address, "", now)
