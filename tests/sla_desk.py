@@ -30,7 +30,9 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(2026, month, day, hour, minute, tzinfo=BERLIN)
 
 
-def desk(tmp_path: Path, db_url: str, when: datetime = MONDAY, **sla: object) -> App:
+def desk(
+    tmp_path: Path, db_url: str, when: datetime = MONDAY, more: dict[str, object] | None = None, **sla: object
+) -> App:
     values: dict[str, object] = {
         "business_hours": OFFICE,
         "targets": {"normal": {"first_response": "4h", "resolution": "3d"}},
@@ -52,6 +54,7 @@ def desk(tmp_path: Path, db_url: str, when: datetime = MONDAY, **sla: object) ->
             {"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher"},
             {"address": "boss@example.com", "name": "Bea Boss", "language": "de"},
         ],
+        **(more or {}),
     )
     return App.build(settings, clock=FixedClock(when.astimezone(UTC)))
 
