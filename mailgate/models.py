@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -83,6 +84,16 @@ class Priority(enum.StrEnum):
     URGENT = "urgent"
 
 
+class SlaStage(enum.IntEnum):
+    """How far a ticket's deadline (first response, resolution) got; see sla/scans.py."""
+
+    NONE = 0
+    WARNED = 1
+    ESCALATED = 2
+    ESCALATED_AGAIN = 3  # the last level: nothing more fires for this deadline
+    MET = 9  # the first response was given
+
+
 class MessageKind(enum.StrEnum):
     """What a stored incoming mail turned out to be."""
 
@@ -131,11 +142,15 @@ class Ticket(Base):
     __tablename__ = "tickets"
     # The SLA scans (sla/scans.py) look for tickets of a status whose instant has passed.
     __table_args__ = (
-        Index("ix_tickets_status_first_response_due", "status", "first_response_due"),
-        Index("ix_tickets_status_first_response_warn_at", "status", "first_response_warn_at"),
-        Index("ix_tickets_status_resolution_due", "status", "resolution_due"),
-        Index("ix_tickets_status_resolution_warn_at", "status", "resolution_warn_at"),
-        Index("ix_tickets_status_last_activity_at", "status", "last_activity_at"),
+        # The stage first: what was handled drops out of the range, and a scan over 100,000
+        # tickets reads only those whose moment has come.
+        Index(
+            "ix_tickets_status_first_response_stage_warn_at", "status", "first_response_stage", "first_response_warn_at"
+        ),
+        Index("ix_tickets_status_first_response_stage_due", "status", "first_response_stage", "first_response_due"),
+        Index("ix_tickets_status_resolution_stage_warn_at", "status", "resolution_stage", "resolution_warn_at"),
+        Index("ix_tickets_status_resolution_stage_due", "status", "resolution_stage", "resolution_due"),
+        Index("ix_tickets_status_idle_reminded_last_activity_at", "status", "idle_reminded", "last_activity_at"),
         Index("ix_tickets_status_created_at", "status", "created_at"),
         Index("ix_tickets_status_resolved_at", "status", "resolved_at"),
         Index("ix_tickets_status_pending_since", "status", "pending_since"),
@@ -170,6 +185,12 @@ class Ticket(Base):
     resolution_warn_at: Mapped[Timestamp | None]
     # Imported as history (`mailgate import`): it never escalates nor reminds anyone.
     imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How far each target's deadline got (sla/scans.py Stage): warned, escalated, met. Set back
+    # when the deadline moves; the scans' indexes lead with it.
+    first_response_stage: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    resolution_stage: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # The assignee was reminded of this quiet spell; the next activity sets it back.
+    idle_reminded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])

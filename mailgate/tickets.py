@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mailgate.models import Counter, Event, Participant, Person, Status, Ticket, TicketLink
+from mailgate.models import Counter, Event, Participant, Person, SlaStage, Status, Ticket, TicketLink
 
 
 def next_ticket_number(session: Session) -> int:
@@ -202,9 +202,12 @@ def message_added(session: Session, ticket: Ticket, sender: Person, *, channel: 
     answering a resolved, closed (within the window) or pending ticket needs us again.
     A Cc's "thanks, works for me too" changes no status."""
     ticket.last_activity_at = now
+    if ticket.idle_reminded:  # a new quiet spell starts now (sla/scans.py idle)
+        ticket.idle_reminded = False
     if sender.is_staff and sender.id != ticket.requester_id:
         if ticket.first_response_at is None:
             ticket.first_response_at = now
+            ticket.first_response_stage = SlaStage.MET
         return
     if sender.id == ticket.requester_id and ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
         set_status(session, ticket, Status.OPEN, actor=sender.address, channel=channel, now=now)

@@ -31,11 +31,19 @@ def upgrade() -> None:
         batch.add_column(sa.Column("first_response_warn_at", WHEN, nullable=True))
         batch.add_column(sa.Column("resolution_warn_at", WHEN, nullable=True))
         batch.add_column(sa.Column("imported", sa.Boolean(), server_default=sa.false(), nullable=False))
-    op.create_index("ix_tickets_status_first_response_due", "tickets", ["status", "first_response_due"])
-    op.create_index("ix_tickets_status_first_response_warn_at", "tickets", ["status", "first_response_warn_at"])
-    op.create_index("ix_tickets_status_resolution_due", "tickets", ["status", "resolution_due"])
-    op.create_index("ix_tickets_status_resolution_warn_at", "tickets", ["status", "resolution_warn_at"])
-    op.create_index("ix_tickets_status_last_activity_at", "tickets", ["status", "last_activity_at"])
+        batch.add_column(sa.Column("first_response_stage", sa.SmallInteger(), server_default="0", nullable=False))
+        batch.add_column(sa.Column("resolution_stage", sa.SmallInteger(), server_default="0", nullable=False))
+        batch.add_column(sa.Column("idle_reminded", sa.Boolean(), server_default=sa.false(), nullable=False))
+    for target in ("first_response", "resolution"):
+        for column in ("warn_at", "due"):
+            op.create_index(
+                f"ix_tickets_status_{target}_stage_{column}",
+                "tickets",
+                ["status", f"{target}_stage", f"{target}_{column}"],
+            )
+    op.create_index(
+        "ix_tickets_status_idle_reminded_last_activity_at", "tickets", ["status", "idle_reminded", "last_activity_at"]
+    )
     op.create_index("ix_tickets_status_created_at", "tickets", ["status", "created_at"])
     op.create_index("ix_tickets_status_resolved_at", "tickets", ["status", "resolved_at"])
     op.create_index("ix_tickets_status_pending_since", "tickets", ["status", "pending_since"])
@@ -61,15 +69,18 @@ def downgrade() -> None:
         "ix_tickets_status_pending_since",
         "ix_tickets_status_resolved_at",
         "ix_tickets_status_created_at",
-        "ix_tickets_status_last_activity_at",
-        "ix_tickets_status_resolution_warn_at",
-        "ix_tickets_status_resolution_due",
-        "ix_tickets_status_first_response_warn_at",
-        "ix_tickets_status_first_response_due",
+        "ix_tickets_status_idle_reminded_last_activity_at",
+        "ix_tickets_status_resolution_stage_due",
+        "ix_tickets_status_resolution_stage_warn_at",
+        "ix_tickets_status_first_response_stage_due",
+        "ix_tickets_status_first_response_stage_warn_at",
     ):
         op.drop_index(name, table_name="tickets")
     with op.batch_alter_table("tickets") as batch:
         for column in (
+            "idle_reminded",
+            "resolution_stage",
+            "first_response_stage",
             "imported",
             "resolution_warn_at",
             "first_response_warn_at",

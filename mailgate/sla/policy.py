@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailgate.config import Settings
-from mailgate.models import Status, Ticket
+from mailgate.models import SlaStage, Status, Ticket
 from mailgate.sla.calendar import Calendar, holiday_set
 from mailgate.sla.settings import Duration, Targets, TeamSla, _CalendarFields
 
@@ -102,6 +102,11 @@ def set_deadlines(settings: Settings, ticket: Ticket, paused: timedelta = timede
     found = deadlines(
         settings, priority=ticket.priority, category=ticket.category, team=ticket.team, start=start, paused=paused
     )
+    # A deadline that moved is a new promise: its warning and escalations may fire again.
+    if found.first_response != ticket.first_response_due:
+        ticket.first_response_stage = SlaStage.MET if ticket.first_response_at else SlaStage.NONE
+    if found.resolution != ticket.resolution_due:
+        ticket.resolution_stage = SlaStage.NONE
     ticket.first_response_due, ticket.resolution_due = found.first_response, found.resolution
     warned = deadlines(
         settings,

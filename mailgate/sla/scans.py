@@ -30,7 +30,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailgate import tickets
 from mailgate.config import Settings
-from mailgate.models import SlaFiring, Status, Ticket
+from mailgate.models import SlaFiring, SlaStage, Status, Ticket
 from mailgate.sla import policy, routing
 from mailgate.sla.calendar import Calendar
 from mailgate.sla.firing import Mailer, fire
@@ -96,10 +96,21 @@ def _stamp(moment: datetime) -> str:
 
 
 LIVE = Ticket.imported.is_(False)
-TARGETS: tuple[tuple[str, InstrumentedAttribute[Any], InstrumentedAttribute[Any]], ...] = (
-    ("first_response", Ticket.first_response_warn_at, Ticket.first_response_due),
-    ("resolution", Ticket.resolution_warn_at, Ticket.resolution_due),
+Column = InstrumentedAttribute[Any]
+# Each target: its warning instant, its deadline, and its stage (how far it got: models.SlaStage).
+# The queries name the stage, so the tickets handled before drop out of the index range: a scan
+# reads the tickets whose moment has come, not every ticket ever overdue.
+TARGETS: tuple[tuple[str, Column, Column, Column], ...] = (
+    ("first_response", Ticket.first_response_warn_at, Ticket.first_response_due, Ticket.first_response_stage),
+    ("resolution", Ticket.resolution_warn_at, Ticket.resolution_due, Ticket.resolution_stage),
 )
+
+
+def _advance(ticket: Ticket, stage: Column, to: SlaStage) -> None:
+    """Also when another daemon fired first: it did the same, and this keeps the ticket out of
+    the next query either way."""
+    if getattr(ticket, stage.key) < to:
+        setattr(ticket, stage.key, to)
 
 
 def _target_unmet(target: str) -> ColumnElement[bool]:
@@ -129,10 +140,11 @@ def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
 
 def warn(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
-    for target, warn_at, due in TARGETS:
+    for target, warn_at, due, stage in TARGETS:
         kind = f"warning:{target}"
         query = select(Ticket).where(
             Ticket.status.in_(OPEN),
+            stage == SlaStage.NONE,
             LIVE,
             warn_at <= now,
             due > now,  # past the deadline it is an escalation, not a warning
@@ -143,7 +155,9 @@ def warn(session: Session, settings: Settings, now: datetime) -> int:
         for ticket in run.tickets(query, warn_at):
             deadline = getattr(ticket, due.key)
             to = routing.assignee_or_dispatcher(session, settings, ticket, now)
-            if fire(session, ticket, kind=kind, level=1, deadline=deadline, now=now, recipient=to.address):
+            fired = fire(session, ticket, kind=kind, level=1, deadline=deadline, now=now, recipient=to.address)
+            _advance(ticket, stage, SlaStage.WARNED)
+            if fired:
                 context = {"target": target, "due": run.mail.time(deadline, to)}
                 run.mail.send("sla_warning", ticket, to, f"{target}:{_stamp(deadline)}", context)
                 done += 1
@@ -159,7 +173,7 @@ def escalate(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
     # A lower bound of level 2's wait in any calendar, so the query can leave out the rest.
     soonest = timedelta(minutes=settings.sla.escalate_again_after.minutes)
-    for target, _, due in TARGETS:
+    for target, _, due, stage in TARGETS:
         kind = f"escalation:{target}"
         breached = and_(
             Ticket.status.in_(OPEN),
@@ -169,17 +183,21 @@ def escalate(session: Session, settings: Settings, now: datetime) -> int:
             _not_fired(kind, 2, due),
             run.in_hours("escalation", urgent_too=True),
         )
-        first = select(Ticket).where(breached, _not_fired(kind, 1, due))
+        first = select(Ticket).where(breached, stage.in_((SlaStage.NONE, SlaStage.WARNED)), _not_fired(kind, 1, due))
         for ticket in run.tickets(first, due):
             deadline = getattr(ticket, due.key)
             # Found late (the daemon was down): the level it has reached, and only that one.
             level = 2 if now >= _level_two_at(run, ticket, deadline) else 1
             done += _escalation(run, ticket, target, deadline, level)
-        second = select(Ticket).where(breached, due <= now - soonest, ~_not_fired(kind, 1, due))
+            _advance(ticket, stage, SlaStage.ESCALATED_AGAIN if level == 2 else SlaStage.ESCALATED)
+        second = select(Ticket).where(breached, stage == SlaStage.ESCALATED, due <= now - soonest)
         for ticket in run.tickets(second, due):
             deadline = getattr(ticket, due.key)
             if now >= _level_two_at(run, ticket, deadline):
                 done += _escalation(run, ticket, target, deadline, 2)
+                _advance(ticket, stage, SlaStage.ESCALATED_AGAIN)
+            elif not run.settings.sla.teams:
+                break  # one calendar: the later deadlines reach level 2 later still
     return done
 
 
@@ -228,6 +246,7 @@ def idle(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
     query = select(Ticket).where(
         Ticket.status == Status.OPEN,
+        Ticket.idle_reminded.is_(False),
         LIVE,
         Ticket.assignee_id.is_not(None),
         Ticket.last_activity_at <= now - timedelta(hours=hours),
@@ -238,7 +257,9 @@ def idle(session: Session, settings: Settings, now: datetime) -> int:
         to = ticket.assignee
         assert to is not None
         last = ticket.last_activity_at
-        if fire(session, ticket, kind="idle", level=1, deadline=last, now=now, recipient=to.address):
+        fired = fire(session, ticket, kind="idle", level=1, deadline=last, now=now, recipient=to.address)
+        ticket.idle_reminded = True
+        if fired:
             context = {"last_activity": run.mail.time(last, to), "hours": f"{hours:g}"}
             run.mail.send("sla_idle", ticket, to, _stamp(last), context)
             done += 1
