@@ -141,12 +141,11 @@ def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> None:
     """The SLA scans, at once (a daemon that was down catches up at its start) and then every
     sla.scan_interval_seconds. Missed runs coalesce into one, and one run at a time: the scans
     find what is overdue by query, so one late run does what the missed ones would have."""
-    from mailgate.sla.job import run_scans
+    from mailgate.sla.job import Scanner
 
     scheduler.add_job(
-        run_scans,
+        Scanner(app),
         "interval",
-        args=[app],
         seconds=app.settings.sla.scan_interval_seconds,
         id="sla-scans",
         next_run_time=datetime.now(UTC),
