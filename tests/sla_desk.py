@@ -31,7 +31,12 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 def desk(
-    tmp_path: Path, db_url: str, when: datetime = MONDAY, more: dict[str, object] | None = None, **sla: object
+    tmp_path: Path,
+    db_url: str,
+    when: datetime = MONDAY,
+    more: dict[str, object] | None = None,
+    language: str = "en",
+    **sla: object,
 ) -> App:
     values: dict[str, object] = {
         "business_hours": OFFICE,
@@ -46,13 +51,13 @@ def desk(
     settings = make_settings(
         tmp_path,
         db_url,
-        tickets={"timezone": "Europe/Berlin"},
+        tickets={"timezone": "Europe/Berlin", "language": language},
         sla=values,
         staff=[
             {"address": "alice@example.com", "name": "Alice Jones", "team": "network", "manager": "boss@example.com"},
             {"address": "bob@example.com", "name": "Bob Brown", "team": "network"},
             {"address": "dispatch@example.com", "name": "Dispatcher", "role": "dispatcher"},
-            {"address": "boss@example.com", "name": "Bea Boss", "language": "de"},
+            {"address": "boss@example.com", "name": "Bea Boss", "language": "de" if language == "en" else ""},
         ],
         **(more or {}),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from mailgate import tickets
@@ -193,6 +194,40 @@ def test_a_weekend_without_scans_catches_up_with_one_escalation_per_ticket(tmp_p
     escalations = mails(app, "sla_escalation")
     assert sent_at(escalations) == [("boss@example.com", at(7, 9))] * 3
     assert len([f for f in firings(app) if f.kind.startswith("escalation")]) == 3
+    app.close()
+
+
+@pytest.mark.parametrize(("language", "expected"), [("en", "What is expected"), ("de", "Was erwartet wird")])
+def test_every_sla_mail_says_what_is_expected_in_the_readers_language(tmp_path, db_url, language, expected) -> None:
+    app = desk(
+        tmp_path,
+        db_url,
+        language=language,
+        unassigned_after_hours=2,
+        idle_after_hours=4,
+        pending_reminder_days=1,
+        pending_reminders=1,
+        close_resolved_after_days=1,
+    )
+    new_ticket(app, assignee=None, subject="nobody's")  # unassigned, warned, escalated
+    new_ticket(app, subject="quiet", sender="erin@example.com")  # idle
+    pending = new_ticket(app, subject="waiting", sender="fred@example.com")
+    change(app, pending, lambda s, t, now: tickets.set_pending(s, t, None, actor="alice@example.com",
+                                                                channel="test", now=now))  # fmt: skip
+    done = new_ticket(app, subject="done", sender="gina@example.com")
+    change(app, done, lambda s, t, now: tickets.set_status(s, t, Status.RESOLVED, actor="alice@example.com",
+                                                            channel="test", now=now))  # fmt: skip
+    run_daemon_clock(app, at(30, 9), at(2, 12), step=timedelta(minutes=30))
+    kinds = ("sla_warning", "sla_escalation", "sla_unassigned", "sla_idle", "sla_pending_reminder",
+             "sla_auto_resolved", "sla_closed")  # fmt: skip
+    for kind in kinds:
+        rows = mails(app, kind)
+        assert rows, f"no {kind}"
+        for row in rows:
+            if row.recipients[0] == "boss@example.com":
+                continue  # Boss reads German on the English desk
+            assert expected in row.body, (kind, row.body)
+            assert "[HD #" in row.headers["Subject"]
     app.close()
 
 
