@@ -34,6 +34,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("first_response_stage", sa.SmallInteger(), server_default="0", nullable=False))
         batch.add_column(sa.Column("resolution_stage", sa.SmallInteger(), server_default="0", nullable=False))
         batch.add_column(sa.Column("idle_reminded", sa.Boolean(), server_default=sa.false(), nullable=False))
+    # Tickets answered before: their first-response deadline is met (models.SlaStage.MET).
+    op.execute("UPDATE tickets SET first_response_stage = 9 WHERE first_response_at IS NOT NULL")
     for target in ("first_response", "resolution"):
         for column in ("warn_at", "due"):
             op.create_index(
