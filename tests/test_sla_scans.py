@@ -231,6 +231,26 @@ def test_every_sla_mail_says_what_is_expected_in_the_readers_language(tmp_path, 
     app.close()
 
 
+def test_each_run_is_bounded_and_the_next_runs_work_off_the_rest(tmp_path, db_url) -> None:
+    app = desk(tmp_path, db_url, scan_batch=2)
+    for n in range(5):
+        new_ticket(app, subject=f"ticket {n}", sender=f"user{n}@example.com")
+    counts = [scan(app, at(30, 13, minute))["escalate"] for minute in (0, 5, 10, 15)]
+    assert counts == [2, 2, 1, 0]
+    assert len(mails(app, "sla_escalation")) == 5
+    app.close()
+
+
+def test_a_pending_ticket_neither_warns_nor_escalates(tmp_path, db_url) -> None:
+    app = desk(tmp_path, db_url)
+    number = new_ticket(app)
+    change(app, number, lambda s, t, now: tickets.set_pending(s, t, None, actor="alice@example.com",
+                                                               channel="test", now=now))  # fmt: skip
+    run_daemon_clock(app, at(30, 9), at(2, 17), step=timedelta(hours=1))
+    assert mails(app, "sla_escalation") == [] and mails(app, "sla_warning") == []
+    app.close()
+
+
 def test_parse_rating_reads_what_people_write() -> None:
     assert parse_rating("#rate 4") == 4
     assert parse_rating("#RATE: 5/5\nthanks") == 5
