@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -114,7 +114,8 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             running.listener.watch(_on_listener_exit(stop, failure))
         running.poller_threads = _start_pollers(app, running.stop_pollers)
         running.scheduler = BackgroundScheduler(timezone=UTC)
-        running.scheduler.start()  # its jobs (reminders, escalations) arrive with the SLA issue
+        _schedule_sla(app, running.scheduler)
+        running.scheduler.start()
         log.info(
             "mailgate running: smtp=%s imap=%d outgoing=%s spool=%s",
             f"{settings.smtp.host}:{running.smtp_port}" if running.listener else "off",
@@ -134,6 +135,23 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
         app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])
+
+
+def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> None:
+    """The SLA scans, at once (a daemon that was down catches up at its start) and then every
+    sla.scan_interval_seconds. Missed runs coalesce into one, and one run at a time: the scans
+    find what is overdue by query, so one late run does what the missed ones would have."""
+    from mailgate.sla.job import Scanner
+
+    scheduler.add_job(
+        Scanner(app),
+        "interval",
+        seconds=app.settings.sla.scan_interval_seconds,
+        id="sla-scans",
+        next_run_time=datetime.now(UTC),
+        coalesce=True,
+        max_instances=1,
+    )
 
 
 def _pass_on_pokes(wakeups: socket.socket, wake_up: Callable[[], None], stop: threading.Event) -> None:

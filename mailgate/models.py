@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -84,6 +85,16 @@ class Priority(enum.StrEnum):
     URGENT = "urgent"
 
 
+class SlaStage(enum.IntEnum):
+    """How far a ticket's deadline (first response, resolution) got; see sla/scans.py."""
+
+    NONE = 0
+    WARNED = 1
+    ESCALATED = 2
+    ESCALATED_AGAIN = 3  # the last level: nothing more fires for this deadline
+    MET = 9  # the first response was given
+
+
 class MessageKind(enum.StrEnum):
     """What a stored incoming mail turned out to be."""
 
@@ -130,6 +141,21 @@ class Person(Base):
 
 class Ticket(Base):
     __tablename__ = "tickets"
+    # The SLA scans (sla/scans.py) look for tickets of a status whose instant has passed.
+    __table_args__ = (
+        # The stage first: what was handled drops out of the range, and a scan over 100,000
+        # tickets reads only those whose moment has come.
+        Index(
+            "ix_tickets_status_first_response_stage_warn_at", "status", "first_response_stage", "first_response_warn_at"
+        ),
+        Index("ix_tickets_status_first_response_stage_due", "status", "first_response_stage", "first_response_due"),
+        Index("ix_tickets_status_resolution_stage_warn_at", "status", "resolution_stage", "resolution_warn_at"),
+        Index("ix_tickets_status_resolution_stage_due", "status", "resolution_stage", "resolution_due"),
+        Index("ix_tickets_status_idle_reminded_last_activity_at", "status", "idle_reminded", "last_activity_at"),
+        Index("ix_tickets_status_created_at", "status", "created_at"),
+        Index("ix_tickets_status_resolved_at", "status", "resolved_at"),
+        Index("ix_tickets_status_pending_since", "status", "pending_since"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger, unique=True)
     subject: Mapped[str] = mapped_column(Text)
@@ -150,12 +176,48 @@ class Ticket(Base):
     last_activity_at: Mapped[Timestamp]
     # The alert it was opened for (routing/alerts.py): the alert's repeats go on it while it is open.
     alert_key: Mapped[str | None] = mapped_column(String(300), index=True)
+    # The SLA clock (sla/policy.py): paused while pending, since `pending_since`, until the
+    # requester replies or `pending_until` (#pending until) passes; the pauses so far as
+    # [[start, end], …] ISO instants, so that the paused business time can be counted again in
+    # another calendar when the team changes.
+    pending_since: Mapped[Timestamp | None]
+    pending_until: Mapped[Timestamp | None]
+    pauses: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # When the assignee is warned (sla.warn_at of a target): stored, so the scans are queries.
+    first_response_warn_at: Mapped[Timestamp | None]
+    resolution_warn_at: Mapped[Timestamp | None]
+    # Imported as history (`mailgate import`): it never escalates nor reminds anyone.
+    imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How far each target's deadline got (sla/scans.py Stage): warned, escalated, met. Set back
+    # when the deadline moves; the scans' indexes lead with it.
+    first_response_stage: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    resolution_stage: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # The assignee was reminded of this quiet spell; the next activity sets it back.
+    idle_reminded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id", foreign_keys="Message.ticket_id"
     )
+
+
+class SlaFiring(Base):
+    """What an SLA scan did (a warning, an escalation, a reminder, an auto-close): written before
+    its mail is queued, in the same transaction, and unique per (ticket, kind, level, deadline),
+    so two daemons, or a restart, never do it twice. `deadline` is the instant it answers (a
+    due date, the start of a pause): a new deadline (a priority change) may fire again."""
+
+    __tablename__ = "sla_firings"
+    __table_args__ = (UniqueConstraint("ticket_id", "kind", "level", "deadline"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    level: Mapped[int] = mapped_column(Integer)
+    deadline: Mapped[Timestamp]
+    fired_at: Mapped[Timestamp]
+    recipient: Mapped[Address] = mapped_column(default="")
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class Participant(Base):

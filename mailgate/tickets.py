@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mailgate.models import Counter, Event, Participant, Person, Status, Ticket, TicketLink
+from mailgate.models import Counter, Event, Participant, Person, SlaStage, Status, Ticket, TicketLink
 
 
 def next_ticket_number(session: Session) -> int:
@@ -225,6 +225,7 @@ def set_status(
         ticket.closed_at = now
     elif old in (Status.RESOLVED, Status.CLOSED):
         ticket.resolved_at = ticket.closed_at = None
+    _keep_pause(ticket, old, status, now)
     record(
         session,
         ticket,
@@ -237,6 +238,37 @@ def set_status(
         at=now,
         evidence=evidence,
     )
+
+
+def _keep_pause(ticket: Ticket, old: str, new: str, now: datetime) -> None:
+    """The SLA clock stands still while a ticket is pending: entering starts a pause, leaving
+    ends it. Counting the pause in business time needs the calendar: sla.policy.recompute."""
+    if new == Status.PENDING:
+        ticket.pending_since = now
+    elif old == Status.PENDING and ticket.pending_since is not None:
+        # A new list, so that the ORM sees the JSON change.
+        ticket.pauses = [*(ticket.pauses or []), [ticket.pending_since.isoformat(), now.isoformat()]]
+        ticket.pending_since = ticket.pending_until = None
+
+
+def set_pending(
+    session: Session, ticket: Ticket, until: datetime | None, *, actor: str, channel: str, now: datetime
+) -> None:
+    """`ticket` waits on its requester, until their reply or `until` (#pending until), when the
+    SLA scan sets it open again. Call sla.policy.recompute afterwards."""
+    set_status(session, ticket, Status.PENDING, actor=actor, channel=channel, now=now)
+    if ticket.pending_until != until:
+        ticket.pending_until = until
+        record(
+            session,
+            ticket,
+            actor=actor,
+            action="pending_until",
+            field="pending_until",
+            new=until.isoformat() if until else None,
+            channel=channel,
+            at=now,
+        )
 
 
 def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bool:
@@ -253,6 +285,8 @@ def message_added(session: Session, ticket: Ticket, sender: Person, *, channel: 
     status. Staff mail is no first response by itself: only a proven staff member's answer
     that reached the requester is (see answered); a From header proves nothing."""
     ticket.last_activity_at = now
+    if ticket.idle_reminded:  # a new quiet spell starts now (sla/scans.py idle)
+        ticket.idle_reminded = False
     if sender.is_staff and sender.id != ticket.requester_id:
         return
     if sender.id == ticket.requester_id and ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
@@ -267,6 +301,7 @@ def answered(
     if ticket.first_response_at is not None:
         return
     ticket.first_response_at = now
+    ticket.first_response_stage = SlaStage.MET  # the SLA scans stop watching this target
     record(
         session,
         ticket,

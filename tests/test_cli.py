@@ -41,6 +41,7 @@ COMMANDS = (
     "outbox",
     "attachments",
     "limits",
+    "sla",
 )
 CONFIG = (
     'secret = "cli-test-secret-0123"\n'

@@ -100,6 +100,10 @@ def test_without_sla_targets_the_first_response_hours_count_in_office_hours(tmp_
         ('[sla]\nholiday_country = "XX"\n', ["sla", "holiday_country = 'XX'", "'DE'"]),
         ('[sla]\ntimezone = "Berlin"\n', ["sla.timezone", "IANA"]),
         ('[sla]\nholidays = ["24.12.2026"]\n', ["sla.holidays", "24.12.2026"]),
+        ('[sla]\nat_any_hour = ["night"]\n', ["sla.at_any_hour", "'night'", "escalation"]),
+        ("[sla]\nwarn_at = 1.5\n", ["sla.warn_at", "1.5"]),
+        ('[sla]\nescalate_again_after = "soon"\n', ["sla.escalate_again_after", "4h"]),
+        ('[sla.teams.network]\nlead = "Lead <lead@x.org>"\n', ["sla.teams.network.lead", "no display name"]),
     ],
 )
 def test_a_bad_sla_value_names_the_key_the_value_and_what_was_expected(

@@ -13,7 +13,7 @@ it uses when it runs.
     ingest.py       ingest (the MTA pipe)         spool.py       spool list
     import_mail.py  import mbox|maildir           quarantine.py  quarantine list|show|retry
     imap.py         imap poll                     outbox.py      outbox list|flush
-    limits.py       limits list|lift
+    limits.py       limits list|lift              sla.py         sla scan|show|check
 """
 
 from __future__ import annotations

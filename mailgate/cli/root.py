@@ -32,6 +32,7 @@ COMMANDS = {
     "outbox": "mailgate.cli.outbox.outbox",
     "quarantine": "mailgate.cli.quarantine.quarantine",
     "run": "mailgate.cli.daemon.run_cmd",
+    "sla": "mailgate.cli.sla.sla",
     "spool": "mailgate.cli.spool.spool",
     "tickets": "mailgate.cli.tickets.tickets",
 }

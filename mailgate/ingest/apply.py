@@ -79,7 +79,10 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
     tickets.record(
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
     )
+    was = ticket.status
     tickets.message_added(session, ticket, sender, channel=item.source, now=item.now)
+    if was != ticket.status:  # the requester's reply ends a pause, and the deadlines move by it
+        sla.recompute(item.app.settings, ticket, item.now)
 
 
 def _new_ticket(item: Incoming, linked: Ticket | None, link_kind: str, link_reason: str) -> None:

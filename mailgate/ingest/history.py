@@ -81,6 +81,8 @@ def end_imported(item: Incoming) -> Outcome | None:
     message, ticket = item.message, item.ticket
     assert message is not None and ticket is not None, "end_imported runs after apply stored the mail on a ticket"
     item.note("history", "no acknowledgement and no notice: imported as history")
+    if message.kind == MessageKind.NEW_TICKET:
+        ticket.imported = True  # what happened long ago escalates to no one now (sla/scans.py)
     if item.history.close:  # a reply reopened it, as replies do: an archive stays closed
         tickets.set_status(item.session, ticket, Status.CLOSED, actor="import", channel=item.source, now=item.arrived)
     return Outcome.NEW_TICKET if message.kind == MessageKind.NEW_TICKET else Outcome.REPLY

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailgate.config import Settings
-from mailgate.models import Ticket
+from mailgate.models import SlaStage, Status, Ticket
 from mailgate.sla.calendar import Calendar, holiday_set
 from mailgate.sla.settings import Duration, Targets, TeamSla, _CalendarFields
 
@@ -80,27 +80,62 @@ def deadlines(
     team: str | None,
     start: datetime,
     paused: timedelta = timedelta(0),
+    share: float = 1.0,
 ) -> Deadlines:
-    """The deadlines of a ticket opened at `start` that spent `paused` business time pending."""
+    """The deadlines of a ticket opened at `start` that spent `paused` business time pending;
+    with `share`, when that share of each target has passed (the warning)."""
     calendar = calendar_for(settings, team)
     targets = targets_for(settings, priority, category, team)
     length = day_length(calendar)
 
     def due(target: Duration | None) -> datetime | None:
-        return None if target is None else calendar.add(start, target.resolve(length) + paused)
+        return None if target is None else calendar.add(start, target.resolve(length) * share + paused)
 
     return Deadlines(due(targets.first_response), due(targets.resolution))
 
 
 def set_deadlines(settings: Settings, ticket: Ticket, paused: timedelta = timedelta(0)) -> None:
     """Compute and store `ticket`'s deadlines from its priority, category and team: when it is
-    created, and again when one of them changes."""
+    created, and again when one of them changes. The warning instants too (sla.warn_at of each
+    target), so that the scans find what is due with a query."""
+    start, share = ticket.created_at, settings.sla.warn_at
     found = deadlines(
+        settings, priority=ticket.priority, category=ticket.category, team=ticket.team, start=start, paused=paused
+    )
+    # A deadline that moved is a new promise: its warning and escalations may fire again.
+    if found.first_response != ticket.first_response_due:
+        ticket.first_response_stage = SlaStage.MET if ticket.first_response_at else SlaStage.NONE
+    if found.resolution != ticket.resolution_due:
+        ticket.resolution_stage = SlaStage.NONE
+    ticket.first_response_due, ticket.resolution_due = found.first_response, found.resolution
+    warned = deadlines(
         settings,
         priority=ticket.priority,
         category=ticket.category,
         team=ticket.team,
-        start=ticket.created_at,
+        start=start,
         paused=paused,
+        share=share,
     )
-    ticket.first_response_due, ticket.resolution_due = found.first_response, found.resolution
+    ticket.first_response_warn_at, ticket.resolution_warn_at = warned.first_response, warned.resolution
+
+
+def pauses(ticket: Ticket, now: datetime) -> list[tuple[datetime, datetime]]:
+    """The ticket's pauses as instants, the one under way (pending now) ending `now`."""
+    found = [(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in ticket.pauses or []]
+    if ticket.status == Status.PENDING and ticket.pending_since is not None:
+        found.append((ticket.pending_since, max(now, ticket.pending_since)))
+    return found
+
+
+def paused_time(settings: Settings, ticket: Ticket, now: datetime) -> timedelta:
+    """The business time `ticket` spent pending, in its calendar: a weekend pending counts zero."""
+    calendar = calendar_for(settings, ticket.team)
+    return sum((calendar.between(a, b) for a, b in pauses(ticket, now)), timedelta(0))
+
+
+def recompute(settings: Settings, ticket: Ticket, now: datetime) -> None:
+    """Deadlines again, after a change of priority, category, team or status (the commands call
+    this; tickets.set_status keeps the pauses). Counted from creation, plus the business time
+    the ticket was pending; while it is pending, up to `now`."""
+    set_deadlines(settings, ticket, paused_time(settings, ticket, now))

@@ -139,6 +139,17 @@ class _CalendarFields(BaseModel):
 
 class TeamSla(_CalendarFields):
     targets: dict[Priority, Targets] = Field(default_factory=dict)
+    # The team's lead: the first to hear of a breach of one of its tickets.
+    lead: str = ""
+
+    @field_validator("lead")
+    @classmethod
+    def _lead_address(cls, value: str) -> str:
+        return _check_address(value)
+
+
+# What the scans notify people of (sla/scans.py), for at_any_hour.
+KINDS = ("warning", "escalation", "unassigned", "idle", "pending_reminder", "auto_resolve", "auto_close")
 
 
 class CategorySla(BaseModel):
@@ -151,6 +162,43 @@ class Sla(_CalendarFields):
     business_hours: dict[str, str] | Literal["24x7"] | None = Field(default_factory=lambda: dict(OFFICE_HOURS))
     # Where escalations go when a ticket has no team lead or assignee's manager to go to.
     escalation_address: str = ""
+    # The assignee is warned when this share of a target has passed (0.75: at 3 of 4 hours).
+    warn_at: float = Field(default=0.75, gt=0, lt=1)
+    # A breach escalates to the team lead or the assignee's manager (level 1), and this much
+    # business time later, still unmet, to their manager or escalation_address (level 2).
+    escalate_again_after: Duration = Duration(minutes=240)
+    # Wall-clock times; 0 turns the scan off. An unassigned ticket this old goes back to the
+    # dispatcher; an assignee hears of their open ticket when nothing happened on it for this long.
+    unassigned_after_hours: float = Field(default=2, ge=0)
+    idle_after_hours: float = Field(default=48, ge=0)
+    # A ticket pending on its requester: a reminder every pending_reminder_days, and after
+    # pending_reminders of them (and as long again) it is resolved, with a mail saying so.
+    pending_reminder_days: float = Field(default=3, ge=0)
+    pending_reminders: int = Field(default=2, ge=0)
+    # A resolved ticket without a reply closes after this; the closing mail asks for a rating.
+    close_resolved_after_days: float = Field(default=7, ge=0)
+    # Mail to people waits for the opening hours of the ticket's calendar; these kinds go at any
+    # hour (see KINDS). An urgent ticket's escalation goes at once unless this is false.
+    at_any_hour: list[str] = Field(default_factory=list)
+    urgent_escalations_at_once: bool = True
+    # The daemon runs the scans this often; each looks at no more than scan_batch tickets a run
+    # (the rest are found by the next run), so a backlog costs time, never a stall.
+    scan_interval_seconds: int = Field(default=300, ge=10)
+    scan_batch: int = Field(default=500, ge=1, le=100_000)
+
+    @field_validator("escalate_again_after", mode="before")
+    @classmethod
+    def _again(cls, value: Any) -> Duration:
+        return parse_duration(value)
+
+    @field_validator("at_any_hour")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        unknown = [k for k in value if k not in KINDS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r}: expected some of {', '.join(KINDS)}")
+        return value
+
     # Per priority. A priority without targets here falls back to tickets.first_response_hours
     # (business hours) for its first response, and has no resolution target.
     targets: dict[Priority, Targets] = Field(default_factory=dict)
@@ -173,6 +221,10 @@ class Sla(_CalendarFields):
     @field_validator("escalation_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+", value):
-            raise ValueError("an address like it-lead@example.com (no display name)")
-        return value.lower()
+        return _check_address(value)
+
+
+def _check_address(value: str) -> str:
+    if value and not re.fullmatch(r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+", value):
+        raise ValueError("an address like it-lead@example.com (no display name)")
+    return value.lower()

@@ -1,0 +1,353 @@
+"""The SLA scans: each a plain function (session, settings, now) -> how many things it did, run
+by the daemon's scheduler and by `mailgate sla scan`. The caller commits.
+
+Each scan is one query for the tickets whose moment has passed and that have no firing for it
+yet (sla_firings, see firing.py), at most sla.scan_batch of them, oldest first; so a daemon
+that was down over a weekend finds each overdue ticket once, not once per missed run, and a
+backlog is worked off run by run. Mail to people waits for the opening hours of the ticket's
+calendar (sla.at_any_hour lists kinds that do not wait; an urgent ticket's escalation goes at
+once): the query leaves out the tickets whose calendar is closed now, and the next run in
+opening hours finds them. Imported (history) and closed tickets never escalate.
+
+    resume_pending   a ticket pending until a date (#pending until) is open again at that date
+    warn             the assignee (else the dispatcher), at sla.warn_at of a target
+    escalate         a breach: level 1 to the team lead / the assignee's manager, level 2 later
+    unassigned       an unassigned ticket older than sla.unassigned_after_hours: the dispatcher
+    idle             the assignee of an open ticket nothing happened on for sla.idle_after_hours
+    remind_pending   the requester of a pending ticket, every sla.pending_reminder_days, then
+                     resolved after sla.pending_reminders of them
+    close_resolved   a resolved ticket closes after sla.close_resolved_after_days, asking a rating
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from mailgate import tickets
+from mailgate.config import Settings
+from mailgate.models import SlaFiring, SlaStage, Status, Ticket
+from mailgate.sla import policy, routing
+from mailgate.sla.calendar import Calendar
+from mailgate.sla.firing import Mailer, fire
+
+OPEN = (Status.NEW, Status.OPEN)
+ACTOR, CHANNEL = "mailgate", "sla"
+Scan = Callable[[Session, Settings, datetime], int]
+
+
+class _Run:
+    """What one scan needs more than once: the calendars by team, the mailer (built at the first
+    mail: a run that finds nothing reads no templates and no key)."""
+
+    def __init__(self, session: Session, settings: Settings, now: datetime) -> None:
+        self.session, self.settings, self.now = session, settings, now
+        self.batch = settings.sla.scan_batch
+        self._calendars: dict[str, Calendar] = {}
+        self._mailer: Mailer | None = None
+
+    def calendar(self, team: str | None) -> Calendar:
+        key = team if team in self.settings.sla.teams else ""
+        if key not in self._calendars:
+            self._calendars[key] = policy.calendar_for(self.settings, key or None)
+        return self._calendars[key]
+
+    @property
+    def mail(self) -> Mailer:
+        if self._mailer is None:
+            self._mailer = Mailer.for_run(self.session, self.settings, self.now)
+        return self._mailer
+
+    def tickets(self, query: Select[tuple[Ticket]], order: Any) -> Iterator[Ticket]:
+        yield from self.session.scalars(query.order_by(order, Ticket.id).limit(self.batch)).all()
+
+    def in_hours(self, kind: str, *, urgent_too: bool = False) -> ColumnElement[bool]:
+        """Tickets whose calendar is open now (all, for a kind that goes at any hour)."""
+        sla = self.settings.sla
+        if kind in sla.at_any_hour:
+            return true()
+        own = [name for name, team in sla.teams.items() if team.business_hours is not None]
+        open_own = [name for name in own if self.calendar(name).is_open(self.now)]
+        parts: list[ColumnElement[bool]] = []
+        if open_own:
+            parts.append(Ticket.team.in_(open_own))
+        if self.calendar(None).is_open(self.now):
+            parts.append(or_(Ticket.team.is_(None), Ticket.team.not_in(own)) if own else true())
+        if urgent_too and sla.urgent_escalations_at_once:
+            parts.append(Ticket.priority == "urgent")
+        return or_(*parts) if parts else false()
+
+
+def _not_fired(kind: str, level: int, deadline: Any) -> ColumnElement[bool]:
+    return ~exists().where(
+        SlaFiring.ticket_id == Ticket.id,
+        SlaFiring.kind == kind,
+        SlaFiring.level == level,
+        SlaFiring.deadline == deadline,
+    )
+
+
+def _stamp(moment: datetime) -> str:
+    return f"{moment:%Y%m%dT%H%M%S}"
+
+
+LIVE = Ticket.imported.is_(False)
+Column = InstrumentedAttribute[Any]
+# Each target: its warning instant, its deadline, and its stage (how far it got: models.SlaStage).
+# The queries name the stage, so the tickets handled before drop out of the index range: a scan
+# reads the tickets whose moment has come, not every ticket ever overdue.
+TARGETS: tuple[tuple[str, Column, Column, Column], ...] = (
+    ("first_response", Ticket.first_response_warn_at, Ticket.first_response_due, Ticket.first_response_stage),
+    ("resolution", Ticket.resolution_warn_at, Ticket.resolution_due, Ticket.resolution_stage),
+)
+
+
+def _advance(ticket: Ticket, stage: Column, to: SlaStage) -> None:
+    """Also when another daemon fired first: it did the same, and this keeps the ticket out of
+    the next query either way."""
+    if getattr(ticket, stage.key) < to:
+        setattr(ticket, stage.key, to)
+
+
+def _target_unmet(target: str) -> ColumnElement[bool]:
+    return Ticket.first_response_at.is_(None) if target == "first_response" else true()
+
+
+def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
+    run, done = _Run(session, settings, now), 0
+    query = select(Ticket).where(
+        Ticket.status == Status.PENDING,
+        Ticket.pending_until.is_not(None),
+        Ticket.pending_until <= now,
+        _not_fired("resume", 0, Ticket.pending_until),
+    )
+    for ticket in run.tickets(query, Ticket.pending_until):
+        until = ticket.pending_until
+        assert until is not None
+        if not fire(session, ticket, kind="resume", level=0, deadline=until, now=now):
+            continue
+        # The pause ends at the date asked for, not at this run: a daemon that was down does not
+        # stretch it.
+        tickets.set_status(session, ticket, Status.OPEN, actor=ACTOR, channel=CHANNEL, now=until)
+        policy.recompute(settings, ticket, now)
+        done += 1
+    return done
+
+
+def warn(session: Session, settings: Settings, now: datetime) -> int:
+    run, done = _Run(session, settings, now), 0
+    for target, warn_at, due, stage in TARGETS:
+        kind = f"warning:{target}"
+        query = select(Ticket).where(
+            Ticket.status.in_(OPEN),
+            stage == SlaStage.NONE,
+            LIVE,
+            warn_at <= now,
+            due > now,  # past the deadline it is an escalation, not a warning
+            _target_unmet(target),
+            _not_fired(kind, 1, due),
+            run.in_hours("warning"),
+        )
+        for ticket in run.tickets(query, warn_at):
+            deadline = getattr(ticket, due.key)
+            to = routing.assignee_or_dispatcher(session, settings, ticket, now)
+            fired = fire(session, ticket, kind=kind, level=1, deadline=deadline, now=now, recipient=to.address)
+            _advance(ticket, stage, SlaStage.WARNED)
+            if fired:
+                context = {"target": target, "due": run.mail.time(deadline, to)}
+                run.mail.send("sla_warning", ticket, to, f"{target}:{_stamp(deadline)}", context)
+                done += 1
+    return done
+
+
+def _level_two_at(run: _Run, ticket: Ticket, deadline: datetime) -> datetime:
+    calendar = run.calendar(ticket.team)
+    return calendar.add(deadline, run.settings.sla.escalate_again_after.resolve(policy.day_length(calendar)))
+
+
+def escalate(session: Session, settings: Settings, now: datetime) -> int:
+    run, done = _Run(session, settings, now), 0
+    # A lower bound of level 2's wait in any calendar, so the query can leave out the rest.
+    soonest = timedelta(minutes=settings.sla.escalate_again_after.minutes)
+    for target, _, due, stage in TARGETS:
+        kind = f"escalation:{target}"
+        breached = and_(
+            Ticket.status.in_(OPEN),
+            LIVE,
+            due <= now,
+            _target_unmet(target),
+            _not_fired(kind, 2, due),
+            run.in_hours("escalation", urgent_too=True),
+        )
+        first = select(Ticket).where(breached, stage.in_((SlaStage.NONE, SlaStage.WARNED)), _not_fired(kind, 1, due))
+        for ticket in run.tickets(first, due):
+            deadline = getattr(ticket, due.key)
+            # Found late (the daemon was down): the level it has reached, and only that one.
+            level = 2 if now >= _level_two_at(run, ticket, deadline) else 1
+            done += _escalation(run, ticket, target, deadline, level)
+            _advance(ticket, stage, SlaStage.ESCALATED_AGAIN if level == 2 else SlaStage.ESCALATED)
+        second = select(Ticket).where(breached, stage == SlaStage.ESCALATED, due <= now - soonest)
+        for ticket in run.tickets(second, due):
+            deadline = getattr(ticket, due.key)
+            if now >= _level_two_at(run, ticket, deadline):
+                done += _escalation(run, ticket, target, deadline, 2)
+                _advance(ticket, stage, SlaStage.ESCALATED_AGAIN)
+            elif not run.settings.sla.teams:
+                break  # one calendar: the later deadlines reach level 2 later still
+    return done
+
+
+def _escalation(run: _Run, ticket: Ticket, target: str, deadline: datetime, level: int) -> int:
+    session, settings, now = run.session, run.settings, run.now
+    to = routing.person(session, settings, routing.escalation_address(settings, ticket, level), now)
+    kind = f"escalation:{target}"
+    if not fire(session, ticket, kind=kind, level=level, deadline=deadline, now=now, recipient=to.address):
+        return 0
+    context = {
+        "target": target,
+        "level": level,
+        "due": run.mail.time(deadline, to),
+        "assignee": ticket.assignee,
+    }
+    run.mail.send("sla_escalation", ticket, to, f"{target}:{level}:{_stamp(deadline)}", context)
+    return 1
+
+
+def unassigned(session: Session, settings: Settings, now: datetime) -> int:
+    hours = settings.sla.unassigned_after_hours
+    if not hours:
+        return 0
+    run, done = _Run(session, settings, now), 0
+    query = select(Ticket).where(
+        Ticket.status.in_(OPEN),
+        LIVE,
+        Ticket.assignee_id.is_(None),
+        Ticket.created_at <= now - timedelta(hours=hours),
+        _not_fired("unassigned", 1, Ticket.created_at),
+        run.in_hours("unassigned"),
+    )
+    for ticket in run.tickets(query, Ticket.created_at):
+        to = routing.assignee_or_dispatcher(session, settings, ticket, now)
+        if fire(session, ticket, kind="unassigned", level=1, deadline=ticket.created_at, now=now, recipient=to.address):
+            context = {"opened": run.mail.time(ticket.created_at, to), "hours": f"{hours:g}"}
+            run.mail.send("sla_unassigned", ticket, to, _stamp(ticket.created_at), context)
+            done += 1
+    return done
+
+
+def idle(session: Session, settings: Settings, now: datetime) -> int:
+    hours = settings.sla.idle_after_hours
+    if not hours:
+        return 0
+    run, done = _Run(session, settings, now), 0
+    query = select(Ticket).where(
+        Ticket.status == Status.OPEN,
+        Ticket.idle_reminded.is_(False),
+        LIVE,
+        Ticket.assignee_id.is_not(None),
+        Ticket.last_activity_at <= now - timedelta(hours=hours),
+        _not_fired("idle", 1, Ticket.last_activity_at),
+        run.in_hours("idle"),
+    )
+    for ticket in run.tickets(query, Ticket.last_activity_at):
+        to = ticket.assignee
+        assert to is not None
+        last = ticket.last_activity_at
+        fired = fire(session, ticket, kind="idle", level=1, deadline=last, now=now, recipient=to.address)
+        ticket.idle_reminded = True
+        if fired:
+            context = {"last_activity": run.mail.time(last, to), "hours": f"{hours:g}"}
+            run.mail.send("sla_idle", ticket, to, _stamp(last), context)
+            done += 1
+    return done
+
+
+def remind_pending(session: Session, settings: Settings, now: datetime) -> int:
+    """Level n (1 … pending_reminders) is the n-th reminder, the level after them the
+    resolution. Highest level first, and a level counts as done when any higher one is: a
+    ticket found late gets the one mail it is due, not every reminder it missed."""
+    every, count = settings.sla.pending_reminder_days, settings.sla.pending_reminders
+    if not every:
+        return 0
+    run, done = _Run(session, settings, now), 0
+    for level in range(count + 1, 0, -1):
+        resolve = level == count + 1
+        kind = "auto_resolve" if resolve else "pending_reminder"
+        later = exists().where(
+            SlaFiring.ticket_id == Ticket.id,
+            SlaFiring.kind.in_(("pending_reminder", "auto_resolve")),
+            SlaFiring.level >= level,
+            SlaFiring.deadline == Ticket.pending_since,
+        )
+        query = select(Ticket).where(
+            Ticket.status == Status.PENDING,
+            LIVE,
+            Ticket.pending_until.is_(None),  # waiting for a date: nothing to remind of
+            Ticket.pending_since <= now - timedelta(days=every * level),
+            ~later,
+            run.in_hours(kind),
+        )
+        for ticket in run.tickets(query, Ticket.pending_since):
+            since = ticket.pending_since
+            assert since is not None
+            to = ticket.requester
+            if not fire(session, ticket, kind=kind, level=level, deadline=since, now=now, recipient=to.address):
+                continue
+            context = {
+                "asked": run.mail.time(since, to),
+                "reminder": level,
+                "reminders": count,
+                "resolve_on": run.mail.time(since + timedelta(days=every * (count + 1)), to),
+            }
+            if resolve:
+                tickets.set_status(session, ticket, Status.RESOLVED, actor=ACTOR, channel=CHANNEL, now=now)
+                run.mail.send("sla_auto_resolved", ticket, to, _stamp(since), context)
+            else:
+                run.mail.send("sla_pending_reminder", ticket, to, f"{level}:{_stamp(since)}", context)
+            done += 1
+    return done
+
+
+def close_resolved(session: Session, settings: Settings, now: datetime) -> int:
+    days = settings.sla.close_resolved_after_days
+    if not days:
+        return 0
+    run, done = _Run(session, settings, now), 0
+    query = select(Ticket).where(
+        Ticket.status == Status.RESOLVED,
+        LIVE,
+        Ticket.resolved_at <= now - timedelta(days=days),
+        _not_fired("auto_close", 1, Ticket.resolved_at),
+        run.in_hours("auto_close"),
+    )
+    for ticket in run.tickets(query, Ticket.resolved_at):
+        resolved = ticket.resolved_at
+        assert resolved is not None
+        to = ticket.requester
+        if fire(session, ticket, kind="auto_close", level=1, deadline=resolved, now=now, recipient=to.address):
+            tickets.set_status(session, ticket, Status.CLOSED, actor=ACTOR, channel=CHANNEL, now=now)
+            context = {"resolved": run.mail.time(resolved, to), "days": f"{days:g}"}
+            run.mail.send("sla_closed", ticket, to, _stamp(resolved), context)
+            done += 1
+    return done
+
+
+# In this order: a ticket resumed now can be warned in the same run.
+SCANS: tuple[tuple[str, Scan], ...] = (
+    ("resume_pending", resume_pending),
+    ("warn", warn),
+    ("escalate", escalate),
+    ("unassigned", unassigned),
+    ("idle", idle),
+    ("remind_pending", remind_pending),
+    ("close_resolved", close_resolved),
+)
+
+
+def run_all(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
+    """Every scan once, as of `now`, in one transaction the caller commits."""
+    return {name: scan(session, settings, now) for name, scan in SCANS}
