@@ -133,9 +133,7 @@ def find_inline(text: str) -> Forward | None:
             break
         candidates.append((found.start(), found.start(), "header block", False))
     for start, headers_at, shape, explicit in sorted(candidates):
-        line_start = text.rfind("\n", 0, start) + 1
-        quoted = bool(_QUOTE.match(text[line_start : start + 10]))
-        block = _read_block(text, headers_at, bare=shape == "header block", quoted=quoted)
+        block = _read_block(text, headers_at, bare=shape == "header block")
         if block is None:
             continue
         headers, body = block
@@ -161,27 +159,29 @@ def _shape(marker: str) -> str:
     return f"'{words}'" if words else "a line of underscores"
 
 
-def _read_block(text: str, at: int, *, bare: bool, quoted: bool) -> tuple[dict[str, str], str] | None:
+def _read_block(text: str, at: int, *, bare: bool) -> tuple[dict[str, str], str] | None:
     """The header lines from `at` on (meaning -> value) and the text below them; None when there
     is no From line among them, or (`bare`: a block with no marker above it) no date line.
-    `quoted`: the block is quoted ("> "), as Apple Mail quotes a forward; one level is removed."""
+    Apple Mail quotes what it forwards ("> "): then one level of quoting is taken off the text."""
     lines = text[at:].split("\n")
     headers: dict[str, str] = {}
     last = ""  # the meaning of the header line before, while a continuation may follow
     body_at = len(lines)
+    quoted = False
     for n, raw in enumerate(lines):
         if n > MAX_HEADER_LINES:
             return None
-        line = (_QUOTE.sub("", raw, count=1) if quoted else raw).strip()
+        line = _QUOTE.sub("", raw, count=1).strip()
         if not line or _TABLE_RULE.match(line):
             last = ""
-            if headers and not _next_is_header(lines[n + 1 : n + 8], quoted):
+            if headers and not _next_is_header(lines[n + 1 : n + 8]):
                 body_at = n + 1
                 break
             continue
         found = _HEADER.match(line)
         meaning = _MEANING.get(" ".join(found.group(1).lower().split())) if found else None
         if found and meaning:
+            quoted = quoted or bool(_QUOTE.match(raw))
             if meaning not in headers:
                 headers[meaning] = found.group(2).strip()
             last = meaning
@@ -200,10 +200,10 @@ def _read_block(text: str, at: int, *, bare: bool, quoted: bool) -> tuple[dict[s
     return headers, "\n".join(body).strip()
 
 
-def _next_is_header(lines: list[str], quoted: bool) -> bool:
+def _next_is_header(lines: list[str]) -> bool:
     """After a blank line: do the header lines go on (Apple Mail's HTML parts them with blanks)?"""
     for line in lines:
-        line = (_QUOTE.sub("", line, count=1) if quoted else line).strip()
+        line = _QUOTE.sub("", line, count=1).strip()
         if not line or _TABLE_RULE.match(line):
             continue
         found = _HEADER.match(line)

@@ -22,11 +22,13 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from mailgate.app import App
 from mailgate.db import describe
+from mailgate.ingest.admission import admission
 from mailgate.ingest.apply import apply
 from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
 from mailgate.ingest.dedupe import dedupe
+from mailgate.ingest.forwarded import forwarded
 from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
 from mailgate.ingest.incoming import Incoming
@@ -53,6 +55,8 @@ STEPS: tuple[Step, ...] = (
     classify,
     thread,
     authenticate,
+    forwarded,
+    admission,
     breaker,
     apply,
     end_imported,
@@ -62,7 +66,7 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "breaker")
+_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "forwarded", "admission", "breaker")
 
 
 @dataclass
