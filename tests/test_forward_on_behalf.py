@@ -309,7 +309,8 @@ def test_a_forged_staff_from_opens_no_ticket_in_someone_elses_name(app: App, aut
     for raw in (forward_from("alice@example.com", inline("gmail"), proven=False), attached_forward(proven=False)):
         forged = f"Authentication-Results: {authentication_results}\r\n".encode() + raw
         result = ingest(app, forged, "smtp")
-        assert requester(app, result.ticket_number) != "dana@corp.example", result.trace
+        assert says(result, "from alice@example.com, who is not proven")  # seen as a forward, and refused as one
+        assert requester(app, result.ticket_number) == "alice@example.com", result.trace
         assert not on_behalf_events(app, result.ticket_number)
     assert all("dana@corp.example" not in row.recipients for row in outbox(app))
 
@@ -321,6 +322,9 @@ def test_a_requesters_forward_is_their_own_ticket(app: App) -> None:
     )
     result = ingest(app, raw, "smtp")
     assert requester(app, result.ticket_number) == "carl@corp.example"
+    # The same forward by proven staff is Dana's.
+    by_staff = ingest(app, forward_from("alice@example.com", inline("gmail"), subject="Fwd: again"), "smtp")
+    assert requester(app, by_staff.ticket_number) == "dana@corp.example"
 
 
 def test_a_reply_quoting_in_outlooks_shape_is_not_a_forward(app: App) -> None:
@@ -333,6 +337,7 @@ def test_a_reply_quoting_in_outlooks_shape_is_not_a_forward(app: App) -> None:
 def test_a_forward_of_a_robots_mail_is_the_forwarders_ticket(app: App) -> None:
     body = inline("gmail").replace("Dana Smith <dana@corp.example>", "GitHub <noreply@github.com>")
     result = ingest(app, forward_from("alice@example.com", body), "smtp")
+    assert says(result, "from a robot's address noreply@github.com")
     assert requester(app, result.ticket_number) == "alice@example.com"
 
 
