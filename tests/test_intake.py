@@ -4,6 +4,8 @@ an acknowledgement would be allowed; known senders and replies to one's tickets 
 
 from __future__ import annotations
 
+import email
+from email.policy import default
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from mailgate.config import load_settings
 from mailgate.config_file import ConfigError
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Event, Message, Ticket
+from mailgate.outgoing.outbox import deliver_due
+from mailgate.outgoing.sender import MaildirSink
 from tests.conftest import make_settings
 from tests.mails import mail
 from tests.test_ingest import outbox
@@ -83,6 +87,17 @@ def test_refuse_keeps_an_unknown_senders_mail_on_no_ticket_and_tells_them_why(re
     with refusing.sessions() as s:
         (event,) = s.scalars(select(Event).where(Event.action == "refused"))
         assert event.message_id == kept.id and event.new == "intake.unknown_senders = refuse"
+
+
+def test_the_refusal_is_delivered_as_an_answer_to_the_refused_mail(refusing: App, tmp_path: Path) -> None:
+    ingest(refusing, mail(sender="sam@elsewhere.example", message_id="<q-1@elsewhere.example>"), "smtp")
+    with refusing.sessions() as session:
+        assert deliver_due(session, MaildirSink(tmp_path / "out"), refusing.clock.now(), 5).sent == 1
+    (path,) = (tmp_path / "out" / "new").iterdir()
+    sent = email.message_from_bytes(path.read_bytes(), policy=default)
+    assert sent["To"].addresses[0].addr_spec == "sam@elsewhere.example"
+    assert sent["In-Reply-To"] == "<q-1@elsewhere.example>" and sent["Auto-Submitted"] == "auto-replied"
+    assert "help desk takes new requests only from people it knows" in sent.get_content()
 
 
 def test_the_refusal_is_in_the_senders_language(refusing: App) -> None:

@@ -124,7 +124,7 @@ def queue(
     prefix = settings.tickets.tag_prefix
     support = settings.addresses.support
     domain = support.partition("@")[2]
-    if number is None:
+    if number is None:  # callers pass ticket_is_new only with a ticket: its occasion was looked up above
         return _queue_without_ticket(session, settings, templates, mail, now)
     token = tokens.make_token(secret, number, mail.to.id)
     context = {
@@ -185,9 +185,8 @@ def _queue_without_ticket(
     session: Session, settings: Settings, templates: Templates, mail: OutgoingMail, now: datetime
 ) -> Outbox | None:
     """Mail about no ticket: no tag, no reply token (an answer to it is a new mail like any
-    other), the same loop and auto-reply headers as all our mail."""
-    if session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)):
-        return None
+    other), the same loop and auto-reply headers as all our mail. queue() made sure that its
+    occasion is new."""
     support = settings.addresses.support
     context = {"recipient": mail.to, "desk_name": settings.addresses.display_name, **mail.context}
     subject, body = templates.render(mail.template, context, mail.language)
