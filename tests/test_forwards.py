@@ -86,6 +86,13 @@ def test_a_text_of_thousands_of_from_lines_is_read_at_bounded_cost() -> None:
     assert find_inline("From: a@b.example\n\n" * 50_000) is None
 
 
+def test_a_forwarded_to_line_of_a_hundred_thousand_addresses_yields_a_bounded_few() -> None:
+    many = ", ".join(f"p{i}@corp.example" for i in range(100_000))
+    found = find_inline(f"-----Original Message-----\nFrom: dana@corp.example\nSent: today\nTo: {many}\n\nhi\n")
+    assert found.from_addr == "dana@corp.example" and found.text == "hi"
+    assert 0 < len(found.to) <= 200
+
+
 def test_reply_subjects() -> None:
     assert is_reply_subject("RE: VPN") and is_reply_subject("AW: Drucker") and is_reply_subject("Re[2]: x")
     assert not is_reply_subject("FW: VPN") and not is_reply_subject("WG: Drucker") and not is_reply_subject("Reset")

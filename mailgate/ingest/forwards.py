@@ -84,6 +84,7 @@ _FROM_LINE = re.compile(rf"^[ \t>]*\**({'|'.join(map(re.escape, _KEYS['from']))}
 _HEADER = re.compile(r"^\**([^\W\d_][\w .'-]{0,20}?)\**[ \t]*:\**[ \t]*(?:\|[ \t]*)?(.*)$")
 _TABLE_RULE = re.compile(r"^[ \t]*[-|: ]*\|[-|: ]*$")  # "---|---" of a converted header table
 _QUOTE = re.compile(r"^[ \t]*> ?")
+_QUOTED_LINES = re.compile(r"^[ \t]*> ?", re.M)
 _ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _MAILTO = re.compile(r"\[mailto:([^\]\s]+)\]", re.I)  # Outlook: "Dana Smith [mailto:dana@example.com]"
 _LINK = re.compile(r"\[([^\]\n]*)\]\((?:mailto:)?[^)\s]*\)", re.I)  # html2text: [text](mailto:…)
@@ -96,6 +97,7 @@ _REPLY_PREFIX = re.compile(
 MAX_HEADER_LINES = 30  # a forwarded block's header lines read, continuation lines included
 MAX_CANDIDATES = 20  # bare "From:" lines tried as a header block: a hostile text may hold thousands
 MAX_ADDRESSES = 200  # addresses read from one To or Cc line of a forwarded block
+MAX_VALUE_CHARS = 20_000  # of a forwarded header line: room for MAX_ADDRESSES, not for a megabyte
 MAX_ATTACHED = 5  # message/rfc822 attachments tried for the original
 
 
@@ -163,7 +165,9 @@ def _read_block(text: str, at: int, *, bare: bool) -> tuple[dict[str, str], str]
     """The header lines from `at` on (meaning -> value) and the text below them; None when there
     is no From line among them, or (`bare`: a block with no marker above it) no date line.
     Apple Mail quotes what it forwards ("> "): then one level of quoting is taken off the text."""
-    lines = text[at:].split("\n")
+    # The header lines, and the rest of the text in one piece: a block is tried for each
+    # candidate, and splitting a long text into all its lines each time would cost its length.
+    lines = text[at:].split("\n", MAX_HEADER_LINES + 1)
     headers: dict[str, str] = {}
     last = ""  # the meaning of the header line before, while a continuation may follow
     body_at = len(lines)
@@ -174,7 +178,7 @@ def _read_block(text: str, at: int, *, bare: bool) -> tuple[dict[str, str], str]
         line = _QUOTE.sub("", raw, count=1).strip()
         if not line or _TABLE_RULE.match(line):
             last = ""
-            if headers and not _next_is_header(lines[n + 1 : n + 8]):
+            if headers and not _next_is_header([piece.partition("\n")[0] for piece in lines[n + 1 : n + 8]]):
                 body_at = n + 1
                 break
             continue
@@ -194,10 +198,10 @@ def _read_block(text: str, at: int, *, bare: bool) -> tuple[dict[str, str], str]
             return None  # a marker, then no headers: not a forwarded block
     if "from" not in headers or (bare and "date" not in headers):
         return None
-    body = lines[body_at:]
+    body = "\n".join(lines[body_at:])
     if quoted:
-        body = [_QUOTE.sub("", line, count=1) for line in body]
-    return headers, "\n".join(body).strip()
+        body = _QUOTED_LINES.sub("", body)
+    return {k: v[:MAX_VALUE_CHARS] for k, v in headers.items()}, body.strip()
 
 
 def _next_is_header(lines: list[str]) -> bool:
