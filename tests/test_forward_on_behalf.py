@@ -382,3 +382,20 @@ def test_a_real_outlook_forward_from_the_corpus(app: App, corpus: Path) -> None:
     result = ingest(app, PROVEN + raw, "smtp")
     assert requester(app, result.ticket_number) == "dana@corp.example", result.trace
     assert the_ticket(app, result.ticket_number).subject.startswith("[GitHub API] Update notice")
+
+
+def test_the_acknowledgement_is_in_the_original_senders_language(tmp_path, db_url, clock) -> None:
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        acknowledgements={"trusted_authserv_ids": [MX]},
+        requesters=[{"address": "dana@corp.example", "name": "Dana Schmidt", "language": "de"}],
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        ingest(app, forward_from("Alice Jones <alice@example.com>", inline("german outlook")), "smtp")
+        (ack,) = outbox(app, "ack")
+        assert ack.recipients == ["dana@corp.example"]
+        assert "Alice Jones <alice@example.com> hat Ihre Mail an das Helpdesk weitergeleitet" in ack.body
+    finally:
+        app.close()
