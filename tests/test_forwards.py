@@ -112,9 +112,12 @@ def test_the_mail_attached_as_message_rfc822_brings_its_headers_text_and_files()
     outer["To"] = "support@example.com"
     outer["Subject"] = "FW: Plotter"
     outer.set_content("Please help her.\n")
-    outer.add_attachment(original)  # as Outlook does: inline, no file name
+    outer.add_attachment(original)
+    del outer.get_payload()[1]["Content-Disposition"]  # inline, no file name: its text is in the body too
     outer.add_attachment(b"log", maintype="text", subtype="plain", filename="log.txt")
-    found = forward_in(outer.as_bytes())
+    raw = outer.as_bytes()
+    assert "Prints twice." in parse(raw, LIMIT).text
+    found = forward_in(raw)
     assert (found.from_addr, found.subject, found.shape) == ("dana@corp.example", "Plotter", "attached message/rfc822")
     assert found.note == "Please help her."  # not the original's text, which the body also shows
     assert found.cc == [("", "bob@corp.example")] and found.original.message_id == "o-1@corp.example"

@@ -7,7 +7,7 @@ open a ticket is asked: a reply to a ticket the sender takes part in never is (t
 there), nor a proven staff member's forward (forwarded: they open the ticket, for whomever),
 nor history being imported.
 
-A refused mail is kept, on no ticket (`mailgate messages list --without-ticket --kind
+A refused mail is kept, on no ticket (`mailgate messages list --no-ticket --kind
 refused`), and its sender is told why and whom to ask, only when an acknowledgement would be
 allowed (notify.why_no_acknowledgement: the rate limit per mailbox, spam, failed
 authentication, automatic mail): a refusal is backscatter as much as an acknowledgement is.
