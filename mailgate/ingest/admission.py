@@ -109,5 +109,5 @@ def _refuse(item: Incoming) -> Outcome:
     app = item.app
     if queue(session, settings, app.templates, app.secret, outgoing, item.now) is not None:
         item.queued += 1
-        item.note("admission", f"refused to {sender.address}")
+        item.note("admission", f"refusal to {sender.address}")
     return Outcome.REFUSED
