@@ -293,6 +293,26 @@ class Acknowledgements(_Section):
         return ids
 
 
+class Intake(_Section):
+    """Who may open a ticket by mail (ingest/admission.py). Known senders always may: staff, the
+    requesters' directory, and whoever already takes part in a ticket; a reply to a ticket one
+    takes part in is never refused. Others, by `unknown_senders`: "accept" them, accept only
+    those of `domains` (a subdomain counts as its domain), or "refuse" them: their mail is kept
+    on no ticket and they get a reply that says why (rate-limited like acknowledgements)."""
+
+    unknown_senders: Literal["accept", "domains", "refuse"] = "accept"
+    domains: list[str] = Field(default_factory=list)
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, value: list[str]) -> list[str]:
+        names = [v.strip().lower().rstrip(".").removeprefix("@") for v in value]
+        for name in names:
+            if not _DOMAIN.fullmatch(name):
+                raise ValueError(f"domain names like 'example.com' ({name!r} is not one)")
+        return names
+
+
 class Rate(_Section):
     """At most `count` within `window_minutes`."""
 
@@ -456,6 +476,7 @@ class Settings(BaseSettings):
     acknowledgements: Acknowledgements = Acknowledgements()
     relay: Relay = Relay()
     breaker: Breaker = Breaker()
+    intake: Intake = Intake()
     sla: Sla = Sla()
     parsing: Parsing = Parsing()
     smtp: Smtp = Smtp()
@@ -526,6 +547,15 @@ class Settings(BaseSettings):
 
         if lines := problems(self):
             raise ValueError("\n  ".join(lines))
+        return self
+
+    @model_validator(mode="after")
+    def _intake_domains_given(self) -> Settings:
+        if self.intake.unknown_senders == "domains" and not self.intake.domains:
+            raise ValueError(
+                "intake.domains = []: expected at least one domain while intake.unknown_senders = 'domains' "
+                "(or unknown_senders = 'refuse' to accept known senders only)"
+            )
         return self
 
     def staff_member(self, address: str) -> StaffMember | None:

@@ -103,6 +103,7 @@ class MessageKind(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never acknowledged, never changes a status
     BOUNCE = "bounce"  # a delivery status notification
     HELD = "held"  # from a source over the circuit breaker's limits: stored, no mail sent
+    REFUSED = "refused"  # would open a ticket for a sender intake.unknown_senders refuses: on no ticket
 
 
 class OutboxState(enum.StrEnum):

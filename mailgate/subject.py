@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-# Reply/forward prefixes of common clients and languages: Re, AW, WG, Fwd, SV, VS, Antw, TR, RV …
-_PREFIX = r"(?:re|aw|wg|fw|fwd|sv|vs|antw|antwort|tr|rv|ref|odp|vb|res|enc|r|i)"
+# Reply/forward prefixes of common clients and languages: Re, AW, WG, Fwd, SV, VS, Antw, TR, RV, Doorst …
+_PREFIX = r"(?:re|aw|wg|fw|fwd|sv|vs|antw|antwort|tr|rv|ref|odp|vb|res|enc|doorst|r|i)"
 _PREFIXES_RE = re.compile(rf"^\s*(?:{_PREFIX}\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE)
 
 

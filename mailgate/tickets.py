@@ -312,3 +312,29 @@ def answered(
         message_id=message_id,
         evidence=evidence,
     )
+
+
+def opened_on_behalf(
+    session: Session,
+    ticket: Ticket,
+    requester: Person,
+    forwarder: Person,
+    *,
+    evidence: str,
+    channel: str,
+    now: datetime,
+) -> None:
+    """`forwarder`, a proven staff member, forwarded `requester`'s mail and so opened `ticket`
+    for them: the forwarder watches it, and the audit trail says who did it by which evidence."""
+    add_participant(session, ticket, forwarder, "watcher", new_ticket=True)
+    record(
+        session,
+        ticket,
+        actor=forwarder.address,
+        action="on_behalf",
+        field="requester",
+        new=f"opened on behalf of {requester.address} by {forwarder.address}",
+        channel=channel,
+        at=now,
+        evidence=evidence,
+    )

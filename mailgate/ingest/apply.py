@@ -86,15 +86,20 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
 
 
 def _new_ticket(item: Incoming, linked: Ticket | None, link_kind: str, link_reason: str) -> None:
-    session, settings, mail, sender = item.session, item.app.settings, item.mail, item.sender
+    session, settings, mail = item.session, item.app.settings, item.mail
     priority = settings.tickets.default_priority
+    # A proven staff member's forward (see forwarded) is the original sender's ticket, with the
+    # original's subject and the people it was to; the forwarder watches it.
+    on_behalf = item.on_behalf
+    sender = item.requester
     # People first, the ticket number last (see identify): those copied, and the dispatcher the
     # new ticket is reported to.
-    copied = _copied_people(item)
+    copied = on_behalf.participants if on_behalf is not None else _copied_people(item)
     item.dispatcher = people.dispatcher(session, settings, item.now)
+    title = (on_behalf.subject if on_behalf is not None else "") or mail.subject
     ticket = tickets.create_ticket(
         session,
-        subject=subjects.clean_subject(settings.tickets.tag_prefix, mail.subject),
+        subject=subjects.clean_subject(settings.tickets.tag_prefix, title),
         requester=sender,
         priority=priority,
         channel=item.source,
@@ -105,12 +110,24 @@ def _new_ticket(item: Incoming, linked: Ticket | None, link_kind: str, link_reas
     sla.set_deadlines(settings, ticket)
     for person in {p.id: p for p in copied if p.id != sender.id}.values():  # each once, in order
         tickets.add_participant(session, ticket, person, "cc", new_ticket=True)
+    if on_behalf is not None:
+        tickets.opened_on_behalf(
+            session,
+            ticket,
+            sender,
+            on_behalf.forwarder,
+            evidence=on_behalf.evidence,
+            channel=item.source,
+            now=item.now,
+        )
     if linked is not None:
         tickets.link(session, ticket, linked, link_kind, channel=item.source, now=item.now)
         item.linked, item.link_reason = linked, link_reason
     item.ticket, item.ticket_number = ticket, ticket.number
     item.note("apply", f"new ticket {ticket.number}")
-    item.message = store_message(item, ticket, MessageKind.NEW_TICKET)
+    # An attached original is the first message: its headers, text and files (forwards.py).
+    content = on_behalf.forward.content if on_behalf is not None else None
+    item.message = store_message(item, ticket, MessageKind.NEW_TICKET, content)
 
 
 def _copied_people(item: Incoming) -> list[Person]:

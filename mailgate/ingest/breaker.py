@@ -110,9 +110,11 @@ class Record:
 
 def breaker(item: Incoming) -> Outcome | None:
     """Goes on when the mail may open its ticket (or opens none); ends the pipeline when held."""
-    if not _opens_ticket(item):
+    if not opens_ticket(item):
         return None
-    session, settings, sender = item.session, item.app.settings, item.sender
+    # The new ticket's requester: the sender, or whom a proven staff member forwarded it for
+    # (the dispatcher forwarding from our own address included).
+    session, settings, sender = item.session, item.app.settings, item.requester
     if people.is_own_address(settings, sender.address):
         item.note(
             "breaker",
@@ -126,14 +128,15 @@ def breaker(item: Incoming) -> Outcome | None:
     if not settings.breaker.enabled or item.history is not None:
         return None
     sources = sources_of(settings, sender.address)
+    trusted = settings.acknowledgements.trusted_authserv_ids
     if item.alert is not None:
         # An alert source's new alerts count against its own limit (ingest/alerts.py).
         limit = item.alert.source.new_tickets
         sources = [(f"alert:{item.alert.source.name}", Rate(count=limit.count, window_minutes=limit.window_minutes))]
-    elif proves_from(item.mail.message, settings.acknowledgements.trusted_authserv_ids, domain_of(sender.address)):
+    elif item.on_behalf is not None or proves_from(item.mail.message, trusted, domain_of(sender.address)):
         # The trusted MTA proved this sender's domain (DMARC pass): forged mail in that domain's
         # name, which is what trips a domain, must not hold the real people of it. A proven
-        # robot is still held by its own address.
+        # robot is still held by its own address. A proven staff member's forwards vouch alike.
         sources = [(key, rate) for key, rate in sources if not key.startswith("domain:")]
     _one_at_a_time(session, [key for key, _ in sources])
     # What earlier transactions recorded, which nothing pending here changes: no flush.
@@ -174,7 +177,7 @@ def _one_at_a_time(session: Session, keys: list[str]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(f"breaker:{key}")})
 
 
-def _opens_ticket(item: Incoming) -> bool:
+def opens_ticket(item: Incoming) -> bool:
     """Would apply open a new ticket for this mail? (Its rules, read before it runs.)"""
     if item.reaction:
         return False
@@ -187,7 +190,7 @@ def _opens_ticket(item: Incoming) -> bool:
 
 def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
     """Store the mail without a ticket of its own and without any outgoing mail."""
-    session, settings, sender = item.session, item.app.settings, item.sender
+    session, settings, sender = item.session, item.app.settings, item.requester
     # People before the ticket number (see identify): the dispatcher is told of a new trip.
     dispatcher = people.dispatcher(session, settings, item.now) if tripped_now else None
     ticket = _latest_open_ticket(session, sender)

@@ -167,6 +167,11 @@ def auto_reply_precedence(ctx: Context) -> str | None:
     return f"Precedence: {value}" if value in ("auto_reply", "auto-reply") else None
 
 
+def is_noreply_address(address: str) -> bool:
+    """A robot's address (MAILER-DAEMON, no-reply@ …): nobody reads what is sent to it."""
+    return is_robot_address(address) or bool(_NOREPLY_LOCALPARTS.match(address.partition("@")[0]))
+
+
 def noreply_sender(ctx: Context) -> str | None:
     local = ctx.mail.from_addr.partition("@")[0]
     return f"no-reply sender {ctx.mail.from_addr}" if _NOREPLY_LOCALPARTS.match(local) else None

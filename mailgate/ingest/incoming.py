@@ -16,6 +16,7 @@ from mailgate.models import Message, Person, Ticket
 if TYPE_CHECKING:
     from mailgate.ingest.authenticate import Proof
     from mailgate.ingest.bounces import Bounce
+    from mailgate.ingest.forwarded import OnBehalf
     from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
     from mailgate.routing.alerts import Alert
@@ -61,6 +62,9 @@ class Incoming:
     # commands (#close <text>): what was done, in the sender's words; relay puts it in the
     # requester's close notice.
     close_text: str = ""
+    # forwarded: a proven staff member forwarded someone's mail; the new ticket is that person's
+    # (see the `requester` property), the forwarder watches it.
+    on_behalf: OnBehalf | None = None
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None
@@ -71,6 +75,12 @@ class Incoming:
     message: Message | None = None
     quarantine_id: int | None = None  # screen: the quarantine row it went to instead
     queued: int = 0  # notify: outgoing mails queued
+
+    @property
+    def requester(self) -> Person:
+        """Whom a new ticket from this mail is for, and whom its acknowledgement goes to: the
+        sender, or the person whose mail a proven staff member forwarded (see forwarded)."""
+        return self.on_behalf.requester if self.on_behalf is not None else self.sender
 
     def note(self, step: str, decision: str) -> None:
         self.trace.append({"step": step, "decision": decision})

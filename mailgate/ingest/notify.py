@@ -38,8 +38,9 @@ def excerpt(text: str, *, lines: int, chars: int) -> str:
 
 
 def why_no_acknowledgement(item: Incoming) -> str | None:
-    """The reason not to acknowledge this new ticket, or None to acknowledge it."""
-    sender, limits = item.sender, item.app.settings.limits
+    """The reason not to acknowledge this new ticket, or None to acknowledge it (also asked
+    before any other automatic answer to a mail, e.g. admission's refusal)."""
+    sender, limits = item.requester, item.app.settings.limits
     if item.reasons:
         return "automatic mail"
     if sender.undeliverable_since is not None:
@@ -66,13 +67,17 @@ def why_no_acknowledgement(item: Incoming) -> str | None:
 
 def why_not_answer_the_from(item: Incoming) -> str | None:
     """Backscatter: the acknowledgement goes to a From nobody proved, so mail the receiving MTA
-    judged spam or forged, and senders outside the acknowledged domains, get none."""
+    judged spam or forged, and senders outside the acknowledged domains, get none. A proven
+    staff member's forward (see forwarded) is answered at the original sender: the proof is the
+    forwarder's, and the address is the one they forwarded for, not a From anyone could write."""
     config, message = item.app.settings.acknowledgements, item.mail.message
-    domain = domain_of(item.sender.address)
+    domain = domain_of(item.requester.address)
     if config.domains and not any(domain == d or domain.endswith("." + d) for d in config.domains):
         return f"the sender's domain {domain or '(none)'} is not among acknowledgements.domains"
     if verdict := spam_verdict(message, config.spam_scl_threshold):
         return f"marked as spam by the receiving MTA ({verdict})"
+    if item.on_behalf is not None:
+        return None
     if failure := authentication_failure(message, config.trusted_authserv_ids, domain):
         return f"the sender failed authentication: {failure}"
     if item.mail.sender_header not in ("from", "envelope"):
@@ -84,6 +89,8 @@ def why_not_answer_the_from(item: Incoming) -> str | None:
 
 
 def _proven(item: Incoming) -> bool:
+    if item.on_behalf is not None:
+        return True  # the forwarder was proven (see forwarded)
     config = item.app.settings.acknowledgements
     return proves_from(item.mail.message, config.trusted_authserv_ids, domain_of(item.sender.address))
 
@@ -96,8 +103,14 @@ LISTED_FILES = 50
 def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> None:
     settings = item.app.settings
     config = settings.acknowledgements
+    # A forward on someone's behalf: they are told, of their own mail (never of the note the
+    # forwarder wrote above it), in the language of their own mail where it was attached.
+    on_behalf, requester = item.on_behalf, item.requester
+    forward = on_behalf.forward if on_behalf is not None else None
+    request = forward.original if forward is not None else item.mail
     # In the language the request asked for (Outlook's Content-Language …), else the desk's.
-    language = language_of(settings, item.sender.address, item.mail.message)
+    language = language_of(settings, requester.address, request.message if request is not None else None)
+    text = forward.text if forward is not None else item.mail.text
     over_limit = [a for a in message.attachments if not a.stored]
     context = {
         "due": local_time(settings, ticket.first_response_due, language),
@@ -105,18 +118,19 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
         "more_over_limit": len(over_limit[LISTED_FILES:]),
         # What the acknowledgement repeats of the request, bounded: text a forger chose reaches
         # whoever the From names.
-        "summary": excerpt(item.mail.text, lines=6, chars=config.summary_chars) if config.summary_chars else "",
+        "summary": excerpt(text, lines=6, chars=config.summary_chars) if config.summary_chars else "",
         "quote_subject": config.quote_subject,
+        "forwarded_by": _forwarder(item),
     }
     outgoing = OutgoingMail(
         "ack",
         f"ack:{ticket.number}",
         ticket,
-        item.sender,
+        requester,
         "ack",
         context,
         auto_submitted=AutoSubmitted.REPLIED,
-        in_reply_to=item.mail.message_id,
+        in_reply_to=request.message_id if request is not None else None,
         rcpt_proven=_proven(item),
         language=language,
     )
@@ -125,7 +139,7 @@ def queue_acknowledgement(item: Incoming, ticket: Ticket, message: Message) -> N
 
 def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no_ack: str | None = None) -> None:
     """The dispatcher's copy of a new ticket; `no_ack`: why the requester was not told of it."""
-    settings, sender = item.app.settings, item.sender
+    settings, sender = item.app.settings, item.requester
     language = language_of(settings, item.dispatcher.address)
     context = {
         "requester_line": ", ".join(
@@ -146,6 +160,7 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no
         # What set the ticket's fields before the dispatcher saw it (step route).
         "alert": item.alert,
         "routed": item.route_rules,
+        "forwarded_by": _forwarder(item),
     }
     outgoing = OutgoingMail(
         "dispatcher_new",
@@ -159,6 +174,14 @@ def queue_dispatcher_notice(item: Incoming, ticket: Ticket, message: Message, no
         language=language,
     )
     _queue(item, outgoing)
+
+
+def _forwarder(item: Incoming) -> str:
+    """Who forwarded the mail on the requester's behalf, as a mail names them ("" if nobody)."""
+    if item.on_behalf is None:
+        return ""
+    forwarder = item.on_behalf.forwarder
+    return f"{forwarder.name} <{forwarder.address}>" if forwarder.name else forwarder.address
 
 
 def _queue(item: Incoming, outgoing: OutgoingMail) -> None:

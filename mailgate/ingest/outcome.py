@@ -14,6 +14,7 @@ class Outcome(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never answered
     BOUNCE = "bounce"  # a delivery status notification: stored, never answered
     HELD = "held"  # from a source over the circuit breaker's limits: stored, nothing sent
+    REFUSED = "refused"  # an unknown sender intake.unknown_senders refuses: stored on no ticket, told why
     QUARANTINED = "quarantined"  # not a mail we can store: kept with its bytes and the reason
 
 

@@ -22,12 +22,14 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from mailgate.app import App
 from mailgate.db import describe
+from mailgate.ingest.admission import admission
 from mailgate.ingest.alerts import alerts
 from mailgate.ingest.apply import apply
 from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
 from mailgate.ingest.dedupe import dedupe
+from mailgate.ingest.forwarded import forwarded
 from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
 from mailgate.ingest.incoming import Incoming
@@ -59,6 +61,8 @@ STEPS: tuple[Step, ...] = (
     thread,
     alerts,
     authenticate,
+    forwarded,
+    admission,
     breaker,
     apply,
     route,
@@ -70,7 +74,18 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "alerts", "breaker", "route")
+_EVIDENCE = (
+    "token",
+    "references",
+    "tag",
+    "authenticate",
+    "classify",
+    "alerts",
+    "forwarded",
+    "admission",
+    "breaker",
+    "route",
+)
 
 
 @dataclass

@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 
 from mailgate.ingest.incoming import Incoming
+from mailgate.ingest.parse import ParsedMail
 from mailgate.ingest.quotes import extract_reply
 from mailgate.models import Attachment, Message, MessageKind, Ticket
 
 
-def store_message(item: Incoming, ticket: Ticket | None, kind: MessageKind) -> Message:
+def store_message(
+    item: Incoming, ticket: Ticket | None, kind: MessageKind, content: ParsedMail | None = None
+) -> Message:
     """The message row of `item` (on `ticket`, or on none), with its attachments: files up to
-    limits.max_attachment_bytes are written to the attachment store, larger ones only noted."""
-    mail, store, attachment_limit = item.mail, item.app.store, item.app.settings.limits.max_attachment_bytes
+    limits.max_attachment_bytes are written to the attachment store, larger ones only noted.
+    `content`: what the message shows instead of the mail's own headers, text and files (a
+    forwarded original, see forwards.py); the raw mail is stored whole either way."""
+    mail, store, attachment_limit = content or item.mail, item.app.store, item.app.settings.limits.max_attachment_bytes
     message = Message(
         ticket_id=ticket.id if ticket else None,
         direction="in",

@@ -75,7 +75,9 @@ class OutgoingMail:
 
     kind: str
     occasion: str
-    ticket: Ticket
+    # None: mail about no ticket (admission's refusal): no tag, no reply token, so an answer to
+    # it is a new mail like any other.
+    ticket: Ticket | None
     to: Person
     template: str
     context: dict[str, Any]
@@ -95,14 +97,20 @@ class OutgoingMail:
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
+# The automatic answers to one incoming mail that limits.acks_per_sender counts together: an
+# acknowledgement, and admission's refusal (a robot refused is answered no more often).
+ANSWER_KINDS = ("ack", "refused")
+
+
 def acks_recently(
     session: Session, mailbox: str, now: datetime, window_minutes: int, *, proven_only: bool = False
 ) -> int:
-    """Acknowledgements queued to `mailbox` (a folded address, see addresses.fold_address) within
-    the window; with `proven_only`, only those answering mail proven to come from it."""
+    """Acknowledgements (and refusals) queued to `mailbox` (a folded address, see
+    addresses.fold_address) within the window; with `proven_only`, only those answering mail
+    proven to come from it."""
     since = now - timedelta(minutes=window_minutes)
     query = select(func.count(Outbox.id)).where(
-        Outbox.kind == "ack", Outbox.rcpt_key == mailbox, Outbox.created_at >= since
+        Outbox.kind.in_(ANSWER_KINDS), Outbox.rcpt_key == mailbox, Outbox.created_at >= since
     )
     if proven_only:
         query = query.where(Outbox.rcpt_proven.is_(True))
@@ -126,20 +134,23 @@ def queue(
     """
     if not ticket_is_new and session.scalar(select(Outbox.id).where(Outbox.occasion == mail.occasion)):
         return None
+    number = mail.ticket.number if mail.ticket is not None else None
     if mail.to.undeliverable_since is not None:
-        log.info("not queuing %s for ticket %s: %s is undeliverable", mail.kind, mail.ticket.number, mail.to.address)
+        log.info("not queuing %s for ticket %s: %s is undeliverable", mail.kind, number, mail.to.address)
         return None
     if not mail.to.address.isascii():
         # An RFC 6532 address needs SMTPUTF8 end to end; we do not send it rather than mangle it.
-        log.warning("not queuing %s for ticket %s: %s needs SMTPUTF8", mail.kind, mail.ticket.number, mail.to.address)
+        log.warning("not queuing %s for ticket %s: %s needs SMTPUTF8", mail.kind, number, mail.to.address)
         return None
     prefix = settings.tickets.tag_prefix
     support = settings.addresses.support
-    token = tokens.make_token(secret, mail.ticket.number, mail.to.id)
     domain = support.partition("@")[2]
+    if number is None:  # callers pass ticket_is_new only with a ticket: its occasion was looked up above
+        return _queue_without_ticket(session, settings, templates, mail, now)
+    token = tokens.make_token(secret, number, mail.to.id)
     context = {
         "ticket": mail.ticket,
-        "tag": subjects.format_tag(prefix, mail.ticket.number),
+        "tag": subjects.format_tag(prefix, number),
         "prefix": prefix,
         "recipient": mail.to,
         "desk_name": settings.addresses.display_name,
@@ -152,7 +163,7 @@ def queue(
     # recur on a ticket for one person (a breaker warning per trip) also names the occasion, or
     # two of them would share one Message-ID.
     purpose = mail.kind
-    if mail.occasion != f"{mail.kind}:{mail.ticket.number}":
+    if mail.occasion != f"{mail.kind}:{number}":
         purpose += "-" + hashlib.sha256(mail.occasion.encode()).hexdigest()[:10]
     message_id = tokens.message_id(token, purpose, domain)
     # A relayed mail names its writer, whose name the sender chose: no bidi overrides in it either.
@@ -160,9 +171,7 @@ def queue(
     headers: dict[str, str] = {
         "From": email.utils.formataddr((from_name, support)),
         "To": email.utils.formataddr((mail.to.name, mail.to.address)),
-        "Subject": subject
-        if subjects.find_tag(prefix, subject)
-        else subjects.tagged_subject(prefix, mail.ticket.number, subject),
+        "Subject": subject if subjects.find_tag(prefix, subject) else subjects.tagged_subject(prefix, number, subject),
         "Message-ID": message_id,
         "Date": email.utils.format_datetime(now),
         "Reply-To": email.utils.formataddr((from_name, tokens.plus_address(support, token))),
@@ -177,7 +186,7 @@ def queue(
         headers["References"] = " ".join(f"<{i}>" for i in thread)
     body = fit_body(headers, body, settings.outgoing.max_mail_bytes)
     row = Outbox(
-        ticket_id=mail.ticket.id,
+        ticket_id=mail.ticket.id if mail.ticket is not None else None,
         kind=mail.kind,
         occasion=mail.occasion,
         message_id=message_id,
@@ -197,6 +206,50 @@ def queue(
         created_at=now,
     )
     session.add(row)  # written with the rest of the transaction: one INSERT for all its outbox rows
+    return row
+
+
+def _queue_without_ticket(
+    session: Session, settings: Settings, templates: Templates, mail: OutgoingMail, now: datetime
+) -> Outbox | None:
+    """Mail about no ticket: no tag, no reply token (an answer to it is a new mail like any
+    other), the same loop and auto-reply headers as all our mail. queue() made sure that its
+    occasion is new."""
+    support = settings.addresses.support
+    context = {"recipient": mail.to, "desk_name": settings.addresses.display_name, **mail.context}
+    subject, body = templates.render(mail.template, context, mail.language)
+    purpose = f"{mail.kind}-{hashlib.sha256(mail.occasion.encode()).hexdigest()[:16]}"
+    message_id = tokens.message_id("mailgate", purpose, support.partition("@")[2])
+    headers: dict[str, str] = {
+        "From": email.utils.formataddr((settings.addresses.display_name, support)),
+        "To": email.utils.formataddr((mail.to.name, mail.to.address)),
+        "Subject": shorten(_BIDI.sub("", subject), settings.outgoing.max_subject_chars),
+        "Message-ID": message_id,
+        "Date": email.utils.format_datetime(now),
+        LOOP_HEADER: settings.outgoing.loop_id,
+        "X-Auto-Response-Suppress": "All",
+        "Auto-Submitted": mail.auto_submitted.value,
+    }
+    if mail.in_reply_to:
+        headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
+        headers["References"] = f"<{mail.in_reply_to}>"
+    row = Outbox(
+        ticket_id=None,
+        kind=mail.kind,
+        occasion=mail.occasion,
+        message_id=message_id,
+        mail_from=support,
+        rcpt_key=fold_address(mail.to.address),
+        rcpt_proven=mail.rcpt_proven,
+        recipients=[mail.to.address],
+        headers=headers,
+        body=fit_body(headers, body, settings.outgoing.max_mail_bytes),
+        state=OutboxState.QUEUED,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(row)
     return row
 
 
