@@ -91,6 +91,9 @@ class MessageKind(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never acknowledged, never changes a status
     BOUNCE = "bounce"  # a delivery status notification
     HELD = "held"  # from a source over the circuit breaker's limits: stored, no mail sent
+    # A command mail refused whole (not authenticated, a line wrong or not allowed): stored,
+    # changes nothing, its sender gets the reason (ingest/commands.py).
+    REFUSED = "refused"
 
 
 class OutboxState(enum.StrEnum):
@@ -147,6 +150,10 @@ class Ticket(Base):
     resolved_at: Mapped[Timestamp | None]
     closed_at: Mapped[Timestamp | None]
     last_activity_at: Mapped[Timestamp]
+    # The dispatcher desk's commands (migration 0012): `#pending until <date>`, and `#merge N`,
+    # after which later mail to this ticket goes on N.
+    pending_until: Mapped[Timestamp | None]
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])
@@ -205,6 +212,8 @@ class Message(Base):
     # Why this mail landed where it did: [{"step": …, "decision": …}, …]
     trace: Mapped[list[Any]] = mapped_column(default=list)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # An internal note (`#note`): staff only, never relayed to the requester.
+    internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     ticket: Mapped[Ticket | None] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")

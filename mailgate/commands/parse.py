@@ -59,6 +59,8 @@ ALIASES = {"assignee": "assign", "owner": "assign", "group": "team", "state": "s
 # Commands that have a `Key: value` form: those taking a value.
 KEYED = {"assign", "priority", "category", "team", "status", "pending", "cc", "requester", "merge", "link"}
 QUERIES = ("mine", "queue", "show")
+# Lines answered by a digest rather than changing the ticket.
+ANYWHERE_NAMES = ("help", *QUERIES)
 
 _WEEKDAYS = {
     name: n

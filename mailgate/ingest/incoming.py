@@ -16,6 +16,7 @@ from mailgate.models import Message, Person, Ticket
 if TYPE_CHECKING:
     from mailgate.ingest.authenticate import Proof
     from mailgate.ingest.bounces import Bounce
+    from mailgate.ingest.commands import CommandMail
     from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
 
@@ -52,6 +53,8 @@ class Incoming:
     # what a relay passes on.
     text_after_commands: str | None = None
     status_set: bool = False  # commands: a command set the status, the conversation does not move it
+    # Fields of the steps of this session's helpers, each under its step's name:
+    commands: CommandMail | None = None  # commands: the accepted command lines, for execute
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

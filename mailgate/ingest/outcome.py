@@ -14,6 +14,7 @@ class Outcome(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never answered
     BOUNCE = "bounce"  # a delivery status notification: stored, never answered
     HELD = "held"  # from a source over the circuit breaker's limits: stored, nothing sent
+    REFUSED = "refused"  # a command mail refused whole: stored, nothing changed, the sender told why
     QUARANTINED = "quarantined"  # not a mail we can store: kept with its bytes and the reason
 
 

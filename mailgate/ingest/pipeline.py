@@ -26,7 +26,9 @@ from mailgate.ingest.apply import apply
 from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
+from mailgate.ingest.commands import commands
 from mailgate.ingest.dedupe import dedupe
+from mailgate.ingest.execute import execute
 from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
 from mailgate.ingest.incoming import Incoming
@@ -53,8 +55,10 @@ STEPS: tuple[Step, ...] = (
     classify,
     thread,
     authenticate,
+    commands,
     breaker,
     apply,
+    execute,
     end_imported,
     notify,
 )
@@ -62,7 +66,7 @@ STEPS: tuple[Step, ...] = (
 
 log = logging.getLogger("mailgate.ingest")
 # The steps whose decisions explain where a mail went, for the one log line per mail.
-_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "breaker")
+_EVIDENCE = ("token", "references", "tag", "authenticate", "classify", "breaker", "commands")
 
 
 @dataclass
