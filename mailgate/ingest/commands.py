@@ -194,6 +194,10 @@ def _check_assignee(item: Incoming, line: Line) -> None:
         target = sender
     else:
         members = find_staff(settings.staff, wanted)
+        if not members and "@" in wanted:
+            line.problem = f"{wanted} is not on the staff list"
+            line.suggestion = _nearest_staff(settings.staff, wanted.split("@")[0])
+            return
         if not members:
             line.problem = f"unknown person {line.command.arg!r}"
             line.suggestion = _nearest_staff(settings.staff, wanted)
