@@ -60,11 +60,13 @@ def revert(
     evidence: str,
     undo_message_id: int,
 ) -> list[dict[str, str]]:
-    """Set back what command mail `message_id` changed on `ticket`; the changes, for the receipt."""
+    """Set back what command mail `message_id` changed; the changes, for the receipt. That is
+    `ticket` and, for a #merge, the other side of it (the merged ticket, named by the target's
+    "merged_from" event: mail to it goes on the target, #undo included)."""
     events = list(
         session.scalars(
             select(Event)
-            .where(Event.ticket_id == ticket.id, Event.message_id == message_id, Event.field.is_not(None))
+            .where(Event.message_id == message_id, Event.field.is_not(None), Event.ticket_id.is_not(None))
             .order_by(Event.id.desc())
         )
     )
@@ -72,31 +74,34 @@ def revert(
     done: list[dict[str, str]] = []
     for event in events:
         what = event.field or ""
+        on = session.get(Ticket, event.ticket_id)
+        assert on is not None
         if what == "assignee":
             person = _person(session, event.old)
-            tickets.assign(session, ticket, person, **how)  # type: ignore[arg-type]
+            tickets.assign(session, on, person, **how)  # type: ignore[arg-type]
         elif what == "status":
-            tickets.set_status(session, ticket, Status(event.old or Status.OPEN), **how)  # type: ignore[arg-type]
+            tickets.set_status(session, on, Status(event.old or Status.OPEN), **how)  # type: ignore[arg-type]
         elif what in ("priority", "category", "team"):
-            tickets.set_field(session, ticket, what, event.old, **how)  # type: ignore[arg-type]
+            tickets.set_field(session, on, what, event.old, **how)  # type: ignore[arg-type]
         elif what == "pending_until":
             until = datetime.fromisoformat(event.old) if event.old else None
-            tickets.set_pending_until(session, ticket, until, **how)  # type: ignore[arg-type]
+            tickets.set_pending_until(session, on, until, **how)  # type: ignore[arg-type]
         elif what == "requester" and (person := _person(session, event.old)) is not None:
-            tickets.set_requester(session, ticket, person, **how)  # type: ignore[arg-type]
+            tickets.set_requester(session, on, person, **how)  # type: ignore[arg-type]
         elif what == "cc" and event.new and (person := _person(session, event.new)) is not None:
-            tickets.remove_cc(session, ticket, person, **how)  # type: ignore[arg-type]
+            tickets.remove_cc(session, on, person, **how)  # type: ignore[arg-type]
         elif what == "cc" and event.old and (person := _person(session, event.old)) is not None:
-            tickets.add_cc(session, ticket, person, **how)  # type: ignore[arg-type]
+            tickets.add_cc(session, on, person, **how)  # type: ignore[arg-type]
         elif what == "merged_into":
-            tickets.unmerge(session, ticket, actor=actor, channel=channel, now=now, evidence=evidence)
+            tickets.unmerge(session, on, actor=actor, channel=channel, now=now, evidence=evidence)
         elif what == "related" and event.new:
             other = session.scalar(select(Ticket).where(Ticket.number == int(event.new)))
             if other is not None:
-                tickets.unlink(session, ticket, other, "related", actor=actor, channel=channel, now=now)
+                tickets.unlink(session, on, other, "related", actor=actor, channel=channel, now=now)
         else:
             continue
-        done.append({"what": what, "old": event.new or "-", "new": event.old or "-"})
+        where = "" if on.id == ticket.id else f" (#{on.number})"
+        done.append({"what": what + where, "old": event.new or "-", "new": event.old or "-"})
     tickets.record(
         session,
         ticket,
