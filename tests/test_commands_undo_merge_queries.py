@@ -69,7 +69,8 @@ def test_undo_of_a_merge_lets_later_mail_go_on_the_ticket_again(app: App) -> Non
     target = open_ticket(app)
     other = open_ticket(app, subject="the same")
     command(app, other, f"#merge {target}")
-    command(app, other, "#undo")
+    assert ticket(app, other).status == Status.CLOSED
+    command(app, other, "#undo")  # on the target's thread now: the merge is followed
     t = ticket(app, other)
     assert (t.merged_into_id, t.status) == (None, Status.NEW)
 
