@@ -89,6 +89,7 @@ def test_the_requester_may_close_and_reopen_their_own_ticket(app: App) -> None:
     number = open_ticket(app)
     assert command(app, number, "#close\nIt works now, thanks!", sender=REQUESTER, proof="token").outcome == "reply"
     assert ticket(app, number).status == Status.CLOSED
+    assert "#undo" not in receipt(app, REQUESTER).body  # that is for staff
     assert command(app, number, "#reopen\nIt broke again.", sender=REQUESTER, proof="token").outcome == "reply"
     assert ticket(app, number).status == Status.OPEN
 

@@ -130,3 +130,19 @@ def test_a_requesters_reply_to_a_merged_ticket_reaches_the_target_with_its_peopl
     assert result.ticket_number == target
     with app.sessions() as s:
         assert s.scalar(select(Ticket).where(Ticket.number == target)).messages[-1].text_new == "It is still broken."
+
+
+def test_a_ticket_pending_until_a_day_is_open_again_when_it_comes(app: App, clock) -> None:
+    from mailgate.commands.pending import wake_pending
+
+    number = open_ticket(app)
+    other = open_ticket(app, subject="later")
+    command(app, number, "#pending until 2026-11-25")  # the clock starts on Monday 2026-11-23
+    command(app, other, "#pending until 2026-11-30")
+    with app.sessions() as s:
+        assert wake_pending(s, app.settings, clock.now()) == 0
+    clock.advance(timedelta(days=2))
+    with app.sessions() as s:
+        assert wake_pending(s, app.settings, clock.now()) == 1
+    assert ticket(app, number).status == Status.OPEN
+    assert ticket(app, other).status == Status.PENDING
