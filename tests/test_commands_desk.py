@@ -232,3 +232,32 @@ def test_a_requester_starting_with_a_hashtag_writes_text(app: App) -> None:
     result = command(app, number, "#thanks for the help!", sender=REQUESTER, proof="token")
     assert result.outcome == "reply"
     assert not rows(app, "command_receipt", REQUESTER)
+
+
+def test_a_ticket_closed_beyond_the_reopen_window_takes_no_commands(app: App, clock) -> None:
+    from datetime import timedelta
+
+    number = open_ticket(app)
+    command(app, number, "#close")
+    clock.advance(timedelta(days=app.settings.tickets.reopen_window_days + 1))
+    result = command(app, number, "#reopen\n#priority high")
+    assert result.outcome == "refused"
+    assert "takes no more changes" in receipt(app).body
+    assert ticket(app, number).status == Status.CLOSED
+
+
+def test_the_receipt_is_in_the_staff_members_language(tmp_path, db_url, clock) -> None:
+    from tests.desk import STAFF
+
+    staff = [{**m, "language": "de"} if m.get("role") == "dispatcher" else m for m in STAFF]
+    app = desk(tmp_path, db_url, clock, staff=staff)
+    try:
+        number = open_ticket(app)
+        command(app, number, "#priority high")
+        command(app, number, "#priorty hoch")
+        applied, refused = rows(app, "command_receipt")
+        assert applied.headers["Subject"].startswith(f"[HD #{number}] Erledigt")
+        assert "Ihre Befehle für" in applied.body
+        assert "Nichts wurde geändert" in refused.headers["Subject"]
+    finally:
+        app.close()

@@ -102,3 +102,29 @@ def test_the_same_mail_with_a_trusted_pass_is_applied(app: App) -> None:
     result = command(app, number, "#assign alice\n#priority high", proof="dmarc")
     assert result.outcome == "reply"
     assert ticket(app, number).assignee.address == "alice@example.com"
+
+
+def test_an_unproven_requester_close_changes_nothing_and_the_requester_is_told(app: App) -> None:
+    from tests.desk import REQUESTER
+
+    number = open_ticket(app)
+    assert command(app, number, "#close", sender=REQUESTER, proof="none").outcome == "refused"
+    assert ticket(app, number).status == Status.NEW
+    _explained(app, REQUESTER)
+
+
+def test_a_forgery_from_an_alias_is_explained_at_the_staff_members_address(tmp_path, db_url, clock) -> None:
+    from tests.desk import STAFF
+
+    alias = "a.jones@corp.example.net"
+    staff = [{**m, "aliases": [alias]} if m["address"] == "alice@example.com" else m for m in STAFF]
+    app = desk(tmp_path, db_url, clock, staff=staff)
+    try:
+        number = open_ticket(app)
+        assert command(app, number, "#priority high", sender=alias, proof="none").outcome == "refused"
+        _explained(app, "alice@example.com")
+        # Proven by its own domain, the alias is alice, and her command is applied.
+        command(app, number, "#help", sender=alias)
+        assert receipt(app, "alice@example.com", "command_digest")
+    finally:
+        app.close()

@@ -137,6 +137,12 @@ def _check(item: Incoming, mail: CommandMail, line: Line) -> None:
     if not command.ok:
         line.problem, line.suggestion = command.error, command.suggestion
         return
+    window = settings.tickets.reopen_window_days
+    if command.name not in ANYWHERE_NAMES and tickets.is_past_reopen_window(ticket, item.now, window):
+        # apply turns such a mail into a follow-up ticket: the commands would land on that.
+        line.problem = f"the ticket was closed more than {window} days ago and takes no more changes"
+        line.suggestion = "write a new mail to open a new ticket"
+        return
     refusal = permissions.command_refusal(settings, sender, ticket, command.name)
     if refusal is not None:
         line.problem, line.suggestion = f"not allowed: {refusal}", "#help lists what you may do"
