@@ -152,3 +152,12 @@ def test_dates() -> None:
     assert read_date("Montag", TODAY) == date(2026, 12, 7)
     past = read("#pending until 2026-12-01").commands[0]
     assert "not in the future" in past.error
+
+
+def test_a_text_without_any_command_like_line_is_passed_over_cheaply() -> None:
+    from mailgate.commands.parse import may_hold_commands
+
+    assert not may_hold_commands("Hello,\nthe printer jams.\nNote: it is the one on floor 3\n")
+    assert may_hold_commands("> quoted\n\n  #assign alice\n")
+    assert may_hold_commands("Priority: high")
+    assert may_hold_commands("\u200bOwner: alice")

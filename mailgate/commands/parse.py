@@ -118,6 +118,19 @@ class CommandBlock:
         return [c for c in self.commands if c.name == name]
 
 
+# A line that may be a command somewhere in a text: most replies have none, and are spared the
+# search for their new text (ingest/commands.py).
+_CANDIDATE = re.compile(
+    r"^[ \t\u00a0\u200b-\u200d\ufeff]*(?:#[A-Za-z]|(?:" + "|".join(sorted(KEYED | set(ALIASES))) + r")[ \t]*:)",
+    re.I | re.M,
+)
+
+
+def may_hold_commands(text: str) -> bool:
+    """Whether any line of `text` could be a command line (cheap, linear)."""
+    return _CANDIDATE.search(text) is not None
+
+
 def parse_commands(text: str, today: date) -> CommandBlock | None:
     """The command lines at the top of `text` (a reply's new text), or None when it starts with
     none. `today`: the day in the desk's zone, for dates like "monday"."""

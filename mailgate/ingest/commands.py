@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from mailgate import people, permissions, tickets
 from mailgate.addresses import fold_address
 from mailgate.commands import undo
-from mailgate.commands.parse import ANYWHERE_NAMES, Command, CommandBlock, parse_commands
+from mailgate.commands.parse import ANYWHERE_NAMES, Command, CommandBlock, may_hold_commands, parse_commands
 from mailgate.config import StaffMember
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
@@ -94,6 +94,8 @@ def commands(item: Incoming) -> Outcome | None:
     if named is None:
         return None
     settings, sender = item.app.settings, item.sender
+    if not may_hold_commands(item.mail.text):
+        return None
     today = item.now.astimezone(timezone(settings)).date()
     block = parse_commands(extract_reply(item.mail.text), today)
     if block is None:
