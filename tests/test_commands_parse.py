@@ -106,6 +106,12 @@ def test_commands_stop_at_the_first_other_line_and_blank_lines_may_stand_between
     assert block.rest == "Thanks, done.\n#close"
 
 
+def test_commands_below_a_quote_the_writer_answers_are_read() -> None:
+    block = read("> Could you look at it?\n>\n\n#assign alice\nsure")
+    assert [c.name for c in block.commands] == ["assign"]
+    assert read("> #assign alice\n\nthanks") is None  # a quoted command is someone else's
+
+
 def test_an_unknown_command_is_an_error_with_a_suggestion() -> None:
     (command,) = read("#asign alice").commands
     assert command.error == "unknown command #asign"

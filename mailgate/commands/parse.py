@@ -140,7 +140,8 @@ def parse_commands(text: str, today: date) -> CommandBlock | None:
     while at < len(lines):
         raw = lines[at]
         stripped = _clean(raw)
-        if not stripped:
+        # Blank lines, and a quote the writer answers below (the new text keeps it), come first.
+        if not stripped or (not block.commands and stripped.startswith(">")):
             at += 1
             continue
         if len(block.commands) >= MAX_LINES:
