@@ -141,6 +141,7 @@ def test_a_note_is_stored_internal_and_is_no_first_response(app: App) -> None:
         assert message.ticket.number == number
     assert ticket(app, number).first_response_at is None
     assert "saved as internal" in receipt(app).body
+    assert "nothing needed changing" not in receipt(app).body
 
 
 def test_a_mail_of_commands_only_is_stored_on_the_ticket(app: App) -> None:
