@@ -446,6 +446,18 @@ class Directory(_Section):
         return None if value == "" else value
 
 
+class Commands(_Section):
+    """Reply commands of the dispatcher desk (#assign, #priority …, see ingest/commands.py)."""
+
+    # Whom an agent may assign a ticket of theirs to: "team" a member of one of their teams,
+    # "anyone" any staff member, "no" only themselves (#take). Dispatchers and admins anyone.
+    agents_may_reassign: Literal["team", "anyone", "no"] = "team"
+    # #undo reverts the sender's last command mail on the ticket if it is at most this old.
+    undo_window_minutes: int = Field(default=30, ge=1)
+    # Tickets one query reply (#mine, #queue) lists; it says how many more there are.
+    digest_tickets: int = Field(default=50, ge=1, le=500)
+
+
 class Log(_Section):
     """What the daemon logs (commands log only warnings unless -v), and how."""
 
@@ -489,6 +501,7 @@ class Settings(BaseSettings):
     # systems whose mail opens one incident ticket per alert (routing/alerts.py).
     routes: list[Route] = Field(default_factory=list)
     alerts: list[AlertSource] = Field(default_factory=list)
+    commands: Commands = Commands()
     log: Log = Log()
 
     @classmethod

@@ -103,7 +103,10 @@ class MessageKind(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never acknowledged, never changes a status
     BOUNCE = "bounce"  # a delivery status notification
     HELD = "held"  # from a source over the circuit breaker's limits: stored, no mail sent
-    REFUSED = "refused"  # would open a ticket for a sender intake.unknown_senders refuses: on no ticket
+    # Stored, changing nothing, its sender told why: mail that would open a ticket for a sender
+    # intake.unknown_senders refuses (on no ticket), or a command mail refused whole (not
+    # authenticated, a line wrong or not allowed; ingest/commands.py).
+    REFUSED = "refused"
 
 
 class OutboxState(enum.StrEnum):
@@ -195,6 +198,8 @@ class Ticket(Base):
     resolution_stage: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     # The assignee was reminded of this quiet spell; the next activity sets it back.
     idle_reminded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # #merge N (migration 0012): later mail to this ticket goes on N.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])
@@ -271,6 +276,8 @@ class Message(Base):
     # Why this mail landed where it did: [{"step": …, "decision": …}, …]
     trace: Mapped[list[Any]] = mapped_column(default=list)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # An internal note (`#note`): staff only, never relayed to the requester.
+    internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     ticket: Mapped[Ticket | None] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")

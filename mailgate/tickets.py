@@ -99,18 +99,56 @@ def create_ticket(
     return ticket
 
 
-def link(session: Session, ticket: Ticket, other: Ticket, kind: str, *, channel: str, now: datetime) -> None:
+def link(
+    session: Session,
+    ticket: Ticket,
+    other: Ticket,
+    kind: str,
+    *,
+    channel: str,
+    now: datetime,
+    actor: str = "mailgate",
+    evidence: str = "",
+    message_id: int | None = None,
+) -> bool:
+    """`ticket` refers to `other`; False when it did already."""
+    exists = session.scalar(
+        select(TicketLink.id).where(
+            TicketLink.ticket_id == ticket.id, TicketLink.other_id == other.id, TicketLink.kind == kind
+        )
+    )
+    if exists is not None:
+        return False
     session.add(TicketLink(ticket_id=ticket.id, other_id=other.id, kind=kind))
     record(
         session,
         ticket,
-        actor="mailgate",
+        actor=actor,
         action="linked",
         channel=channel,
         at=now,
         field=kind,
         new=str(other.number),
+        evidence=evidence,
+        message_id=message_id,
     )
+    return True
+
+
+def unlink(
+    session: Session, ticket: Ticket, other: Ticket, kind: str, *, actor: str, channel: str, now: datetime
+) -> None:
+    """#undo of a #link."""
+    row = session.scalar(
+        select(TicketLink).where(
+            TicketLink.ticket_id == ticket.id, TicketLink.other_id == other.id, TicketLink.kind == kind
+        )
+    )
+    if row is not None:
+        session.delete(row)
+        record(
+            session, ticket, actor=actor, action="unlinked", field=kind, old=str(other.number), channel=channel, at=now
+        )
 
 
 def assign(
@@ -122,6 +160,7 @@ def assign(
     channel: str,
     now: datetime,
     evidence: str = "",
+    message_id: int | None = None,
 ) -> None:
     """`person` works on `ticket` from now on (None: nobody). The assignee is on the ticket:
     their mail threads into it by its tag."""
@@ -140,69 +179,8 @@ def assign(
         channel=channel,
         at=now,
         evidence=evidence,
+        message_id=message_id,
     )
-
-
-def _set_field(
-    session: Session,
-    ticket: Ticket,
-    name: str,
-    value: str | None,
-    *,
-    actor: str,
-    channel: str,
-    now: datetime,
-    evidence: str,
-) -> bool:
-    """Set one plain field of `ticket` and record it; False when it had that value already.
-    The caller recomputes the deadlines (sla.policy.set_deadlines) once for all its changes."""
-    old = getattr(ticket, name)
-    if old == value:
-        return False
-    setattr(ticket, name, value)
-    record(
-        session,
-        ticket,
-        actor=actor,
-        action=name,
-        field=name,
-        old=old,
-        new=value,
-        channel=channel,
-        at=now,
-        evidence=evidence,
-    )
-    return True
-
-
-def set_priority(
-    session: Session, ticket: Ticket, priority: str, *, actor: str, channel: str, now: datetime, evidence: str = ""
-) -> bool:
-    return _set_field(session, ticket, "priority", priority, actor=actor, channel=channel, now=now, evidence=evidence)
-
-
-def set_category(
-    session: Session,
-    ticket: Ticket,
-    category: str | None,
-    *,
-    actor: str,
-    channel: str,
-    now: datetime,
-    evidence: str = "",
-) -> bool:
-    return _set_field(session, ticket, "category", category, actor=actor, channel=channel, now=now, evidence=evidence)
-
-
-def set_team(
-    session: Session, ticket: Ticket, team: str | None, *, actor: str, channel: str, now: datetime, evidence: str = ""
-) -> bool:
-    return _set_field(session, ticket, "team", team, actor=actor, channel=channel, now=now, evidence=evidence)
-
-
-def set_alert_key(session: Session, ticket: Ticket, key: str, *, channel: str, now: datetime, evidence: str) -> None:
-    """`ticket` is the one for alert `key` (routing/alerts.py): its repeats go on it while it is open."""
-    _set_field(session, ticket, "alert_key", key, actor="mailgate", channel=channel, now=now, evidence=evidence)
 
 
 def set_status(
@@ -214,6 +192,7 @@ def set_status(
     channel: str,
     now: datetime,
     evidence: str = "",
+    message_id: int | None = None,
 ) -> None:
     if ticket.status == status:
         return
@@ -237,6 +216,7 @@ def set_status(
         channel=channel,
         at=now,
         evidence=evidence,
+        message_id=message_id,
     )
 
 
@@ -257,18 +237,7 @@ def set_pending(
     """`ticket` waits on its requester, until their reply or `until` (#pending until), when the
     SLA scan sets it open again. Call sla.policy.recompute afterwards."""
     set_status(session, ticket, Status.PENDING, actor=actor, channel=channel, now=now)
-    if ticket.pending_until != until:
-        ticket.pending_until = until
-        record(
-            session,
-            ticket,
-            actor=actor,
-            action="pending_until",
-            field="pending_until",
-            new=until.isoformat() if until else None,
-            channel=channel,
-            at=now,
-        )
+    set_pending_until(session, ticket, until, actor=actor, channel=channel, now=now)
 
 
 def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bool:
@@ -279,14 +248,27 @@ def is_past_reopen_window(ticket: Ticket, now: datetime, window_days: int) -> bo
     return now - closed > timedelta(days=window_days)
 
 
-def message_added(session: Session, ticket: Ticket, sender: Person, *, channel: str, now: datetime) -> None:
+def message_added(
+    session: Session,
+    ticket: Ticket,
+    sender: Person,
+    *,
+    channel: str,
+    now: datetime,
+    answer: bool = True,
+    moves_status: bool = True,
+) -> None:
     """Someone wrote on the ticket. The requester answering a resolved, closed (within the
     window) or pending ticket needs us again. A Cc's "thanks, works for me too" changes no
     status. Staff mail is no first response by itself: only a proven staff member's answer
-    that reached the requester is (see answered); a From header proves nothing."""
+    that reached the requester is (see answered); a From header proves nothing. `answer`
+    False: the mail answers nobody (an internal note, a mail of commands only); `moves_status`
+    False: its commands set the status, the conversation does not."""
     ticket.last_activity_at = now
     if ticket.idle_reminded:  # a new quiet spell starts now (sla/scans.py idle)
         ticket.idle_reminded = False
+    if not answer or not moves_status:
+        return
     if sender.is_staff and sender.id != ticket.requester_id:
         return
     if sender.id == ticket.requester_id and ticket.status in (Status.RESOLVED, Status.CLOSED, Status.PENDING):
@@ -334,6 +316,247 @@ def opened_on_behalf(
         action="on_behalf",
         field="requester",
         new=f"opened on behalf of {requester.address} by {forwarder.address}",
+        channel=channel,
+        at=now,
+        evidence=evidence,
+    )
+
+
+# -- the dispatcher desk's commands: each change an event naming the command mail and its proof --
+
+
+def set_field(
+    session: Session,
+    ticket: Ticket,
+    field: str,
+    value: str | None,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> bool:
+    """Set `ticket`.`field` (priority, category or team); False when it had that value already.
+    The caller recomputes the SLA deadlines (sla.policy.set_deadlines)."""
+    assert field in ("priority", "category", "team", "alert_key"), field
+    old = getattr(ticket, field)
+    if old == value:
+        return False
+    setattr(ticket, field, value)
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action=field,
+        field=field,
+        old=old,
+        new=value,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+        message_id=message_id,
+    )
+    return True
+
+
+def set_priority(session: Session, ticket: Ticket, priority: str, **how: object) -> bool:
+    return set_field(session, ticket, "priority", priority, **how)  # type: ignore[arg-type]
+
+
+def set_category(session: Session, ticket: Ticket, category: str | None, **how: object) -> bool:
+    return set_field(session, ticket, "category", category, **how)  # type: ignore[arg-type]
+
+
+def set_team(session: Session, ticket: Ticket, team: str | None, **how: object) -> bool:
+    return set_field(session, ticket, "team", team, **how)  # type: ignore[arg-type]
+
+
+def set_alert_key(session: Session, ticket: Ticket, key: str, *, channel: str, now: datetime, evidence: str) -> None:
+    """`ticket` is the one for alert `key` (routing/alerts.py): its repeats go on it while it is open."""
+    set_field(session, ticket, "alert_key", key, actor="mailgate", channel=channel, now=now, evidence=evidence)
+
+
+def set_pending_until(
+    session: Session,
+    ticket: Ticket,
+    until: datetime | None,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> None:
+    old = ticket.pending_until
+    if old == until:
+        return
+    ticket.pending_until = until
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="pending_until",
+        field="pending_until",
+        old=old.isoformat() if old else None,
+        new=until.isoformat() if until else None,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+        message_id=message_id,
+    )
+
+
+def set_requester(
+    session: Session,
+    ticket: Ticket,
+    person: Person,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> bool:
+    """`person` asked for `ticket` (fixing who a forwarded mail opened it for). The earlier
+    requester stays on it as a cc, so their mail still threads."""
+    if ticket.requester_id == person.id:
+        return False
+    old = ticket.requester
+    for row in session.scalars(select(Participant).where(Participant.ticket_id == ticket.id)):
+        if row.person_id == old.id:
+            row.role = "cc"
+        elif row.person_id == person.id:
+            session.delete(row)
+    session.flush()
+    ticket.requester = person
+    ticket.department, ticket.location = person.department, person.location
+    session.add(Participant(ticket_id=ticket.id, person_id=person.id, role="requester"))
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="requester",
+        field="requester",
+        old=old.address,
+        new=person.address,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+        message_id=message_id,
+    )
+    return True
+
+
+def add_cc(
+    session: Session,
+    ticket: Ticket,
+    person: Person,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> bool:
+    """`person` watches `ticket` (a cc); False when they are on it already."""
+    exists = session.scalar(
+        select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
+    )
+    if exists is not None:
+        return False
+    session.add(Participant(ticket_id=ticket.id, person_id=person.id, role="cc"))
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="cc",
+        field="cc",
+        new=person.address,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+        message_id=message_id,
+    )
+    return True
+
+
+def remove_cc(
+    session: Session,
+    ticket: Ticket,
+    person: Person,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> bool:
+    """`person` no longer watches `ticket`; False when they were no cc of it (the requester
+    stays the requester)."""
+    row = session.scalar(
+        select(Participant).where(
+            Participant.ticket_id == ticket.id, Participant.person_id == person.id, Participant.role == "cc"
+        )
+    )
+    if row is None:
+        return False
+    session.delete(row)
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="cc",
+        field="cc",
+        old=person.address,
+        channel=channel,
+        at=now,
+        evidence=evidence,
+        message_id=message_id,
+    )
+    return True
+
+
+def merge(
+    session: Session,
+    ticket: Ticket,
+    into: Ticket,
+    *,
+    actor: str,
+    channel: str,
+    now: datetime,
+    evidence: str = "",
+    message_id: int | None = None,
+) -> None:
+    """`ticket` is the same request as `into`: its people join `into`, it is closed, and later
+    mail to it goes on `into` (thread.py follows merged_into_id)."""
+    people = session.scalars(select(Participant).where(Participant.ticket_id == ticket.id))
+    for person_id in [row.person_id for row in people]:
+        exists = session.scalar(
+            select(Participant.id).where(Participant.ticket_id == into.id, Participant.person_id == person_id)
+        )
+        if exists is None:
+            session.add(Participant(ticket_id=into.id, person_id=person_id, role="cc"))
+    ticket.merged_into_id = into.id
+    how = {"actor": actor, "channel": channel, "at": now, "evidence": evidence, "message_id": message_id}
+    record(session, ticket, action="merged", field="merged_into", new=str(into.number), **how)  # type: ignore[arg-type]
+    record(session, into, action="merged", field="merged_from", new=str(ticket.number), **how)  # type: ignore[arg-type]
+    set_status(
+        session, ticket, Status.CLOSED, actor=actor, channel=channel, now=now, evidence=evidence, message_id=message_id
+    )
+
+
+def unmerge(session: Session, ticket: Ticket, *, actor: str, channel: str, now: datetime, evidence: str = "") -> None:
+    """#undo of a merge: later mail goes on `ticket` again (its status is reverted apart)."""
+    old = ticket.merged_into_id
+    ticket.merged_into_id = None
+    record(
+        session,
+        ticket,
+        actor=actor,
+        action="unmerged",
+        field="merged_into",
+        old=str(old),
         channel=channel,
         at=now,
         evidence=evidence,

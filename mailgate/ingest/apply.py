@@ -17,6 +17,8 @@ from mailgate.ingest.store import store_message
 from mailgate.models import MessageKind, Person, Ticket
 from mailgate.sla import policy as sla
 
+_STATUS_COMMANDS = ("status", "pending", "close", "reopen", "merge", "undo")
+
 
 def apply(item: Incoming) -> Outcome | None:
     """Automatic mail ends the pipeline here (never answered); a reply or a new ticket goes on."""
@@ -79,8 +81,18 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
     tickets.record(
         session, ticket, actor=sender.address, action="message", channel=item.source, at=item.now, message_id=message.id
     )
+    # A note or a mail of commands only answers nobody; commands that set the status set it.
+    commands = item.commands
     was = ticket.status
-    tickets.message_added(session, ticket, sender, channel=item.source, now=item.now)
+    tickets.message_added(
+        session,
+        ticket,
+        sender,
+        channel=item.source,
+        now=item.now,
+        answer=not item.internal and item.text_after_commands != "",
+        moves_status=commands is None or not any(line.command.name in _STATUS_COMMANDS for line in commands.lines),
+    )
     if was != ticket.status:  # the requester's reply ends a pause, and the deadlines move by it
         sla.recompute(item.app.settings, ticket, item.now)
 

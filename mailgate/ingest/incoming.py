@@ -16,6 +16,7 @@ from mailgate.models import Message, Person, Ticket
 if TYPE_CHECKING:
     from mailgate.ingest.authenticate import Proof
     from mailgate.ingest.bounces import Bounce
+    from mailgate.ingest.commands import CommandMail
     from mailgate.ingest.forwarded import OnBehalf
     from mailgate.ingest.history import History
     from mailgate.ingest.thread import ThreadDecision
@@ -65,6 +66,7 @@ class Incoming:
     # forwarded: a proven staff member forwarded someone's mail; the new ticket is that person's
     # (see the `requester` property), the forwarder watches it.
     on_behalf: OnBehalf | None = None
+    commands: CommandMail | None = None  # commands: the accepted command lines, for execute
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

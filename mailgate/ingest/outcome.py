@@ -14,7 +14,9 @@ class Outcome(enum.StrEnum):
     AUTO = "auto"  # auto-generated: stored, never answered
     BOUNCE = "bounce"  # a delivery status notification: stored, never answered
     HELD = "held"  # from a source over the circuit breaker's limits: stored, nothing sent
-    REFUSED = "refused"  # an unknown sender intake.unknown_senders refuses: stored on no ticket, told why
+    # Stored on no ticket or changing nothing, the sender told why: an unknown sender
+    # intake.unknown_senders refuses, or a command mail refused whole.
+    REFUSED = "refused"
     QUARANTINED = "quarantined"  # not a mail we can store: kept with its bytes and the reason
 
 

@@ -28,7 +28,9 @@ from mailgate.ingest.apply import apply
 from mailgate.ingest.authenticate import authenticate
 from mailgate.ingest.breaker import breaker
 from mailgate.ingest.classify import classify
+from mailgate.ingest.commands import commands
 from mailgate.ingest.dedupe import dedupe
+from mailgate.ingest.execute import execute
 from mailgate.ingest.forwarded import forwarded
 from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
@@ -63,9 +65,11 @@ STEPS: tuple[Step, ...] = (
     authenticate,
     forwarded,
     admission,
+    commands,
     breaker,
     apply,
     route,
+    execute,
     end_imported,
     relay,
     notify,
@@ -85,6 +89,7 @@ _EVIDENCE = (
     "admission",
     "breaker",
     "route",
+    "commands",
 )
 
 

@@ -196,8 +196,30 @@ def decide(
     elif (ticket := _by_tag(session, tag_prefix, mail, decision)) is not None:
         named = _Named(ticket, "tag")
     if named is not None:
-        _admit(session, decision, named, sender, [token for token, t in held if t.id == named.ticket.id], reaction)
+        ticket_tokens = [token for token, t in held if t.id == named.ticket.id]
+        named = _follow_merges(session, named, decision)
+        _admit(session, decision, named, sender, ticket_tokens, reaction)
     return decision
+
+
+# A chain of merges this long is followed (a merge names a ticket not merged itself, so one
+# step is the rule; the bound keeps a loop from costing anything).
+_MERGE_HOPS = 5
+
+
+def _follow_merges(session: Session, named: _Named, decision: ThreadDecision) -> _Named:
+    """Mail to a merged ticket goes on the ticket it was merged into (#merge): its people were
+    made people of that one, and a token of the merged ticket admits as before."""
+    ticket = named.ticket
+    for _ in range(_MERGE_HOPS):
+        if ticket.merged_into_id is None:
+            break
+        into = session.get(Ticket, ticket.merged_into_id)
+        if into is None:
+            break
+        decision.note(named.step, f"ticket {ticket.number} was merged into ticket {into.number}: mail goes there")
+        ticket = into
+    return _Named(ticket, named.step)
 
 
 def _admit(

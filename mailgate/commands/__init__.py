@@ -1,0 +1,1 @@
+"""Reply commands of the dispatcher desk: parsing (pure), and what a sender may do."""
