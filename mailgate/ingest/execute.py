@@ -91,6 +91,7 @@ def _apply(item: Incoming, mail: CommandMail, line: Line) -> list[dict[str, str]
     if name == "status":
         return _status(item, ticket, Status(str(command.value)), how)
     if name == "close":
+        item.close_text = command.arg  # "#close Replaced the toner": the requester's close notice says it
         return _status(item, ticket, Status.CLOSED, how)
     if name == "reopen":
         return _status(item, ticket, Status.OPEN, how)
