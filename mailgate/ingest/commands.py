@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import datetime, time
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from mailgate import people, permissions, tickets
 from mailgate.addresses import fold_address
@@ -33,8 +33,8 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.quotes import extract_reply
 from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
-from mailgate.models import MessageKind, Outbox, Participant, Person, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.models import MessageKind, Participant, Person, Ticket
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
 from mailgate.sla.policy import timezone
 
 # Lines that set the same thing: two of them with different values are ambiguous.
@@ -356,16 +356,10 @@ def refuse_unproven(item: Incoming, mail: CommandMail) -> Outcome:
     if item.mail.sender_header != "from":
         item.note("commands", "no explanation: the address is not the mail's From")
         return Outcome.REFUSED
-    since = item.now - timedelta(minutes=limits.ack_window_minutes)
-    with item.session.no_autoflush:
-        recent = item.session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.kind == "command_unproven",
-                Outbox.rcpt_key == fold_address(sender.address),
-                Outbox.created_at >= since,
-            )
-        )
-    if (recent or 0) >= limits.acks_per_sender:
+    mailbox, window = fold_address(sender.address), limits.ack_window_minutes
+    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
+        recent = queued_recently(item.session, ["command_unproven"], mailbox, item.now, window)
+    if recent >= limits.acks_per_sender:
         limit = f"{limits.acks_per_sender} in {limits.ack_window_minutes} minutes"
         item.note("commands", f"no explanation: rate limit reached ({limit})")
         return Outcome.REFUSED

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import smtplib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -108,9 +109,23 @@ def acks_recently(
     """Acknowledgements (and refusals) queued to `mailbox` (a folded address, see
     addresses.fold_address) within the window; with `proven_only`, only those answering mail
     proven to come from it."""
+    return queued_recently(session, ANSWER_KINDS, mailbox, now, window_minutes, proven_only=proven_only)
+
+
+def queued_recently(
+    session: Session,
+    kinds: Sequence[str],
+    mailbox: str,
+    now: datetime,
+    window_minutes: int,
+    *,
+    proven_only: bool = False,
+) -> int:
+    """Mail of `kinds` queued to `mailbox` (a folded address) within the window: what every
+    automatic answer to a From nobody proved is limited by, per mailbox."""
     since = now - timedelta(minutes=window_minutes)
     query = select(func.count(Outbox.id)).where(
-        Outbox.kind.in_(ANSWER_KINDS), Outbox.rcpt_key == mailbox, Outbox.created_at >= since
+        Outbox.kind.in_(kinds), Outbox.rcpt_key == mailbox, Outbox.created_at >= since
     )
     if proven_only:
         query = query.where(Outbox.rcpt_proven.is_(True))

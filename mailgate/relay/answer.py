@@ -4,16 +4,14 @@ nobody proved is kept on the ticket, not sent, and its staff member is told how 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from mailgate import tickets
 from mailgate.addresses import fold_address
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
-from mailgate.models import Message, Outbox, Participant, Person, Status, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted
+from mailgate.models import Message, Participant, Person, Status, Ticket
+from mailgate.outgoing.outbox import AutoSubmitted, queued_recently
 from mailgate.relay.files import bounded
 from mailgate.relay.mail import queue_relayed
 
@@ -102,16 +100,10 @@ def tell_kept(item: Incoming, ticket: Ticket, message: Message, reason: str) -> 
     ticket and not sent: `reason` is "not_proven" or "not_allowed". Limited like
     acknowledgements: a forger mailing in their name a thousand times makes a few of these."""
     app, sender, limits = item.app, item.sender, item.app.settings.limits
-    since = item.now - timedelta(minutes=limits.ack_window_minutes)
-    with item.session.no_autoflush:
-        recent = item.session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.kind == "answer_kept",
-                Outbox.rcpt_key == fold_address(sender.address),
-                Outbox.created_at >= since,
-            )
-        )
-    if (recent or 0) >= limits.acks_per_sender:
+    mailbox, window = fold_address(sender.address), limits.ack_window_minutes
+    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
+        recent = queued_recently(item.session, ["answer_kept"], mailbox, item.now, window)
+    if recent >= limits.acks_per_sender:
         item.note("relay", f"no answer_kept notice to {sender.address}: rate limit reached")
         return
     row = queue_relayed(
