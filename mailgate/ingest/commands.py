@@ -4,7 +4,11 @@ they may, and refuse the whole mail when anything is wrong. Step execute applies
 Which mail is a command mail: a reply (the mail names a ticket: a token, a reference, a tag)
 whose new text starts with command lines (commands/parse.py), from a staff member, or from the
 ticket's requester when a line names a known command. A requester who starts with "#thanks"
-wrote text; a new mail naming no ticket is a new ticket, whatever its first line says.
+wrote text; a new mail naming no ticket is a new ticket, whatever its first line says, except
+a staff member's that is nothing but questions (#help, #mine, #queue, #show, no other text):
+it is answered by the digest alone and kept on no ticket (no ticket, no acknowledgement, no
+dispatcher notice; before breaker, which would store the dispatcher's own address's mail as
+automatic). Such questions list tickets, so unproven they get only the explanation below.
 
 A command mail is applied whole or not at all. It is refused, stored (everything is kept, on
 the ticket only when its sender was let onto it) and changes nothing when:
