@@ -108,7 +108,7 @@ def commands(item: Incoming) -> Outcome | None:
     if block is None:
         return None
     if named is None and not _only_questions(block):
-        item.note("commands", "a new mail naming no ticket, not only questions: a new ticket")
+        item.note("commands", "a new mail naming no ticket, not only questions: read as a new request")
         return None
     if not sender.is_staff and (named.requester_id != sender.id or not any(c.ok for c in block.commands)):
         item.note("commands", "command-like first lines from a non-staff sender: read as text")
