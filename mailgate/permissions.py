@@ -73,7 +73,10 @@ def assign_refusal(settings: Settings, person: Person, target: Person) -> str | 
 
 
 def allowed_commands(settings: Settings, person: Person, ticket: Ticket | None) -> list[str]:
-    """The commands `person` may give on `ticket`, in the order #help lists them."""
+    """The commands `person` may give on `ticket`, in the order #help lists them; ticket None
+    (#help in a new mail): what a staff member may do in general, on the tickets they work on."""
     from mailgate.commands.parse import COMMANDS
 
+    if ticket is None and person.is_staff and person.role not in ("dispatcher", "admin"):
+        return [name for name in COMMANDS if name in AGENT_COMMANDS | ANYWHERE]
     return [name for name in COMMANDS if command_refusal(settings, person, ticket, name) is None]

@@ -4,7 +4,11 @@ they may, and refuse the whole mail when anything is wrong. Step execute applies
 Which mail is a command mail: a reply (the mail names a ticket: a token, a reference, a tag)
 whose new text starts with command lines (commands/parse.py), from a staff member, or from the
 ticket's requester when a line names a known command. A requester who starts with "#thanks"
-wrote text; a new mail naming no ticket is a new ticket, whatever its first line says.
+wrote text; a new mail naming no ticket is a new ticket, whatever its first line says, except
+a staff member's that is nothing but questions (#help, #mine, #queue, #show, no other text):
+it is answered by the digest alone and kept on no ticket (no ticket, no acknowledgement, no
+dispatcher notice; before breaker, which would store the dispatcher's own address's mail as
+automatic). Such questions list tickets, so unproven they get only the explanation below.
 
 A command mail is applied whole or not at all. It is refused, stored (everything is kept, on
 the ticket only when its sender was let onto it) and changes nothing when:
@@ -70,7 +74,8 @@ class Line:
 @dataclass
 class CommandMail:
     block: CommandBlock
-    ticket: Ticket  # the ticket the mail names (the one the commands act on)
+    # The ticket the mail names (the one the commands act on); None: questions in a new mail.
+    ticket: Ticket | None
     lines: list[Line] = field(default_factory=list)
     evidence: str = ""  # what proved the sender (Proof.evidence)
 
@@ -91,14 +96,19 @@ def commands(item: Incoming) -> Outcome | None:
     if item.history is not None or item.reasons or item.reaction:
         return None
     named = item.thread.ticket or item.thread.linked
-    if named is None:
-        return None
     settings, sender = item.app.settings, item.sender
+    # A requester's new mail is a new ticket whatever its first line says (so from here on a
+    # non-staff sender's mail names a ticket).
+    if named is None and (not sender.is_staff or item.on_behalf is not None):
+        return None
     if not may_hold_commands(item.mail.text):
         return None
     today = item.now.astimezone(timezone(settings)).date()
     block = parse_commands(extract_reply(item.mail.text), today)
     if block is None:
+        return None
+    if named is None and not _only_questions(block):
+        item.note("commands", "a new mail naming no ticket, not only questions: read as a new request")
         return None
     if not sender.is_staff and (named.requester_id != sender.id or not any(c.ok for c in block.commands)):
         item.note("commands", "command-like first lines from a non-staff sender: read as text")
@@ -118,12 +128,20 @@ def commands(item: Incoming) -> Outcome | None:
     _contradictions(mail)
     if mail.problems:
         return refuse(item, mail)
-    item.note("commands", f"{len(mail.lines)} command line(s) of {sender.address} on ticket {named.number}: accepted")
+    on = f"on ticket {named.number}" if named is not None else "in a new mail"
+    item.note("commands", f"{len(mail.lines)} command line(s) of {sender.address} {on}: accepted")
     if item.thread.ticket is None:
-        # Only questions (#help, #show …) from staff who do not work on this ticket: answered,
-        # the mail kept on no ticket, as apply would not let them onto it.
+        # Only questions (#help, #show …) from staff who do not work on this ticket, or in a new
+        # mail: answered, the mail kept on no ticket, as apply would not let them onto it (nor
+        # open a ticket, acknowledge it and tell the dispatcher, for a question).
         return _answer_only(item, mail)
     return None
+
+
+def _only_questions(block: CommandBlock) -> bool:
+    """A new mail that is nothing but questions (signature aside): answered without a ticket.
+    Text below them, a change or a wrong line make it a request like any other."""
+    return not block.rest.strip() and all(c.ok and c.name in ANYWHERE_NAMES for c in block.commands)
 
 
 def _text_after(block: CommandBlock) -> str:
@@ -328,11 +346,13 @@ def _meaning(line: Line) -> tuple[str, object]:
 
 def _store_refused(item: Incoming, mail: CommandMail, why: str) -> None:
     """Keep the mail (on its ticket when apply would have put it there), and the verdict in the
-    ticket's audit trail."""
+    ticket's audit trail (questions in a new mail: in the stored message's trace only)."""
     on = item.thread.ticket
     item.message = message = store_message(item, on, MessageKind.REFUSED)
     if on is not None:
         item.ticket, item.ticket_number = on, on.number
+    if mail.ticket is None:
+        return
     item.session.flush()  # the event names the message by its id
     tickets.record(
         item.session,
@@ -387,7 +407,8 @@ def _answer_only(item: Incoming, mail: CommandMail) -> Outcome:
 
 
 def queue_reply(item: Incoming, mail: CommandMail, kind: str, context: dict[str, object]) -> None:
-    """A receipt (or the explanation) to the sender, threaded on the ticket under the command mail."""
+    """A receipt (or the explanation) to the sender, threaded on the ticket under the command mail
+    (questions in a new mail: on no ticket, so it carries no tag and no reply token)."""
     app, sender = item.app, item.sender
     assert item.message is not None
     item.session.flush()

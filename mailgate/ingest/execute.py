@@ -190,7 +190,7 @@ def queue_digest(item: Incoming, mail: CommandMail) -> None:
         mail.ticket,
         sender,
         "command_digest",
-        {"sections": sections, "limit": limit},
+        {"sections": sections, "limit": limit, "prefix": settings.tickets.tag_prefix},
         auto_submitted=AutoSubmitted.REPLIED,
         in_reply_to=item.mail.message_id,
         language=language,
