@@ -28,6 +28,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -133,7 +134,10 @@ class Spool:
         self.tmp, self.new, self.cur, self.notes = (root / part for part in ("tmp", "new", "cur", "notes"))
         # put() runs once per mail: plain strings spare it pathlib's work.
         self._tmp, self._new = str(self.tmp), str(self.new)
+        self._new_synced = FolderSync(self._new)
         self._wakeup: str | None = None
+        self._poke: socket.socket | None = None
+        self._poke_lock = threading.Lock()
         self._lock_fd: int | None = None
 
     def _make_dirs(self) -> None:
@@ -147,9 +151,9 @@ class Spool:
         or a power cut after this cannot lose it. OSError (disk full, read-only) if it could not.
 
         Any number of threads and processes may put at once: the filesystem's journal commits
-        syncs that overlap together, so concurrent writers share the cost of the disk flushes.
-        If the last sync fails, the mail may still be ingested although its writer was told
-        to try again: the second copy is a duplicate, a no-op."""
+        syncs that overlap together, and the threads of one process share the folder's syncs
+        (FolderSync). If the last sync fails, the mail may still be ingested although its
+        writer was told to try again: the second copy is a duplicate, a no-op."""
         base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
         tmp = f"{self._tmp}/{base}"
         try:
@@ -159,8 +163,7 @@ class Spool:
             fd = os.open(tmp, _CREATE, 0o600)
         try:
             try:
-                _write_all(fd, envelope.to_line())
-                _write_all(fd, raw)
+                _write_all(fd, envelope.to_line(), raw)
                 # The contents first, then the name: after a crash a file in new/ is whole.
                 os.fsync(fd)
             finally:
@@ -170,15 +173,23 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _sync_folder(self._new)  # the rename survives a power cut only once this is done
+        self._new_synced.after_rename()  # the rename survives a power cut only once this is done
         return base
 
     def wake_daemon(self) -> None:
         """Tell the daemon working this spool, if one runs, to look now. Never raises: without
         a daemon the mail waits for the next start (or its next scan)."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
-            poke.setblocking(False)
-            poke.sendto(b"!", self.wakeup_address)
+        with contextlib.suppress(OSError):
+            self._poker().sendto(b"!", self.wakeup_address)
+
+    def _poker(self) -> socket.socket:
+        # One socket for all the pokes of this process (the listener sends one per mail);
+        # datagram sends from several threads at once are safe.
+        with self._poke_lock:
+            if self._poke is None:
+                self._poke = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._poke.setblocking(False)
+            return self._poke
 
     @property
     def wakeup_address(self) -> str:
@@ -368,10 +379,14 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, *parts: bytes) -> None:
+    # One system call for all the parts, without joining them into a copy of the mail.
+    written = os.writev(fd, parts)
+    for part in parts:
+        view = memoryview(part)[written:]
+        written = max(written - len(part), 0)
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _sync_folder(folder: str) -> None:
@@ -380,3 +395,44 @@ def _sync_folder(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FolderSync:
+    """Syncs of one folder shared by the threads that renamed files into it: a sync makes
+    durable every rename done before it *began*, so a thread that renamed while a sync was under
+    way waits for the next one, and that one serves every thread that renamed before it began.
+    Under a burst the folder is synced about once per disk flush rather than once per mail."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._turn = threading.Condition()
+        self._begun = 0  # generations: how many syncs have begun
+        self._done = 0  # the last generation that completed
+        self._syncing = False
+        self._failed: tuple[int, OSError] | None = None  # the last generation that failed, and why
+
+    def after_rename(self) -> None:
+        """Return once a sync that began after this call's start completed; OSError if it failed."""
+        with self._turn:
+            # The sync under way (generation _begun) may have begun before our rename.
+            needed = self._begun + 1
+            while self._done < needed:
+                if self._failed is not None and self._failed[0] >= needed:
+                    raise self._failed[1]
+                if self._syncing:
+                    self._turn.wait()
+                    continue
+                self._syncing = True
+                self._begun += 1
+                generation = self._begun
+                self._turn.release()
+                try:
+                    _sync_folder(self.folder)
+                except OSError as exc:
+                    self._failed = (generation, exc)
+                else:
+                    self._done = generation
+                finally:
+                    self._turn.acquire()
+                    self._syncing = False
+                    self._turn.notify_all()
