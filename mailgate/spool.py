@@ -134,7 +134,6 @@ class Spool:
         self.tmp, self.new, self.cur, self.notes = (root / part for part in ("tmp", "new", "cur", "notes"))
         # put() runs once per mail: plain strings spare it pathlib's work.
         self._tmp, self._new = str(self.tmp), str(self.new)
-        self._new_synced = FolderSync(self._new)
         self._wakeup: str | None = None
         self._poke: socket.socket | None = None
         self._poke_lock = threading.Lock()
@@ -151,8 +150,8 @@ class Spool:
         or a power cut after this cannot lose it. OSError (disk full, read-only) if it could not.
 
         Any number of threads and processes may put at once: the filesystem's journal commits
-        syncs that overlap together, and the threads of one process share the folder's syncs
-        (FolderSync). If the last sync fails, the mail may still be ingested although its
+        syncs that overlap together (a folder's too), so concurrent writers share the cost of
+        the disk flushes. If the last sync fails, the mail may still be ingested although its
         writer was told to try again: the second copy is a duplicate, a no-op."""
         base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
         tmp = f"{self._tmp}/{base}"
@@ -173,7 +172,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._new_synced.after_rename()  # the rename survives a power cut only once this is done
+        _sync_folder(self._new)  # the rename survives a power cut only once this is done
         return base
 
     def wake_daemon(self) -> None:
@@ -395,44 +394,3 @@ def _sync_folder(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class FolderSync:
-    """Syncs of one folder shared by the threads that renamed files into it: a sync makes
-    durable every rename done before it *began*, so a thread that renamed while a sync was under
-    way waits for the next one, and that one serves every thread that renamed before it began.
-    Under a burst the folder is synced about once per disk flush rather than once per mail."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._turn = threading.Condition()
-        self._begun = 0  # generations: how many syncs have begun
-        self._done = 0  # the last generation that completed
-        self._syncing = False
-        self._failed: tuple[int, OSError] | None = None  # the last generation that failed, and why
-
-    def after_rename(self) -> None:
-        """Return once a sync that began after this call's start completed; OSError if it failed."""
-        with self._turn:
-            # The sync under way (generation _begun) may have begun before our rename.
-            needed = self._begun + 1
-            while self._done < needed:
-                if self._failed is not None and self._failed[0] >= needed:
-                    raise self._failed[1]
-                if self._syncing:
-                    self._turn.wait()
-                    continue
-                self._syncing = True
-                self._begun += 1
-                generation = self._begun
-                self._turn.release()
-                try:
-                    _sync_folder(self.folder)
-                except OSError as exc:
-                    self._failed = (generation, exc)
-                else:
-                    self._done = generation
-                finally:
-                    self._turn.acquire()
-                    self._syncing = False
-                    self._turn.notify_all()
