@@ -104,7 +104,7 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
         else:
             threading.Thread(
                 target=_pass_on_pokes,
-                args=(wakeups, running.spool_worker.poked, stop),
+                args=(wakeups, running.spool_worker.wake_up, stop),
                 name="spool-wakeups",
                 daemon=True,
             ).start()

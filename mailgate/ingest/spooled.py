@@ -160,17 +160,9 @@ def _give_up(app: App, spool: Spool, claimed: Claimed, max_attempts: int) -> boo
 
 class SpoolWorker:
     """Drains the spool on a thread of its own: woken by every writer (the listener, `mailgate
-    ingest`) through the spool's wake-up socket, and at least every IDLE_SECONDS.
-
-    Writers poke once per mail. While the pokes keep coming, clients are waiting for their 250s,
-    each behind two disk flushes: a round begins only after a pause of QUIET_SECONDS in the pokes
-    (or after WAIT_SECONDS at most, so a steady flood is still taken in), and then takes what
-    came meanwhile as one batch. The listener has the disk and the CPU to itself during a burst;
-    a mail on its own waits QUIET_SECONDS."""
+    ingest`) through the spool's wake-up socket, and at least every IDLE_SECONDS."""
 
     IDLE_SECONDS = 10.0
-    QUIET_SECONDS = 0.02
-    WAIT_SECONDS = 1.0
 
     def __init__(self, app: App, spool: Spool, clock: Clock | None = None, *, legacy: bool = False) -> None:
         self.app = app
@@ -180,22 +172,10 @@ class SpoolWorker:
         self.clock = clock or SystemClock()
         self.worker = Worker("mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now)
         self.wake_up = self.worker.wake_up
-        self._last_poke = 0.0  # time.monotonic() of the last writer's poke
         self._outages = 0
         self._outage_until: datetime | None = None
 
-    def poked(self) -> None:
-        """A writer spooled a mail (called for each wake-up datagram)."""
-        self._last_poke = time.monotonic()
-        self.worker.wake_up()
-
-    def _wait_for_a_pause(self) -> None:
-        latest = time.monotonic() + self.WAIT_SECONDS
-        while (now := time.monotonic()) < min(self._last_poke + self.QUIET_SECONDS, latest):
-            time.sleep(min(self._last_poke + self.QUIET_SECONDS, latest) - now)
-
     def _round(self) -> tuple[bool, datetime | None]:
-        self._wait_for_a_pause()
         if self._outage_until is not None and self.clock.now() < self._outage_until:
             # Mail keeps arriving and waking us: the database is not back any sooner for it.
             return False, self._outage_until
