@@ -28,7 +28,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -135,8 +134,6 @@ class Spool:
         # put() runs once per mail: plain strings spare it pathlib's work.
         self._tmp, self._new = str(self.tmp), str(self.new)
         self._wakeup: str | None = None
-        self._poke: socket.socket | None = None
-        self._poke_lock = threading.Lock()
         self._lock_fd: int | None = None
 
     def _make_dirs(self) -> None:
@@ -150,9 +147,9 @@ class Spool:
         or a power cut after this cannot lose it. OSError (disk full, read-only) if it could not.
 
         Any number of threads and processes may put at once: the filesystem's journal commits
-        syncs that overlap together (a folder's too), so concurrent writers share the cost of
-        the disk flushes. If the last sync fails, the mail may still be ingested although its
-        writer was told to try again: the second copy is a duplicate, a no-op."""
+        syncs that overlap together, so concurrent writers share the cost of the disk flushes.
+        If the last sync fails, the mail may still be ingested although its writer was told
+        to try again: the second copy is a duplicate, a no-op."""
         base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
         tmp = f"{self._tmp}/{base}"
         try:
@@ -162,7 +159,8 @@ class Spool:
             fd = os.open(tmp, _CREATE, 0o600)
         try:
             try:
-                _write_all(fd, envelope.to_line(), raw)
+                _write_all(fd, envelope.to_line())
+                _write_all(fd, raw)
                 # The contents first, then the name: after a crash a file in new/ is whole.
                 os.fsync(fd)
             finally:
@@ -178,17 +176,9 @@ class Spool:
     def wake_daemon(self) -> None:
         """Tell the daemon working this spool, if one runs, to look now. Never raises: without
         a daemon the mail waits for the next start (or its next scan)."""
-        with contextlib.suppress(OSError):
-            self._poker().sendto(b"!", self.wakeup_address)
-
-    def _poker(self) -> socket.socket:
-        # One socket for all the pokes of this process (the listener sends one per mail);
-        # datagram sends from several threads at once are safe.
-        with self._poke_lock:
-            if self._poke is None:
-                self._poke = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._poke.setblocking(False)
-            return self._poke
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
+            poke.setblocking(False)
+            poke.sendto(b"!", self.wakeup_address)
 
     @property
     def wakeup_address(self) -> str:
@@ -378,14 +368,10 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _write_all(fd: int, *parts: bytes) -> None:
-    # One system call for all the parts, without joining them into a copy of the mail.
-    written = os.writev(fd, parts)
-    for part in parts:
-        view = memoryview(part)[written:]
-        written = max(written - len(part), 0)
-        while view:
-            view = view[os.write(fd, view) :]
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _sync_folder(folder: str) -> None:
