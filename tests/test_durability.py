@@ -1,9 +1,10 @@
 """A yes (SMTP 250, exit 0 to the MTA) only once the mail is on stable storage.
 
 A power cut cannot be staged here, so these tests watch the real processes' system calls with
-strace: the file's contents are synced before it is renamed into new/, the folder is synced
-after the rename, and only then does the process answer 250 or exit. Removing either sync,
-or answering before it, fails them.
+strace: the file's contents are synced before it is renamed into new/, a sync of the folder
+begins after the rename and ends before the process answers 250 or exits. Removing either
+sync, answering before it, or counting a folder sync that was already under way at the rename
+(it may not cover it), fails them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -32,45 +34,59 @@ _UNFINISHED = re.compile(r"^(?P<pid>\d+) +(?P<call>\w+)\((?P<args>.*) <unfinishe
 _RESUMED = re.compile(r"^(?P<pid>\d+) +<\.\.\. (?P<call>\w+) resumed>(?P<args>.*)\) += (?P<result>-?\d+)")
 
 
-def _calls(trace: Path) -> list[tuple[str, str]]:
-    """(call, arguments) of each successful system call, in the order they completed."""
-    pending: dict[str, str] = {}
-    done: list[tuple[str, str]] = []
-    for line in trace.read_text(errors="replace").splitlines():
+class Call(NamedTuple):
+    """A successful system call; `began` and `ended` are lines of the trace. strace writes a
+    call's line when it returns, or marks it <unfinished ...> when another thread's call comes
+    in between: where a call first appears, it began; where its result is, it ended."""
+
+    call: str
+    args: str
+    began: int
+    ended: int
+
+
+def _calls(trace: Path) -> list[Call]:
+    """Each successful system call, in the order they ended."""
+    pending: dict[str, tuple[str, int]] = {}
+    done: list[Call] = []
+    for line_no, line in enumerate(trace.read_text(errors="replace").splitlines()):
         if m := _UNFINISHED.match(line):
-            pending[m["pid"]] = m["args"]
+            pending[m["pid"]] = (m["args"], line_no)
         elif m := _RESUMED.match(line):
+            args, began = pending.pop(m["pid"], ("", line_no))
             if int(m["result"]) >= 0:
-                done.append((m["call"], pending.pop(m["pid"], "") + m["args"]))
+                done.append(Call(m["call"], args + m["args"], began, line_no))
         elif (m := _CALL.match(line)) and int(m["result"]) >= 0:
-            done.append((m["call"], m["args"]))
+            done.append(Call(m["call"], m["args"], line_no, line_no))
     return done
 
 
-def _durability(calls: list[tuple[str, str]], spool: Path) -> dict[str, tuple[int, int, int]]:
-    """For each mail renamed into new/: where in `calls` its file was synced, it was renamed,
-    and new/ was synced after the rename (-1: never)."""
+def _durability(calls: list[Call], spool: Path) -> dict[str, tuple[int, int, int]]:
+    """For each mail renamed into new/: when its file's sync ended, its rename ended, and the
+    first sync of new/ that began after the rename ended (-1: never)."""
     found: dict[str, tuple[int, int, int]] = {}
-    syncs = [(i, args) for i, (call, args) in enumerate(calls) if call in ("fsync", "fdatasync")]
-    for index, (call, args) in enumerate(calls):
+    syncs = [c for c in calls if c.call in ("fsync", "fdatasync")]
+    for c in calls:
         # Into new/ (the destination); the worker's claim later renames it out of new/.
-        renamed = re.search(rf'", "{re.escape(str(spool))}/new/([\w.]+)"', args) if call.startswith("rename") else None
+        renamed = (
+            re.search(rf'", "{re.escape(str(spool))}/new/([\w.]+)"', c.args) if c.call.startswith("rename") else None
+        )
         if renamed is None:
             continue
         name = renamed[1]
-        file_synced = next((i for i, a in syncs if f"/tmp/{name}>" in a), -1)
-        folder_synced = next((i for i, a in syncs if i > index and f"{spool}/new>" in a), -1)
-        found.setdefault(name, (file_synced, index, folder_synced))
+        file_synced = next((s.ended for s in syncs if f"/tmp/{name}>" in s.args), -1)
+        folder_synced = next((s.ended for s in syncs if s.began > c.ended and f"{spool}/new>" in s.args), -1)
+        found.setdefault(name, (file_synced, c.ended, folder_synced))
     return found
 
 
-def _answers(calls: list[tuple[str, str]]) -> dict[str, int]:
-    """Where each "250 … Queued as NAME" went out on a client's connection."""
+def _answers(calls: list[Call]) -> dict[str, int]:
+    """When each "250 … Queued as NAME" began to go out on a client's connection."""
     answered: dict[str, int] = {}
-    for index, (call, args) in enumerate(calls):
-        queued = re.search(r'"250 2\.0\.0 Queued as ([\w.]+)', args)
-        if call in ("write", "sendto", "sendmsg") and re.search(r"<(socket|TCP):", args) and queued:
-            answered.setdefault(queued[1], index)
+    for c in calls:
+        queued = re.search(r'"250 2\.0\.0 Queued as ([\w.]+)', c.args)
+        if c.call in ("write", "sendto", "sendmsg") and re.search(r"<(socket|TCP):", c.args) and queued:
+            answered.setdefault(queued[1], c.began)
     return answered
 
 
@@ -108,7 +124,7 @@ def test_the_mta_pipe_exits_0_only_after_the_mail_and_its_name_are_synced(tmp_pa
     assert 0 <= file_synced < renamed < folder_synced
 
 
-def _traced_daemon_taking(tmp_path: Path, mails: int, clients: int) -> list[tuple[str, str]]:
+def _traced_daemon_taking(tmp_path: Path, mails: int, clients: int) -> list[Call]:
     """`mailgate run` under strace; `clients` send `mails` mails at once; its system calls."""
     port, trace = free_port(), tmp_path / "trace"
     config = _config(tmp_path, port)
@@ -117,8 +133,9 @@ def _traced_daemon_taking(tmp_path: Path, mails: int, clients: int) -> list[tupl
     upgrade(f"sqlite:///{tmp_path / 'data' / 'mailgate.db'}")
     log = (tmp_path / "daemon.log").open("wb")
     calls_traced = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg"
+    command = [sys.executable, "-m", "mailgate", "--config", str(config), "run"]
     daemon = subprocess.Popen(
-        [*_strace(trace, calls_traced), sys.executable, "-m", "mailgate", "--config", str(config), "run"],
+        [*_strace(trace, calls_traced), *command],
         stderr=log,
         env=_env(),
     )
