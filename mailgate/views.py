@@ -162,6 +162,8 @@ def ticket_detail(session: Session, prefix: str, number: int, zone: ZoneInfo = U
         "opened": _iso(ticket.created_at, zone),
         "first_response_due": _iso(ticket.first_response_due, zone),
         "timezone": zone.key,
+        "rating": ticket.rating,  # the requester's 1 to 5 (ingest/rate.py), None: not rated
+        "rated_at": _iso(ticket.rated_at, zone),
         "links": links,
         "thread": [entry for _, _, entry in sorted(items, key=lambda i: (i[0], i[1]))],
     }
@@ -185,6 +187,7 @@ def ticket_thread(detail: dict[str, Any]) -> list[str]:
             f"  linked ({link['kind']}) to {detail['tag'].split('#')[0]}#{link['number'] or '?'}"
             for link in detail["links"]
         ),
+        *([f"  rated {detail['rating']}/5 by the requester {when(detail['rated_at'])}"] if detail["rating"] else []),
         f"  times in {zone.key}",
     ]
     for item in detail["thread"]:
