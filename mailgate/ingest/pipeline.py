@@ -51,8 +51,9 @@ __all__ = ["STEPS", "IngestResult", "Outcome", "TemporaryFailure", "ingest"]
 Step = Callable[[Incoming], Outcome | None]
 
 # The whole flow of a mail, in order. The dispatcher desk's commands go between
-# authenticate and apply; rate reads a requester's rating of a closed ticket after them. breaker holds a source that opens too many
-# tickets before apply opens one and notify queues its mail. alerts stores an alert's repeat
+# authenticate and apply; rate reads a requester's rating of a closed ticket after them.
+# breaker holds a source that opens too many tickets before apply opens one and notify
+# queues its mail. alerts stores an alert's repeat
 # or recovery on the alert's open ticket and ends there (no ticket number is taken); route
 # gives a ticket apply opened its alert's and the routing rules' fields before notify.
 STEPS: tuple[Step, ...] = (
