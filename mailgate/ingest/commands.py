@@ -3,8 +3,10 @@ they may, and refuse the whole mail when anything is wrong. Step execute applies
 
 Which mail is a command mail: a reply (the mail names a ticket: a token, a reference, a tag)
 whose new text starts with command lines (commands/parse.py), from a staff member, or from the
-ticket's requester when a line names a known command. A requester who starts with "#thanks"
-wrote text; a new mail naming no ticket is a new ticket, whatever its first line says.
+ticket's requester or someone replying by a token issued to them (an SLA escalation to a
+non-staff address) when a line names a known command: the receipt says what they may do. A
+requester who starts with "#thanks" wrote text; a new mail naming no ticket is a new ticket,
+whatever its first line says.
 
 A command mail is applied whole or not at all. It is refused, stored (everything is kept, on
 the ticket only when its sender was let onto it) and changes nothing when:
@@ -100,7 +102,13 @@ def commands(item: Incoming) -> Outcome | None:
     block = parse_commands(extract_reply(item.mail.text), today)
     if block is None:
         return None
-    if not sender.is_staff and (named.requester_id != sender.id or not any(c.ok for c in block.commands)):
+    known = any(c.ok for c in block.commands)
+    # Someone the desk mailed on this ticket who is not staff (an SLA escalation to
+    # sla.escalation_address, a Cc), answering with command lines by the token issued to them:
+    # they meant commands, and are told why they may not, rather than "#assign bob" relayed.
+    proof = item.proof
+    mailed = proof is not None and proof.how == "token" and proof.person_id == sender.id
+    if not sender.is_staff and (not known or (named.requester_id != sender.id and not mailed)):
         item.note("commands", "command-like first lines from a non-staff sender: read as text")
         return None
     for note in block.notes:
@@ -109,7 +117,6 @@ def commands(item: Incoming) -> Outcome | None:
     item.commands = mail
     item.text_after_commands = _text_after(block)
     item.internal = bool(block.named("note"))
-    proof = item.proof
     if proof is None or proof.person_id != sender.id:
         return refuse_unproven(item, mail)
     mail.evidence = proof.evidence
