@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailgate import tickets
 from mailgate.ingest.pipeline import ingest
@@ -79,6 +79,17 @@ def test_a_rating_with_more_to_say_is_a_reply_that_reopens_and_is_still_stored(t
     assert (ticket.rating, ticket.status) == (3, Status.OPEN)
     (relayed,) = mails(app, "requester_reply")
     assert relayed.recipients == ["alice@example.com"] and "jams again" in relayed.body
+    app.close()
+
+
+def test_a_late_rating_beyond_the_reopen_window_opens_no_follow_up(tmp_path, db_url) -> None:
+    app = desk(tmp_path, db_url, when=at(3, 10), close_resolved_after_days=2)
+    number, closing = _closed(app)
+    app.clock.set(app.clock.now() + timedelta(days=30))  # tickets.reopen_window_days is 14
+    _reply(app, closing, "5 stars")
+    assert the_ticket(app, number).rating == 5
+    with app.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Ticket)) == 1
     app.close()
 
 
