@@ -56,6 +56,9 @@ def test_a_rating_alone_is_stored_with_its_proof_and_reopens_nothing(tmp_path, d
     (event,) = _rated(app, number)
     assert (event.actor, event.new) == ("dana@example.com", "5") and "token" in event.evidence
     assert mails(app, "requester_reply") == []  # Alice is not told of a "5"
+    (thanks,) = mails(app, "rating_thanks")
+    assert thanks.recipients == ["dana@example.com"]
+    assert "rating of 5 out of 5" in " ".join(thanks.body.split())
     app.close()
 
 
@@ -79,6 +82,20 @@ def test_a_rating_with_more_to_say_is_a_reply_that_reopens_and_is_still_stored(t
     assert (ticket.rating, ticket.status) == (3, Status.OPEN)
     (relayed,) = mails(app, "requester_reply")
     assert relayed.recipients == ["alice@example.com"] and "jams again" in relayed.body
+    assert mails(app, "rating_thanks") == []  # Alice answers that
+    app.close()
+
+
+def test_the_thank_you_is_in_the_requester_s_language_and_rate_limited(tmp_path, db_url) -> None:
+    app = desk(tmp_path, db_url, when=at(3, 10), close_resolved_after_days=2, language="de")
+    number, closing = _closed(app)
+    limit = app.settings.limits.acks_per_sender
+    for rating in [1, 2, 3, 4, 5, 1, 2, 3, 4, 5][: limit + 2]:
+        _reply(app, closing, f"#rate {rating}")
+    thanks = mails(app, "rating_thanks")
+    assert len(thanks) == limit
+    assert "Danke" in thanks[0].headers["Subject"] and "Bewertung mit 1 von 5" in " ".join(thanks[0].body.split())
+    assert the_ticket(app, number).rating == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5][limit + 1]  # every rating counts
     app.close()
 
 

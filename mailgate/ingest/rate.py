@@ -5,16 +5,21 @@ token issued to them, a trusted pass), since anyone can write "1" under a reques
 
 A reply of the rating alone asks for nothing more: apply does not reopen the ticket (nor open a
 follow-up past the reopen window), relay does not pass it on (item.rating_only). A reply that
-says more than the rating is a normal reply, and the rating is stored too.
+says more than the rating is a normal reply, and the rating is stored too. A rating alone is
+thanked for (templates/rating_thanks), at most limits.acks_per_sender such mails a mailbox in
+limits.ack_window_minutes.
 """
 
 from __future__ import annotations
 
 from mailgate import tickets
+from mailgate.addresses import fold_address
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.quotes import extract_reply
-from mailgate.models import Status
+from mailgate.languages import language_of
+from mailgate.models import Status, Ticket
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
 from mailgate.sla.rating import split_rating
 
 _RATED = (Status.RESOLVED, Status.CLOSED)
@@ -50,4 +55,37 @@ def rate(item: Incoming) -> Outcome | None:
         evidence=proof.evidence,
     )
     item.note("rate", f"rated {rating} by the requester" + ("" if item.rating_only else ", with more to say"))
+    if item.rating_only:  # a reply with more to say is answered by the desk, not by a thank-you
+        _thank(item, ticket, rating)
     return None
+
+
+def _thank(item: Incoming, ticket: Ticket, rating: int) -> None:
+    app, sender = item.app, item.sender
+    limits = app.settings.limits
+    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
+        recent = queued_recently(
+            item.session, ["rating_thanks"], fold_address(sender.address), item.now, limits.ack_window_minutes
+        )
+    if recent >= limits.acks_per_sender:
+        item.note(
+            "rate",
+            f"no thank-you: rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)",
+        )
+        return
+    outgoing = OutgoingMail(
+        "rating_thanks",
+        # The same mail again (same content) is thanked for once.
+        f"rating_thanks:{ticket.number}:{item.content_sha256[:16]}",
+        ticket,
+        sender,
+        "rating_thanks",
+        {"rating": rating},
+        auto_submitted=AutoSubmitted.REPLIED,
+        in_reply_to=item.mail.message_id,
+        rcpt_proven=True,
+        language=language_of(app.settings, sender.address),
+    )
+    if queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now) is not None:
+        item.queued += 1
+        item.note("rate", f"thank-you to {sender.address}")
