@@ -3,10 +3,8 @@ they may, and refuse the whole mail when anything is wrong. Step execute applies
 
 Which mail is a command mail: a reply (the mail names a ticket: a token, a reference, a tag)
 whose new text starts with command lines (commands/parse.py), from a staff member, or from the
-ticket's requester or someone replying by a token issued to them (an SLA escalation to a
-non-staff address) when a line names a known command: the receipt says what they may do. A
-requester who starts with "#thanks" wrote text; a new mail naming no ticket is a new ticket,
-whatever its first line says.
+ticket's requester when a line names a known command. A requester who starts with "#thanks"
+wrote text; a new mail naming no ticket is a new ticket, whatever its first line says.
 
 A command mail is applied whole or not at all. It is refused, stored (everything is kept, on
 the ticket only when its sender was let onto it) and changes nothing when:
@@ -102,13 +100,7 @@ def commands(item: Incoming) -> Outcome | None:
     block = parse_commands(extract_reply(item.mail.text), today)
     if block is None:
         return None
-    known = any(c.ok for c in block.commands)
-    # Someone the desk mailed on this ticket who is not staff (an SLA escalation to
-    # sla.escalation_address, a Cc), answering with command lines by the token issued to them:
-    # they meant commands, and are told why they may not, rather than "#assign bob" relayed.
-    proof = item.proof
-    mailed = proof is not None and proof.how == "token" and proof.person_id == sender.id
-    if not sender.is_staff and (not known or (named.requester_id != sender.id and not mailed)):
+    if not sender.is_staff and (not any(c.ok for c in block.commands) or not _may_command_as_outsider(item, named)):
         item.note("commands", "command-like first lines from a non-staff sender: read as text")
         return None
     for note in block.notes:
@@ -117,6 +109,7 @@ def commands(item: Incoming) -> Outcome | None:
     item.commands = mail
     item.text_after_commands = _text_after(block)
     item.internal = bool(block.named("note"))
+    proof = item.proof
     if proof is None or proof.person_id != sender.id:
         return refuse_unproven(item, mail)
     mail.evidence = proof.evidence
@@ -131,6 +124,17 @@ def commands(item: Incoming) -> Outcome | None:
         # the mail kept on no ticket, as apply would not let them onto it.
         return _answer_only(item, mail)
     return None
+
+
+def _may_command_as_outsider(item: Incoming, named: Ticket) -> bool:
+    """Whether a non-staff sender's known command lines are read as commands: the requester's,
+    and those of someone the desk mailed on this ticket (an SLA escalation to
+    sla.escalation_address, a Cc) answering by the token issued to them, who meant commands and
+    is told why they may not, rather than having "#assign bob" relayed as text."""
+    proof, sender = item.proof, item.sender
+    return named.requester_id == sender.id or (
+        proof is not None and proof.how == "token" and proof.person_id == sender.id
+    )
 
 
 def _text_after(block: CommandBlock) -> str:
