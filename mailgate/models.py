@@ -200,6 +200,9 @@ class Ticket(Base):
     idle_reminded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # #merge N (migration 0012): later mail to this ticket goes on N.
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    # The requester's answer to the auto-close mail's "how did we do?", 1 to 5 (migration 0016).
+    rating: Mapped[int | None] = mapped_column(SmallInteger)
+    rated_at: Mapped[Timestamp | None]
 
     requester: Mapped[Person] = relationship(foreign_keys=[requester_id])
     assignee: Mapped[Person | None] = relationship(foreign_keys=[assignee_id])

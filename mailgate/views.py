@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from mailgate.models import Attachment, Event, Message, Outbox, Person, Quarantine, Ticket, TicketLink
+from mailgate.models import Attachment, Event, Message, Outbox, Person, Quarantine, Status, Ticket, TicketLink
 from mailgate.outgoing.compose import human_size
 
 UTC = ZoneInfo("UTC")
@@ -99,8 +99,28 @@ def ticket_list(rows: list[dict[str, Any]], zone: ZoneInfo = UTC) -> list[str]:
     return lines
 
 
-def ticket_detail(session: Session, prefix: str, number: int, zone: ZoneInfo = UTC) -> dict[str, Any] | None:
-    """The ticket and everything on it, oldest first: mail in and out, and every change."""
+def deadline_state(ticket: Ticket, due: datetime | None, met: datetime | None, now: datetime) -> str:
+    """Where a target stands: "met", "breached" (passed unmet, or met after it), "paused" while
+    the ticket waits on the requester (the deadline moves by the pause), "running", or
+    "not reached" when the ticket was done before it was due without meeting it."""
+    if due is None:
+        return "no target"
+    if met is not None:
+        return "met" if met <= due else "breached"
+    if ticket.status == Status.PENDING:
+        return "paused"
+    done = ticket.resolved_at or ticket.closed_at
+    if done is not None:
+        return "breached" if due <= done else "not reached"
+    return "breached" if due <= now else "running"
+
+
+def ticket_detail(
+    session: Session, prefix: str, number: int, zone: ZoneInfo = UTC, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """The ticket and everything on it, oldest first: mail in and out, and every change; its
+    deadlines as of `now` (default: the wall clock)."""
+    now = now or datetime.now(UTC)
     ticket = session.scalar(select(Ticket).where(Ticket.number == number))
     if ticket is None:
         return None
@@ -161,7 +181,25 @@ def ticket_detail(session: Session, prefix: str, number: int, zone: ZoneInfo = U
         "requester": _who(ticket.requester),
         "opened": _iso(ticket.created_at, zone),
         "first_response_due": _iso(ticket.first_response_due, zone),
+        "deadlines": [
+            {
+                "target": target,
+                "due": _iso(due, zone),
+                "met_at": _iso(met, zone),
+                "state": deadline_state(ticket, due, met, now),
+            }
+            for target, due, met in (
+                ("first response", ticket.first_response_due, ticket.first_response_at),
+                ("resolution", ticket.resolution_due, ticket.resolved_at),
+            )
+        ],
+        # The SLA clock stands still while pending: since when, and until when (#pending until;
+        # None: until the requester replies).
+        "pending_since": _iso(ticket.pending_since, zone) if ticket.status == Status.PENDING else None,
+        "pending_until": _iso(ticket.pending_until, zone) if ticket.status == Status.PENDING else None,
         "timezone": zone.key,
+        "rating": ticket.rating,  # the requester's 1 to 5 (ingest/rate.py), None: not rated
+        "rated_at": _iso(ticket.rated_at, zone),
         "links": links,
         "thread": [entry for _, _, entry in sorted(items, key=lambda i: (i[0], i[1]))],
     }
@@ -185,6 +223,16 @@ def ticket_thread(detail: dict[str, Any]) -> list[str]:
             f"  linked ({link['kind']}) to {detail['tag'].split('#')[0]}#{link['number'] or '?'}"
             for link in detail["links"]
         ),
+        *(_deadline_line(d, when) for d in detail["deadlines"]),
+        *(
+            [
+                f"  clock paused: pending since {when(detail['pending_since'])}, until "
+                + (when(detail["pending_until"]) if detail["pending_until"] else "the requester replies")
+            ]
+            if detail["pending_since"]
+            else []
+        ),
+        *([f"  rated {detail['rating']}/5 by the requester {when(detail['rated_at'])}"] if detail["rating"] else []),
         f"  times in {zone.key}",
     ]
     for item in detail["thread"]:
@@ -209,6 +257,15 @@ def ticket_thread(detail: dict[str, Any]) -> list[str]:
                 f"  * {when(item['at'])} {item['action']} by {item['actor']} via {item['channel']} {change}".rstrip()
             )
     return out
+
+
+def _deadline_line(deadline: dict[str, Any], when: Any) -> str:
+    """ "  resolution: due 2026-12-03 13:00, met 2026-12-01 10:12" and the like."""
+    state, met = deadline["state"], deadline["met_at"]
+    if state == "no target":
+        return f"  {deadline['target']}: no target"
+    said = f"{state} {when(met)}" if met and state == "met" else f"breached, met {when(met)}" if met else state
+    return f"  {deadline['target']}: due {when(deadline['due'])}, {said}"
 
 
 def _change(event: dict[str, Any], prefix: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.ingest.pipeline import ingest
 from tests.mails import mail
 from tests.test_cli import here, run, workdir  # noqa: F401  (fixtures used by name)
 
@@ -167,3 +168,30 @@ def test_quarantine_show_output_never_overwrites(workdir: Path) -> None:  # noqa
     result = run("quarantine", "show", "1", "--output", str(there))
     assert result.exit_code == 64 and "exists" in result.stderr
     assert there.read_bytes() == b"the admin's own file"
+
+
+def test_tickets_show_gives_both_deadlines_the_pause_and_whether_each_was_met(tmp_path, sqlite_template) -> None:
+    from tests import sla_desk, test_sla_cli
+
+    app, config = test_sla_cli._desk(tmp_path, sqlite_template)
+    answered = sla_desk.new_ticket(app, subject="Printer")  # Monday 09:00: first answer due 13:00
+    late = sla_desk.new_ticket(app, subject="VPN down", sender="erin@example.com")
+    app.clock.set(sla_desk.at(30, 10).astimezone(app.clock.now().tzinfo))
+    answer = mail(sender="alice@example.com", subject=f"Re: [HD #{answered}] Printer", body="On my way.\n",
+                  headers=sla_desk.PROVEN)  # fmt: skip
+    ingest(app, answer, "smtp")  # proven hers: the first response; the ticket waits for Dana
+    shown = test_sla_cli.run(config, "tickets", "show", str(answered), "--at", "2026-11-30T14:00")
+    assert shown.exit_code == 0, shown.output
+    head = shown.output.split("--- ")[0]
+    assert "first response: due 2026-11-30 13:00, met 2026-11-30 10:00" in head
+    assert "resolution: due " in head and ", paused" in head
+    assert "clock paused: pending since 2026-11-30 10:00, until the requester replies" in head
+    assert "times in Europe/Berlin" in head
+    other = test_sla_cli.run(config, "tickets", "show", str(late), "--at", "2026-11-30T14:00", "--json")
+    deadlines = json.loads(other.stdout)["deadlines"]
+    assert [(d["target"], d["state"]) for d in deadlines] == [("first response", "breached"), ("resolution", "running")]
+    assert deadlines[0]["due"] == "2026-11-30T13:00:00+01:00" and deadlines[0]["met_at"] is None
+    text = test_sla_cli.run(config, "tickets", "show", str(late), "--at", "2026-11-30T12:00").output
+    assert "first response: due 2026-11-30 13:00, running" in text
+    assert "clock paused" not in text
+    app.close()

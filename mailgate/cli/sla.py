@@ -26,7 +26,7 @@ class When(click.ParamType):
             self.fail(f"{value!r}: expected a time like 2026-11-30T09:00 or 2026-11-30T09:00+01:00", param, ctx)
 
 
-def _now(ctx: Context, at: datetime | None) -> datetime:
+def as_of(ctx: Context, at: datetime | None) -> datetime:
     from datetime import UTC
 
     from mailgate.sla.policy import timezone
@@ -56,7 +56,7 @@ def sla_scan(ctx: Context, at: datetime | None, dry_run: bool) -> None:
     """Run every SLA scan once, as the daemon does every sla.scan_interval_seconds."""
     from mailgate.sla import scans
 
-    now = _now(ctx, at)
+    now = as_of(ctx, at)
     app = ctx.app()
     try:
         with app.sessions() as session:
@@ -79,7 +79,7 @@ def sla_show(ctx: Context, number: int, at: datetime | None) -> None:
     """Ticket NUMBER's targets, deadlines, pauses and what has fired."""
     from mailgate.sla import report
 
-    now = _now(ctx, at)
+    now = as_of(ctx, at)
 
     def show(session: Any) -> None:
         lines = report.show(session, ctx.settings, number, now)
@@ -100,5 +100,5 @@ def sla_check(ctx: Context, at: datetime | None, limit: int) -> None:
     """Open tickets in breach of a target, and those at risk (past the warning share)."""
     from mailgate.sla import report
 
-    now = _now(ctx, at)
+    now = as_of(ctx, at)
     with_session(ctx, lambda session: print_lines(report.check(session, ctx.settings, now, limit)))

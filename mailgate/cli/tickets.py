@@ -18,6 +18,7 @@ from mailgate.cli.root import (
     print_lines,
     with_session,
 )
+from mailgate.cli.sla import as_of, at_option
 
 
 @click.group()
@@ -64,17 +65,21 @@ def tickets_list(
 
 @tickets.command("show")
 @click.argument("number", type=TicketNumber())
+@at_option
 @json_option
 @pass_ctx
-def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
-    """The whole thread of ticket NUMBER (12, #12, HD#12 or "[HD #12]") as a person reads it."""
+def tickets_show(ctx: Context, number: int, at: datetime | None, as_json: bool) -> None:
+    """The whole thread of ticket NUMBER (12, #12, HD#12 or "[HD #12]") as a person reads it,
+    with its deadlines as of --at (whether each was met or breached)."""
     from zoneinfo import ZoneInfo
 
     from mailgate import views
 
+    now = as_of(ctx, at)
+
     def show(session: Any) -> None:
         detail = views.ticket_detail(
-            session, ctx.settings.tickets.tag_prefix, number, ZoneInfo(ctx.settings.tickets.timezone)
+            session, ctx.settings.tickets.tag_prefix, number, ZoneInfo(ctx.settings.tickets.timezone), now
         )
         if detail is None:
             fail(f"there is no ticket #{number}")

@@ -27,7 +27,8 @@ def apply(item: Incoming) -> Outcome | None:
     if item.reaction or (item.reasons and ticket is not None):
         return _automatic(item, ticket)
     window = item.app.settings.tickets.reopen_window_days
-    if ticket is not None and tickets.is_past_reopen_window(ticket, item.now, window):
+    # A rating alone (see rate) is no follow-up, however long the ticket has been closed.
+    if ticket is not None and not item.rating_only and tickets.is_past_reopen_window(ticket, item.now, window):
         item.note("apply", f"ticket {ticket.number} closed beyond the reopen window: follow-up")
         _new_ticket(item, ticket, "follow-up", "follow-up of a closed ticket")
     elif ticket is None:
@@ -91,7 +92,8 @@ def _reply(item: Incoming, ticket: Ticket) -> None:
         channel=item.source,
         now=item.now,
         answer=not item.internal and item.text_after_commands != "",
-        moves_status=commands is None or not any(line.command.name in _STATUS_COMMANDS for line in commands.lines),
+        moves_status=not item.rating_only
+        and (commands is None or not any(line.command.name in _STATUS_COMMANDS for line in commands.lines)),
     )
     if was != ticket.status:  # the requester's reply ends a pause, and the deadlines move by it
         sla.recompute(item.app.settings, ticket, item.now)

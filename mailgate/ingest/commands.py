@@ -110,7 +110,7 @@ def commands(item: Incoming) -> Outcome | None:
     if named is None and not _only_questions(block):
         item.note("commands", "a new mail naming no ticket, not only questions: read as a new request")
         return None
-    if not sender.is_staff and (named.requester_id != sender.id or not any(c.ok for c in block.commands)):
+    if not sender.is_staff and (not any(c.ok for c in block.commands) or not _may_command_as_outsider(item, named)):
         item.note("commands", "command-like first lines from a non-staff sender: read as text")
         return None
     for note in block.notes:
@@ -142,6 +142,17 @@ def _only_questions(block: CommandBlock) -> bool:
     """A new mail that is nothing but questions (signature aside): answered without a ticket.
     Text below them, a change or a wrong line make it a request like any other."""
     return not block.rest.strip() and all(c.ok and c.name in ANYWHERE_NAMES for c in block.commands)
+
+
+def _may_command_as_outsider(item: Incoming, named: Ticket) -> bool:
+    """Whether a non-staff sender's known command lines are read as commands: the requester's,
+    and those of someone the desk mailed on this ticket (an SLA escalation to
+    sla.escalation_address, a Cc) answering by the token issued to them, who meant commands and
+    is told why they may not, rather than having "#assign bob" relayed as text."""
+    proof, sender = item.proof, item.sender
+    return named.requester_id == sender.id or (
+        proof is not None and proof.how == "token" and proof.person_id == sender.id
+    )
 
 
 def _text_after(block: CommandBlock) -> str:

@@ -67,6 +67,9 @@ class Incoming:
     # (see the `requester` property), the forwarder watches it.
     on_behalf: OnBehalf | None = None
     commands: CommandMail | None = None  # commands: the accepted command lines, for execute
+    # rate: the requester's reply is a rating of a closed ticket and nothing more; it neither
+    # reopens the ticket (apply) nor goes to the assignee (relay).
+    rating_only: bool = False
     # apply: the ticket it went to and the stored message; dedupe or apply: the ticket's number
     # (for a duplicate, the earlier copy's).
     ticket: Ticket | None = None

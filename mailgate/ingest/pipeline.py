@@ -38,6 +38,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import notify
 from mailgate.ingest.outcome import Outcome, TemporaryFailure
 from mailgate.ingest.parse import ParsedMail, Unparseable, parse
+from mailgate.ingest.rate import rate
 from mailgate.ingest.relay import relay
 from mailgate.ingest.route import route
 from mailgate.ingest.screen import screen
@@ -50,8 +51,9 @@ __all__ = ["STEPS", "IngestResult", "Outcome", "TemporaryFailure", "ingest"]
 Step = Callable[[Incoming], Outcome | None]
 
 # The whole flow of a mail, in order. The dispatcher desk's commands go between
-# authenticate and apply. breaker holds a source that opens too many
-# tickets before apply opens one and notify queues its mail. alerts stores an alert's repeat
+# authenticate and apply; rate reads a requester's rating of a closed ticket after them.
+# breaker holds a source that opens too many tickets before apply opens one and notify
+# queues its mail. alerts stores an alert's repeat
 # or recovery on the alert's open ticket and ends there (no ticket number is taken); route
 # gives a ticket apply opened its alert's and the routing rules' fields before notify.
 STEPS: tuple[Step, ...] = (
@@ -66,6 +68,7 @@ STEPS: tuple[Step, ...] = (
     forwarded,
     admission,
     commands,
+    rate,
     breaker,
     apply,
     route,

@@ -52,7 +52,9 @@ def relay(item: Incoming) -> Outcome | None:
         return None
     text = item.text_after_commands if item.text_after_commands is not None else message.text_new
     answered_requester = False
-    if sender.id == ticket.requester_id or not sender.is_staff:
+    if item.rating_only:
+        item.note("relay", "a rating and nothing more: not relayed")
+    elif sender.id == ticket.requester_id or not sender.is_staff:
         relay_reply(item, ticket, message, text)
     elif not proven:
         item.note("relay", f"staff mail of {sender.address} kept, not relayed: not proven to come from them")

@@ -1,5 +1,5 @@
 """The rating a requester gives a closed ticket, as they write it: "#rate 4", "4", "5 stars",
-"good", "sehr gut". Pure: no I/O. Storing it from a reply comes later."""
+"good", "sehr gut". Pure: no I/O. Storing it from a reply: ingest/rate.py."""
 
 from __future__ import annotations
 
@@ -38,3 +38,21 @@ def parse_rating(text: str) -> int | None:
             return _WORDS[line]
         return None
     return None
+
+
+def split_rating(text: str) -> tuple[int | None, str]:
+    """The rating and what else the text says: a reply of a rating alone (rest "") asks for
+    nothing more; "4, but the printer jams again" is a reply that also rates. Quoted lines are
+    no text of the sender's."""
+    rating = parse_rating(text)
+    if rating is None:
+        return None, text.strip()
+    command = _COMMAND.search(text[:2000])
+    if command is not None:
+        lines = (text[: command.start()] + text[command.end() :]).splitlines()
+    else:
+        lines = text.splitlines()
+        given = next(i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith(">"))
+        del lines[given]
+    rest = [line for line in lines if not line.strip().startswith(">")]
+    return rating, "\n".join(rest).strip()

@@ -51,6 +51,8 @@ def show(session: Session, settings: Settings, number: int, now: datetime) -> li
         lines.append(f"  {_when(start, zone)} - {_when(end, zone)}{' (under way)' if end == now else ''}")
     if ticket.pending_until is not None:
         lines.append(f"pending until:   {_when(ticket.pending_until, zone)}")
+    if ticket.rating is not None:
+        lines.append(f"rating:          {ticket.rating}/5 by the requester, {_when(ticket.rated_at, zone)}")
     firings = list(session.scalars(select(SlaFiring).where(SlaFiring.ticket_id == ticket.id).order_by(SlaFiring.id)))
     lines.append(f"fired:           {len(firings) or 'nothing yet'}")
     for f in firings:
