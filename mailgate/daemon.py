@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -24,6 +25,9 @@ from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
 from mailgate.transports.listener_process import ListenerProcess
+
+if TYPE_CHECKING:
+    from mailgate.sla.job import Scanner  # imported when the daemon schedules it
 
 log = logging.getLogger("mailgate.daemon")
 
@@ -39,6 +43,7 @@ class Running:
     sender: Sender | None = None
     listener: ListenerProcess | None = None
     scheduler: BackgroundScheduler | None = None
+    scanner: Scanner | None = None  # the SLA scans the scheduler starts
     poller_threads: list[threading.Thread] = field(default_factory=list)
     stop_pollers: threading.Event = field(default_factory=threading.Event)
 
@@ -114,7 +119,7 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             running.listener.watch(_on_listener_exit(stop, failure))
         running.poller_threads = _start_pollers(app, running.stop_pollers)
         running.scheduler = BackgroundScheduler(timezone=UTC)
-        _schedule_sla(app, running.scheduler)
+        running.scanner = _schedule_sla(app, running.scheduler)
         running.scheduler.start()
         log.info(
             "mailgate running: smtp=%s imap=%d outgoing=%s spool=%s",
@@ -137,14 +142,15 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
         raise RuntimeError(failure[0])
 
 
-def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> None:
+def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> Scanner:
     """The SLA scans, at once (a daemon that was down catches up at its start) and then every
     sla.scan_interval_seconds. Missed runs coalesce into one, and one run at a time: the scans
     find what is overdue by query, so one late run does what the missed ones would have."""
     from mailgate.sla.job import Scanner
 
+    scanner = Scanner(app)
     scheduler.add_job(
-        Scanner(app),
+        scanner,
         "interval",
         seconds=app.settings.sla.scan_interval_seconds,
         id="sla-scans",
@@ -152,6 +158,7 @@ def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> None:
         coalesce=True,
         max_instances=1,
     )
+    return scanner
 
 
 def _pass_on_pokes(wakeups: socket.socket, wake_up: Callable[[], None], stop: threading.Event) -> None:
@@ -204,6 +211,8 @@ def _shutdown(running: Running) -> None:
         thread.join(timeout=max(deadline - time.monotonic(), 0.1))
     if running.scheduler is not None and running.scheduler.running:
         running.scheduler.shutdown(wait=False)
+    if running.scanner is not None:
+        running.scanner.join(max(deadline - time.monotonic(), 0.1))
     log.info("stopped")
 
 

@@ -135,3 +135,42 @@ def test_a_daemon_stopped_over_the_weekend_sends_one_escalation_per_ticket_on_st
         ("boss@example.com", at(7, 9, 10))
     ]
     app.close()
+
+
+def test_a_stopping_daemon_lets_a_running_scan_finish_first(tmp_path, db_url, monkeypatch) -> None:
+    """The scans run on a thread of their own: at shutdown the daemon waits (within its grace)
+    for a run in progress to end its transaction before the engine goes, instead of leaving a
+    connection behind in a thread that outlives it."""
+    import threading
+
+    from mailgate.sla import scans
+    from tests.daemon_harness import running_daemon
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_scan(session, settings, now) -> int:
+        started.set()
+        release.wait(5)
+        finished.set()
+        return 0
+
+    monkeypatch.setattr(scans, "SCANS", (("slow", slow_scan),))
+    app = desk(tmp_path, db_url)
+    try:
+        stopped = threading.Event()
+
+        def stop_daemon() -> None:
+            with running_daemon(app):
+                assert started.wait(10), "the scans run at start"
+            stopped.set()
+
+        stopper = threading.Thread(target=stop_daemon)
+        stopper.start()
+        assert started.wait(10)
+        assert not stopped.wait(0.5), "the daemon stopped while its scan was still running"
+        release.set()
+        stopper.join(15)
+        assert finished.is_set() and stopped.is_set()
+    finally:
+        release.set()
+        app.close()
