@@ -1,0 +1,34 @@
+"""An attack on the dispatcher desk through ingest() with real mails: what a hostile outsider or
+a sloppy insider sends must change nothing it may not, and never leave a mail retrying."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailgate.app import App
+from mailgate.ingest.pipeline import ingest
+from mailgate.models import Status
+from tests.conftest import make_settings
+from tests.desk import MX, desk
+from tests.test_alerts import PROBLEM, RECOVERY, alert, tickets_of
+
+
+@pytest.fixture
+def app(tmp_path, db_url, clock):
+    application = desk(tmp_path, db_url, clock)
+    yield application
+    application.close()
+
+
+def test_a_recovery_the_trusted_mta_failed_does_not_resolve_the_incident(tmp_path, db_url, clock) -> None:
+    source = {"name": "nagios", "senders": ["nagios@monitor.example.com"], "resolve_on_recovery": True}
+    settings = make_settings(tmp_path, db_url, alerts=[source], acknowledgements={"trusted_authserv_ids": [MX]})
+    app = App.build(settings, clock=clock)
+    try:
+        ingest(app, alert(PROBLEM), "smtp")
+        forged = f"Authentication-Results: {MX}; dmarc=fail header.from=monitor.example.com\r\n".encode()
+        ingest(app, forged + alert(RECOVERY), "smtp")
+        (incident, *_) = tickets_of(app)
+        assert incident.status != Status.RESOLVED
+    finally:
+        app.close()
