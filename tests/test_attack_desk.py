@@ -9,7 +9,7 @@ from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Status
 from tests.conftest import make_settings
-from tests.desk import MX, desk
+from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, rows
 from tests.test_alerts import PROBLEM, RECOVERY, alert, tickets_of
 
 
@@ -32,3 +32,15 @@ def test_a_recovery_the_trusted_mta_failed_does_not_resolve_the_incident(tmp_pat
         assert incident.status != Status.RESOLVED
     finally:
         app.close()
+
+
+def test_a_command_block_past_its_limit_is_refused_whole_and_its_note_reaches_no_requester(app: App) -> None:
+    number = open_ticket(app)
+    block = "".join(f"#cc add person{n}@example.com\n" for n in range(20))
+    result = command(app, number, block + "#note\nThe requester's manager wants them gone: keep it quiet.\n")
+
+    # The 21st line was the dispatcher's #note: sent as the answer, it told the requester.
+    assert result.outcome == "refused"
+    assert not any("keep it quiet" in r.body for r in rows(app, to=REQUESTER))
+    assert events(app, number, "cc") == []
+    assert "20" in receipt(app).body

@@ -146,7 +146,13 @@ def parse_commands(text: str, today: date) -> CommandBlock | None:
             continue
         if len(block.commands) >= MAX_LINES:
             if _looks_like_command(stripped):
+                # Not read, and not text either: the lines past the limit (a #note among them)
+                # would go to the requester as the answer. The mail is refused whole.
                 block.notes.append(f"only the first {MAX_LINES} command lines were read")
+                error = f"more than {MAX_LINES} command lines in one mail"
+                block.commands.append(
+                    Command("?", stripped[:80], error=error, suggestion="send the rest in another mail")
+                )
             break
         command = _read_line(stripped, today)
         if command is None:
