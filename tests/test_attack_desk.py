@@ -9,7 +9,8 @@ from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Status
 from tests.conftest import make_settings
-from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, rows
+from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, rows, ticket
+from tests.mails import mail
 from tests.test_alerts import PROBLEM, RECOVERY, alert, tickets_of
 
 
@@ -44,3 +45,25 @@ def test_a_command_block_past_its_limit_is_refused_whole_and_its_note_reaches_no
     assert not any("keep it quiet" in r.body for r in rows(app, to=REQUESTER))
     assert events(app, number, "cc") == []
     assert "20" in receipt(app).body
+
+
+# Our MTA's own Received, then its verdict (a milter inserts it below that Received), then what
+# the forger wrote as the first lines of a mail sent straight to our MX: no Received between.
+SPOOFED_BELOW = {
+    "a second DMARC verdict": [
+        f"{MX}; dmarc=none header.from=example.com",
+        f"{MX}; dmarc=pass header.from=example.com",
+    ],
+    "a pass beside no signature": [f"{MX}; dkim=none; dmarc=none", f"{MX}; dkim=pass header.d=example.com"],
+}
+
+
+@pytest.mark.parametrize("results", SPOOFED_BELOW.values(), ids=SPOOFED_BELOW.keys())
+def test_a_pass_contradicting_the_trusted_mtas_own_verdict_proves_nothing(app: App, results: list[str]) -> None:
+    number = open_ticket(app)
+    raw = mail(sender="dispatch@example.com", subject=f"Re: [HD #{number}] Printer", body="#assign alice\n")
+    head = f"Received: from attacker.example (attacker.example [192.0.2.66]) by {MX}\r\n"
+    head += "".join(f"Authentication-Results: {r}\r\n" for r in results)
+
+    assert ingest(app, head.encode() + raw, "smtp").outcome == "refused"
+    assert ticket(app, number).assignee is None
