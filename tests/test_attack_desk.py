@@ -67,3 +67,13 @@ def test_a_pass_contradicting_the_trusted_mtas_own_verdict_proves_nothing(app: A
 
     assert ingest(app, head.encode() + raw, "smtp").outcome == "refused"
     assert ticket(app, number).assignee is None
+
+
+def test_the_close_notice_is_marked_automatic_so_no_vacation_responder_answers_it(app: App) -> None:
+    number = open_ticket(app)
+    command(app, number, "#close")
+
+    (notice,) = rows(app, "closed", REQUESTER)
+    # "no" is for a person's words the desk passes on; the notice is the desk's own, and a
+    # responder's answer within the reopen window would open the ticket again.
+    assert notice.headers["Auto-Submitted"] == "auto-generated"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Ticket
+from mailgate.outgoing.outbox import AutoSubmitted
 from mailgate.relay.mail import queue_relayed
 
 
@@ -27,6 +28,7 @@ def tell_closed(item: Incoming, ticket: Ticket, message: Message) -> None:
         context=context,
         now=item.now,
         relayed=message,
+        auto_submitted=AutoSubmitted.GENERATED,  # the desk's notice, not a person's words
     )
     if row is not None:
         item.queued += 1
