@@ -9,7 +9,7 @@ from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Status
 from tests.conftest import make_settings
-from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, rows, ticket
+from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, reply_address, rows, ticket
 from tests.mails import mail
 from tests.test_alerts import PROBLEM, RECOVERY, alert, tickets_of
 
@@ -77,3 +77,33 @@ def test_the_close_notice_is_marked_automatic_so_no_vacation_responder_answers_i
     # "no" is for a person's words the desk passes on; the notice is the desk's own, and a
     # responder's answer within the reopen window would open the ticket again.
     assert notice.headers["Auto-Submitted"] == "auto-generated"
+
+
+FORWARD = (
+    "Please help her.\n\n---------- Forwarded message ---------\nFrom: Erin Ray <erin@corp.example>\n"
+    "Date: Mon, Nov 23, 2026 at 8:12 AM\nSubject: Plotter prints twice\nTo: <carol@example.com>\n\n"
+    "The plotter prints twice.\n"
+)
+
+
+def test_the_forwarding_staff_watchers_reply_reaches_the_assignee(app: App) -> None:
+    proven = f"Authentication-Results: {MX}; dmarc=pass header.from=example.com\r\n".encode()
+    forward = mail(sender="carol@example.com", subject="Fwd: Plotter prints twice", body=FORWARD)
+    number = ingest(app, proven + forward, "smtp").ticket_number
+    command(app, number, "#assign alice")
+    command(app, number, "We replaced the drum.", sender="alice@example.com")
+    (copy,) = rows(app, "answer", "carol@example.com")  # the watcher has the answer, with her token
+
+    raw = mail(
+        sender="carol@example.com",
+        to=reply_address(copy),
+        subject=f"Re: [HD #{number}] Plotter prints twice",
+        body="It still prints twice, I just checked with Erin.\n",
+    )
+    ingest(app, raw, "smtp")
+
+    # Carol watches the ticket she opened for Erin, on another team: her word was kept from
+    # everyone (only she was told it was not sent), as if she had answered for the desk.
+    (relayed,) = rows(app, "requester_reply", "alice@example.com")
+    assert "still prints twice" in relayed.body
+    assert rows(app, "answer_kept") == []
