@@ -107,3 +107,14 @@ def test_the_forwarding_staff_watchers_reply_reaches_the_assignee(app: App) -> N
     (relayed,) = rows(app, "requester_reply", "alice@example.com")
     assert "still prints twice" in relayed.body
     assert rows(app, "answer_kept") == []
+
+
+@pytest.mark.parametrize("line", ["#cc add {}", "#requester {}"])
+def test_an_address_too_long_to_store_is_a_wrong_line_not_a_quarantined_mail(app: App, line: str) -> None:
+    number = open_ticket(app)
+    address = "a" * 64 + "@" + "b" * 250 + ".example"  # 323 characters: people.address holds 320
+
+    # PostgreSQL refused the value, and the dispatcher's command mail went to quarantine
+    # with no word to them.
+    assert command(app, number, line.format(address)).outcome == "refused"
+    assert "nothing was changed" in " ".join(receipt(app).body.split()).lower()

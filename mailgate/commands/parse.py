@@ -79,7 +79,9 @@ _WEEKDAYS = {
 }
 _HASH = re.compile(r"^#([A-Za-z][A-Za-z-]*)(?:\s+(.*))?$")
 _KEY = re.compile(r"^([A-Za-z][A-Za-z-]*)\s*:\s*(.*)$")
-_ADDRESS = re.compile(r"^<?([^\s<>@,;]+@[^\s<>@,;]+\.[^\s<>@,;]+)>?$")
+# At most 320 characters, as people.address holds them (a longer one made PostgreSQL refuse
+# the row, and the whole command mail went to quarantine).
+_ADDRESS = re.compile(r"^<?(?=[^\s<>]{1,320}>?$)([^\s<>@,;]+@[^\s<>@,;]+\.[^\s<>@,;]+)>?$")
 _NUMBER = re.compile(r"^(?:\[[^\]#]*#\s*(\d{1,12})\]|#?(\d{1,12}))$")
 _NAME = re.compile(r"^[\w.+@'-]{1,320}$")
 _NAMES = re.compile(r"^[\w.+@'-]{1,320}(?: [\w.'-]{1,100}){0,3}$")
