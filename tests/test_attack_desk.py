@@ -118,3 +118,10 @@ def test_an_address_too_long_to_store_is_a_wrong_line_not_a_quarantined_mail(app
     # with no word to them.
     assert command(app, number, line.format(address)).outcome == "refused"
     assert "nothing was changed" in " ".join(receipt(app).body.split()).lower()
+
+
+def test_a_category_too_long_to_store_is_a_wrong_line_not_a_quarantined_mail(app: App) -> None:
+    number = open_ticket(app)
+    # No [sla] categories configured: any name goes, but tickets.category holds 100 characters.
+    assert command(app, number, "#category " + "c" * 200).outcome == "refused"
+    assert "nothing was changed" in " ".join(receipt(app).body.split()).lower()
