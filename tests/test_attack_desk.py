@@ -125,3 +125,26 @@ def test_a_category_too_long_to_store_is_a_wrong_line_not_a_quarantined_mail(app
     # No [sla] categories configured: any name goes, but tickets.category holds 100 characters.
     assert command(app, number, "#category " + "c" * 200).outcome == "refused"
     assert "nothing was changed" in " ".join(receipt(app).body.split()).lower()
+
+
+ROBOTS = {
+    "an alert": lambda: alert(PROBLEM, headers={"Auto-Submitted": "auto-generated"}),
+    "a no-reply sender": lambda: mail(sender="noreply@shop.example", subject="Your order 123 is delayed"),
+}
+
+
+@pytest.mark.parametrize("robot", ROBOTS.values(), ids=ROBOTS.keys())
+def test_the_relay_never_answers_a_robot_that_opened_the_ticket(tmp_path, db_url, clock, robot) -> None:
+    app = desk(tmp_path, db_url, clock, alerts=[{"name": "nagios", "senders": ["nagios@monitor.example.com"]}])
+    try:
+        number = ingest(app, robot(), "smtp").ticket_number
+        command(app, number, "#assign alice")
+        command(app, number, "Restarted the web server, looks fine now.", sender="alice@example.com")
+        command(app, number, "#close", sender="alice@example.com")
+
+        # The answer and the close notice went to the monitoring system's (the shop's) mailbox,
+        # whose robot may answer them in turn.
+        sent = [r for r in rows(app) if r.kind in ("answer", "closed")]
+        assert sent == []
+    finally:
+        app.close()

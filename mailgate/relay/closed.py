@@ -7,11 +7,14 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted
-from mailgate.relay.mail import queue_relayed
+from mailgate.relay.mail import queue_relayed, robots
 
 
 def tell_closed(item: Incoming, ticket: Ticket, message: Message) -> None:
     app, sender = item.app, item.sender
+    if robots(item.session, ticket, [ticket.requester]):
+        item.note("relay", f"no close notice: every mail of {ticket.requester.address} on the ticket was automatic")
+        return
     context = {
         "status": ticket.status,
         "by": sender.name or sender.address,
