@@ -3,11 +3,14 @@ a sloppy insider sends must change nothing it may not, and never leave a mail re
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from mailgate.app import App
 from mailgate.ingest.pipeline import ingest
 from mailgate.models import Status
+from mailgate.sla import scans
 from tests.conftest import make_settings
 from tests.desk import MX, REQUESTER, command, desk, events, open_ticket, receipt, reply_address, rows, ticket
 from tests.mails import mail
@@ -146,5 +149,23 @@ def test_the_relay_never_answers_a_robot_that_opened_the_ticket(tmp_path, db_url
         # whose robot may answer them in turn.
         sent = [r for r in rows(app) if r.kind in ("answer", "closed")]
         assert sent == []
+    finally:
+        app.close()
+
+
+def test_the_sla_scans_do_not_mail_a_resolved_alerts_monitoring_system(tmp_path, db_url, clock) -> None:
+    source = {"name": "nagios", "senders": ["nagios@monitor.example.com"], "resolve_on_recovery": True}
+    app = desk(tmp_path, db_url, clock, alerts=[source])
+    try:
+        number = ingest(app, alert(PROBLEM), "smtp").ticket_number
+        ingest(app, alert(RECOVERY), "smtp")
+        clock.advance(timedelta(days=30))
+        with app.sessions() as s:
+            scans.run_all(s, app.settings, clock.now())
+            s.commit()
+
+        assert ticket(app, number).status == Status.CLOSED  # closed after sla.close_resolved_after_days
+        # "Your ticket was closed; rate us with #rate 5" to Nagios, which may answer it.
+        assert rows(app, to="nagios@monitor.example.com") == []
     finally:
         app.close()

@@ -14,8 +14,9 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Outbox, Participant, Person, Status, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted
+from mailgate.people import robots
 from mailgate.relay.files import bounded
-from mailgate.relay.mail import queue_relayed, robots
+from mailgate.relay.mail import queue_relayed
 
 # People an answer goes to: the requester and the Cc (a ticket's first mail names at most
 # limits.max_participants_per_mail, #cc add more); bounded so one answer's cost is too.

@@ -7,7 +7,8 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted
-from mailgate.relay.mail import queue_relayed, robots
+from mailgate.people import robots
+from mailgate.relay.mail import queue_relayed
 
 
 def tell_closed(item: Incoming, ticket: Ticket, message: Message) -> None:

@@ -24,29 +24,6 @@ def who(person: Person) -> str:
     return f"{person.name} <{person.address}>" if person.name else person.address
 
 
-# Mails of a ticket read to tell whether someone on it is a robot: a bound on the cost.
-_ROBOT_MAILS = 200
-
-
-def robots(session: Session, ticket: Ticket, people: list[Person]) -> set[int]:
-    """Those of `people` whose every mail on `ticket` was automatic (a monitoring system, a
-    no-reply address, a report): the relay never writes to a robot, which may answer in turn.
-    Someone who never wrote (named by #requester or #cc, or forwarded on their behalf) is no robot."""
-    ids = [p.id for p in people]
-    if not ids:
-        return set()
-    mails = session.execute(
-        select(Message.sender_id, Message.auto_reasons)
-        .where(Message.ticket_id == ticket.id, Message.sender_id.in_(ids))
-        .order_by(Message.id)
-        .limit(_ROBOT_MAILS)
-    )
-    automatic: dict[int, bool] = {}
-    for sender_id, reasons in mails:
-        automatic[sender_id] = automatic.get(sender_id, True) and bool(reasons)
-    return {person_id for person_id, robot in automatic.items() if robot}
-
-
 # The head of the request that is read for the language it asked for: its header fields.
 _REQUEST_HEAD = 64 * 1024
 
