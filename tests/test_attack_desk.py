@@ -169,3 +169,15 @@ def test_the_sla_scans_do_not_mail_a_resolved_alerts_monitoring_system(tmp_path,
         assert rows(app, to="nagios@monitor.example.com") == []
     finally:
         app.close()
+
+
+def test_undo_does_not_take_back_what_someone_else_changed_since(app: App) -> None:
+    number = open_ticket(app)
+    command(app, number, "#priority high")
+    command(app, number, "#priority urgent", sender="admin@example.com")
+
+    assert command(app, number, "#undo").outcome == "reply"
+
+    # The dispatcher's #undo set the priority back to normal: the admin's urgent was lost
+    # without a word to either of them.
+    assert ticket(app, number).priority == "urgent"

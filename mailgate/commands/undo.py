@@ -76,6 +76,8 @@ def revert(
         what = event.field or ""
         on = session.get(Ticket, event.ticket_id)
         assert on is not None
+        if _changed_since(on, what, event):
+            continue  # someone set it again since: their choice stands, not the one before
         if what == "assignee":
             person = _person(session, event.old)
             tickets.assign(session, on, person, **how)  # type: ignore[arg-type]
@@ -114,6 +116,19 @@ def revert(
         message_id=undo_message_id,
     )
     return done
+
+
+def _changed_since(ticket: Ticket, what: str, event: Event) -> bool:
+    """Whether `ticket`'s `what` is no longer what `event` set it to."""
+    if what == "assignee":
+        now = ticket.assignee.address if ticket.assignee else None
+    elif what == "requester":
+        now = ticket.requester.address
+    elif what in ("status", "priority", "category", "team"):
+        now = getattr(ticket, what)
+    else:
+        return False
+    return (str(now) if now is not None else None) != event.new
 
 
 def _person(session: Session, address: str | None) -> Person | None:
