@@ -181,3 +181,13 @@ def test_undo_does_not_take_back_what_someone_else_changed_since(app: App) -> No
     # The dispatcher's #undo set the priority back to normal: the admin's urgent was lost
     # without a word to either of them.
     assert ticket(app, number).priority == "urgent"
+
+
+def test_undo_reverts_the_last_command_mail_not_a_later_answer(app: App) -> None:
+    number = open_ticket(app)
+    command(app, number, "#priority high")
+    command(app, number, "We are on it and will call you.")  # an answer, relayed: no command
+
+    assert command(app, number, "#undo").outcome == "reply"
+    # The answer was taken for the last command mail: nothing was reverted, "undone" all the same.
+    assert ticket(app, number).priority == "normal"

@@ -20,6 +20,11 @@ from mailgate.models import Event, Person, Status, Ticket
 
 # Looked at to find the last command mail: a few mails' worth of events.
 _SCAN = 200
+# The fields a command mail changes and revert() sets back.
+_REVERTIBLE = (
+    "assignee", "status", "priority", "category", "team", "pending_until", "requester", "cc",
+    "merged_into", "merged_from", "related",
+)  # fmt: skip
 
 
 def last_command_mail(
@@ -38,7 +43,7 @@ def last_command_mail(
             Event.ticket_id == ticket.id,
             Event.actor == sender.address,
             Event.evidence != "",
-            Event.field.is_not(None),
+            Event.field.in_(_REVERTIBLE),  # a relayed answer's events name its mail too
             Event.message_id.is_not(None),
             Event.at >= since,
         )
