@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from mailgate import tickets
 from mailgate.addresses import fold_address
 from mailgate.config import Settings
-from mailgate.models import Person, Ticket
+from mailgate.models import Message, Person, Ticket
 
 
 def find_or_create_person(session: Session, address: str, name: str, now: datetime) -> Person:
@@ -105,3 +105,26 @@ def mark_undeliverable(
         new=f"{person.address}: {person.undeliverable_reason}",
     )
     return True
+
+
+# Mails of a ticket read to tell whether someone on it is a robot: a bound on the cost.
+_ROBOT_MAILS = 200
+
+
+def robots(session: Session, ticket: Ticket, people: list[Person]) -> set[int]:
+    """Those of `people` whose every mail on `ticket` was automatic (a monitoring system, a
+    no-reply address, a report): the relay never writes to a robot, which may answer in turn.
+    Someone who never wrote (named by #requester or #cc, or forwarded on their behalf) is no robot."""
+    ids = [p.id for p in people]
+    if not ids:
+        return set()
+    mails = session.execute(
+        select(Message.sender_id, Message.auto_reasons)
+        .where(Message.ticket_id == ticket.id, Message.sender_id.in_(ids))
+        .order_by(Message.id)
+        .limit(_ROBOT_MAILS)
+    )
+    automatic: dict[int, bool] = {}
+    for sender_id, reasons in mails:
+        automatic[sender_id] = automatic.get(sender_id, True) and bool(reasons)
+    return {person_id for person_id, robot in automatic.items() if robot}

@@ -140,7 +140,8 @@ def test_close_keeps_its_text_and_the_rest() -> None:
 
 def test_only_max_lines_command_lines_are_read() -> None:
     block = read("#take\n" * 10_000)
-    assert len(block.commands) == MAX_LINES
+    assert len(block.commands) == MAX_LINES + 1  # the one past the limit, as an error: refused whole
+    assert [c.error for c in block.errors] == [f"more than {MAX_LINES} command lines in one mail"]
     assert block.notes
 
 

@@ -79,7 +79,9 @@ _WEEKDAYS = {
 }
 _HASH = re.compile(r"^#([A-Za-z][A-Za-z-]*)(?:\s+(.*))?$")
 _KEY = re.compile(r"^([A-Za-z][A-Za-z-]*)\s*:\s*(.*)$")
-_ADDRESS = re.compile(r"^<?([^\s<>@,;]+@[^\s<>@,;]+\.[^\s<>@,;]+)>?$")
+# At most 320 characters, as people.address holds them (a longer one made PostgreSQL refuse
+# the row, and the whole command mail went to quarantine).
+_ADDRESS = re.compile(r"^<?(?=[^\s<>]{1,320}>?$)([^\s<>@,;]+@[^\s<>@,;]+\.[^\s<>@,;]+)>?$")
 _NUMBER = re.compile(r"^(?:\[[^\]#]*#\s*(\d{1,12})\]|#?(\d{1,12}))$")
 _NAME = re.compile(r"^[\w.+@'-]{1,320}$")
 _NAMES = re.compile(r"^[\w.+@'-]{1,320}(?: [\w.'-]{1,100}){0,3}$")
@@ -146,7 +148,13 @@ def parse_commands(text: str, today: date) -> CommandBlock | None:
             continue
         if len(block.commands) >= MAX_LINES:
             if _looks_like_command(stripped):
+                # Not read, and not text either: the lines past the limit (a #note among them)
+                # would go to the requester as the answer. The mail is refused whole.
                 block.notes.append(f"only the first {MAX_LINES} command lines were read")
+                error = f"more than {MAX_LINES} command lines in one mail"
+                block.commands.append(
+                    Command("?", stripped[:80], error=error, suggestion="send the rest in another mail")
+                )
             break
         command = _read_line(stripped, today)
         if command is None:

@@ -20,6 +20,11 @@ from mailgate.models import Event, Person, Status, Ticket
 
 # Looked at to find the last command mail: a few mails' worth of events.
 _SCAN = 200
+# The fields a command mail changes and revert() sets back.
+_REVERTIBLE = (
+    "assignee", "status", "priority", "category", "team", "pending_until", "requester", "cc",
+    "merged_into", "merged_from", "related",
+)  # fmt: skip
 
 
 def last_command_mail(
@@ -38,7 +43,7 @@ def last_command_mail(
             Event.ticket_id == ticket.id,
             Event.actor == sender.address,
             Event.evidence != "",
-            Event.field.is_not(None),
+            Event.field.in_(_REVERTIBLE),  # a relayed answer's events name its mail too
             Event.message_id.is_not(None),
             Event.at >= since,
         )
@@ -76,6 +81,8 @@ def revert(
         what = event.field or ""
         on = session.get(Ticket, event.ticket_id)
         assert on is not None
+        if _changed_since(on, what, event):
+            continue  # someone set it again since: their choice stands, not the one before
         if what == "assignee":
             person = _person(session, event.old)
             tickets.assign(session, on, person, **how)  # type: ignore[arg-type]
@@ -114,6 +121,19 @@ def revert(
         message_id=undo_message_id,
     )
     return done
+
+
+def _changed_since(ticket: Ticket, what: str, event: Event) -> bool:
+    """Whether `ticket`'s `what` is no longer what `event` set it to."""
+    if what == "assignee":
+        now = ticket.assignee.address if ticket.assignee else None
+    elif what == "requester":
+        now = ticket.requester.address
+    elif what in ("status", "priority", "category", "team"):
+        now = getattr(ticket, what)
+    else:
+        return False
+    return (str(now) if now is not None else None) != event.new
 
 
 def _person(session: Session, address: str | None) -> Person | None:

@@ -28,8 +28,9 @@ from sqlalchemy import select, text
 
 from mailgate import subject as subjects
 from mailgate import tickets
-from mailgate.addresses import fold_address
+from mailgate.addresses import domain_of, fold_address
 from mailgate.db import advisory_key
+from mailgate.ingest.authentication import authentication_failure
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
@@ -57,6 +58,12 @@ def alerts(item: Incoming) -> Outcome | None:
         item.note("alerts", f"subject pattern {str(exc)[:80]!r} ran out of time on this mail: not an alert")
         return None
     if source is None:
+        return None
+    trusted = item.app.settings.acknowledgements.trusted_authserv_ids
+    if failure := authentication_failure(mail.message, trusted, domain_of(mail.from_addr)):
+        # Anyone can write the monitoring system's From: a mail our MTA failed is not its alert
+        # (a forged recovery would resolve the incident). It goes on as ordinary mail.
+        item.note("alerts", f"matches alert source {source.name} but failed authentication ({failure}): not an alert")
         return None
     item.alert = alert = read(source, mail.subject)
     state = alert.state or "no state word"

@@ -68,6 +68,8 @@ def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: st
     results = trusted_results(message, trusted_ids)
     if not from_domain or any(r.method == "dmarc" and r.result == "fail" for r in results):
         return None
+    if _contradicted(results):
+        return None
     for r in results:
         if r.method == "dmarc" and r.result == "pass" and r.header_from == from_domain:
             return f"dmarc=pass header.from={from_domain} ({r.authserv_id})"
@@ -75,6 +77,16 @@ def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: st
         if r.method == "dkim" and r.result == "pass" and r.header_d == from_domain:
             return f"dkim=pass header.d={from_domain} ({r.authserv_id})"
     return None
+
+
+def _contradicted(results: list[Result]) -> bool:
+    """Verdicts no single MTA gives one mail: two different DMARC results, or "no signature"
+    beside a passing one. Where a milter puts its field below our Received, a mail sent straight
+    to our MX can add a "pass" of the trusted id right below it: the MTA's own verdict then
+    stands beside the forged one, and neither can be told apart, so neither proves anything."""
+    dmarc = {(r.result, r.header_from) for r in results if r.method == "dmarc"}
+    dkim = {r.result for r in results if r.method == "dkim"}
+    return len(dmarc) > 1 or {"none", "pass"} <= dkim
 
 
 def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str) -> bool:

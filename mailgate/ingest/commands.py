@@ -215,9 +215,15 @@ def _check(item: Incoming, mail: CommandMail, line: Line) -> None:
             line.undo_message_id = found
 
 
+_NAME_CHARS = 100  # tickets.category and tickets.team
+
+
 def _known(line: Line, what: str, known: list[str]) -> None:
     """A category or team the config names (any value when it names none)."""
     value = str(line.command.value)
+    if len(value) > _NAME_CHARS:  # any name goes when the config names none; the column holds 100
+        line.problem = f"the {what} name is longer than {_NAME_CHARS} characters"
+        return
     if known and value not in known:
         close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
         line.problem = f"unknown {what} {value!r}"

@@ -14,10 +14,12 @@ those), duplicates or held mail (ended before apply), or automatic mail.
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from mailgate import permissions
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
-from mailgate.models import MessageKind, Status
+from mailgate.models import MessageKind, Participant, Status, Ticket
 from mailgate.relay.answer import relay_answer, tell_kept
 from mailgate.relay.assignment import tell_assignee
 from mailgate.relay.closed import tell_closed
@@ -56,6 +58,10 @@ def relay(item: Incoming) -> Outcome | None:
         item.note("relay", "a rating and nothing more: not relayed")
     elif sender.id == ticket.requester_id or not sender.is_staff:
         relay_reply(item, ticket, message, text)
+    elif proven and not item.internal and _watches(item, ticket) and not _works_on(item, ticket):
+        # A staff member on the ticket's Cc (the one who forwarded it, a manager) who does not
+        # work on it writes as a Cc does: to the assignee, not for the desk to the requester.
+        relay_reply(item, ticket, message, text)
     elif not proven:
         item.note("relay", f"staff mail of {sender.address} kept, not relayed: not proven to come from them")
         if item.text_after_commands is None and text.strip():  # command mail gets the commands' reply
@@ -77,3 +83,16 @@ def relay(item: Incoming) -> Outcome | None:
         else:
             tell_closed(item, ticket, message)
     return None
+
+
+def _works_on(item: Incoming, ticket: Ticket) -> bool:
+    return permissions.may_work_on(item.app.settings, item.sender, ticket)
+
+
+def _watches(item: Incoming, ticket: Ticket) -> bool:
+    query = select(Participant.id).where(
+        Participant.ticket_id == ticket.id,
+        Participant.person_id == item.sender.id,
+        Participant.role.in_(("cc", "watcher")),
+    )
+    return item.session.scalar(query.limit(1)) is not None

@@ -12,6 +12,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Participant, Person, Status, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted, queued_recently
+from mailgate.people import robots
 from mailgate.relay.files import bounded
 from mailgate.relay.mail import queue_relayed
 
@@ -32,7 +33,10 @@ def recipients(item: Incoming, ticket: Ticket) -> list[Person]:
     )
     sender = fold_address(item.sender.address)
     unique = {p.id: p for p in people if p.id != item.sender.id and fold_address(p.address) != sender}
-    return list(unique.values())[:MAX_RECIPIENTS]
+    automatic = robots(item.session, ticket, list(unique.values()))
+    if automatic:
+        item.note("relay", f"not to {len(automatic)} robot(s) whose every mail on the ticket was automatic")
+    return [p for p in unique.values() if p.id not in automatic][:MAX_RECIPIENTS]
 
 
 def relay_answer(item: Incoming, ticket: Ticket, message: Message, text: str) -> list[Person]:

@@ -6,11 +6,16 @@ from __future__ import annotations
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Ticket
+from mailgate.outgoing.outbox import AutoSubmitted
+from mailgate.people import robots
 from mailgate.relay.mail import queue_relayed
 
 
 def tell_closed(item: Incoming, ticket: Ticket, message: Message) -> None:
     app, sender = item.app, item.sender
+    if robots(item.session, ticket, [ticket.requester]):
+        item.note("relay", f"no close notice: every mail of {ticket.requester.address} on the ticket was automatic")
+        return
     context = {
         "status": ticket.status,
         "by": sender.name or sender.address,
@@ -27,6 +32,7 @@ def tell_closed(item: Incoming, ticket: Ticket, message: Message) -> None:
         context=context,
         now=item.now,
         relayed=message,
+        auto_submitted=AutoSubmitted.GENERATED,  # the desk's notice, not a person's words
     )
     if row is not None:
         item.queued += 1

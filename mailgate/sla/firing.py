@@ -20,6 +20,7 @@ from mailgate.languages import language_of
 from mailgate.models import Person, SlaFiring, Ticket
 from mailgate.outgoing.compose import Templates, local_time
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.people import robots
 
 
 def fire(
@@ -70,6 +71,8 @@ class Mailer:
         self, template: str, ticket: Ticket, to: Person, occasion: str, context: dict[str, Any] | None = None
     ) -> bool:
         """Queue mail `template` to `to`, in their language; False if it cannot be sent to them."""
+        if not to.is_staff and robots(self.session, ticket, [to]):
+            return False  # a monitoring system's or a no-reply mailbox: a robot may answer in turn
         language = language_of(self.settings, to.address)
         when = {
             "first_response_due": local_time(self.settings, ticket.first_response_due, language),
