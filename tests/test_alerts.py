@@ -261,3 +261,21 @@ def test_a_bad_alert_source_names_the_key_the_value_and_what_was_expected(tmp_pa
     message = _config_error(tmp_path, f"[[alerts]]\n{source}\n")
     for part in expected:
         assert part in message, message
+
+
+def test_a_source_that_requires_proof_takes_only_mail_the_trusted_mta_proved(tmp_path, db_url, clock) -> None:
+    """Anyone can write the monitoring system's From. With require_proof, only mail the trusted
+    MTA proved (DMARC pass, or DKIM of the From's domain) is the source's alert: a forged
+    RECOVERY with no verdict at all resolves nothing."""
+    source = {**NAGIOS, "resolve_on_recovery": True, "require_proof": True}
+    app = desk(tmp_path, db_url, clock, source, acknowledgements={"trusted_authserv_ids": ["mx.example.com"]})
+    proven = {**GENERATED, "Authentication-Results": "mx.example.com; dmarc=pass header.from=monitor.example.com"}
+    ingest(app, alert(PROBLEM, headers=proven), "smtp")
+    forged = ingest(app, alert(RECOVERY, headers=GENERATED), "smtp")
+    incident = tickets_of(app)[0]
+    assert incident.status == Status.NEW, "the forged recovery resolved the incident"
+    assert events(app, incident, "alert_recovered") == []
+    assert "not proven" in " ".join(t["decision"] for t in forged.trace if t["step"] == "alerts")
+    ingest(app, alert(RECOVERY, headers=proven), "smtp")
+    assert tickets_of(app)[0].status == Status.RESOLVED
+    app.close()

@@ -30,7 +30,7 @@ from mailgate import subject as subjects
 from mailgate import tickets
 from mailgate.addresses import domain_of, fold_address
 from mailgate.db import advisory_key
-from mailgate.ingest.authentication import authentication_failure
+from mailgate.ingest.authentication import authentication_failure, from_verdict
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
@@ -64,6 +64,9 @@ def alerts(item: Incoming) -> Outcome | None:
         # Anyone can write the monitoring system's From: a mail our MTA failed is not its alert
         # (a forged recovery would resolve the incident). It goes on as ordinary mail.
         item.note("alerts", f"matches alert source {source.name} but failed authentication ({failure}): not an alert")
+        return None
+    if source.require_proof and from_verdict(mail.message, trusted, domain_of(mail.from_addr)) is None:
+        item.note("alerts", f"matches alert source {source.name}, which requires proof: not proven, not an alert")
         return None
     item.alert = alert = read(source, mail.subject)
     state = alert.state or "no state word"

@@ -99,6 +99,11 @@ class AlertSource(BaseModel):
     priority: Priority = "normal"
     category: str = Field(default="incident", min_length=1, max_length=100)
     resolve_on_recovery: bool = False
+    # Only mail the trusted MTA proved (DMARC pass, or DKIM of the From's domain: see
+    # acknowledgements.trusted_authserv_ids) is this source's alert. Anyone can write a From:
+    # where a recovery resolves incidents, or the source is known by its subject alone, a
+    # forger could otherwise raise or end them.
+    require_proof: bool = False
     # Distinct alerts of this source that may open tickets (each a dispatcher notice) in a
     # window; past it, the circuit breaker holds its new alerts (not the repeats). In place of
     # breaker.per_sender and the others, which a monitoring outage would trip at once.
