@@ -50,16 +50,17 @@ def record(
     return event
 
 
-def add_participant(session: Session, ticket: Ticket, person: Person, role: str, *, new_ticket: bool = False) -> None:
-    """`person` takes part in `ticket` from now on (a no-op when they already do). new_ticket:
+def add_participant(session: Session, ticket: Ticket, person: Person, role: str, *, new_ticket: bool = False) -> bool:
+    """`person` takes part in `ticket` from now on; False when they already did. new_ticket:
     the ticket was opened in this transaction and `person` was not added yet: no query needed."""
     if not new_ticket:
         exists = session.scalar(
             select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
         )
         if exists is not None:
-            return
+            return False
     session.add(Participant(ticket_id=ticket.id, person_id=person.id, role=role))
+    return True
 
 
 def create_ticket(
@@ -460,12 +461,8 @@ def add_cc(
     message_id: int | None = None,
 ) -> bool:
     """`person` watches `ticket` (a cc); False when they are on it already."""
-    exists = session.scalar(
-        select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.person_id == person.id)
-    )
-    if exists is not None:
+    if not add_participant(session, ticket, person, "cc"):
         return False
-    session.add(Participant(ticket_id=ticket.id, person_id=person.id, role="cc"))
     record(
         session,
         ticket,

@@ -190,36 +190,9 @@ def queue(
         "Message-ID": message_id,
         "Date": email.utils.format_datetime(now),
         "Reply-To": email.utils.formataddr((from_name, tokens.plus_address(support, token))),
-        LOOP_HEADER: settings.outgoing.loop_id,
-        # Ask Exchange and friends not to send out-of-office or read receipts back to us.
-        "X-Auto-Response-Suppress": "All",
-        "Auto-Submitted": mail.auto_submitted.value,
+        **_automatic_headers(settings, mail),
     }
-    if mail.in_reply_to:
-        headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
-        thread = dict.fromkeys((*mail.references, mail.in_reply_to))  # each once, in order
-        headers["References"] = " ".join(f"<{i}>" for i in thread)
-    body = fit_body(headers, body, settings.outgoing.max_mail_bytes)
-    row = Outbox(
-        ticket_id=mail.ticket.id if mail.ticket is not None else None,
-        kind=mail.kind,
-        occasion=mail.occasion,
-        message_id=message_id,
-        mail_from=support,
-        rcpt_key=fold_address(mail.to.address),
-        rcpt_proven=mail.rcpt_proven,
-        recipients=[mail.to.address],
-        headers=headers,
-        body=body,
-        attachments=[
-            {"sha256": a.sha256, "filename": a.filename, "content_type": a.content_type, "size": a.size}
-            for a in mail.attachments
-        ],
-        state=OutboxState.QUEUED,
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-    )
+    row = _row(settings, mail, message_id, headers, body, now)
     session.add(row)  # written with the rest of the transaction: one INSERT for all its outbox rows
     return row
 
@@ -241,31 +214,53 @@ def _queue_without_ticket(
         "Subject": shorten(_BIDI.sub("", subject), settings.outgoing.max_subject_chars),
         "Message-ID": message_id,
         "Date": email.utils.format_datetime(now),
+        **_automatic_headers(settings, mail),
+    }
+    row = _row(settings, mail, message_id, headers, body, now)
+    session.add(row)
+    return row
+
+
+def _automatic_headers(settings: Settings, mail: OutgoingMail) -> dict[str, str]:
+    """What every mail of ours carries: our loop mark, RFC 3834's Auto-Submitted, and the
+    threading to the mail it answers."""
+    headers = {
         LOOP_HEADER: settings.outgoing.loop_id,
+        # Ask Exchange and friends not to send out-of-office or read receipts back to us.
         "X-Auto-Response-Suppress": "All",
         "Auto-Submitted": mail.auto_submitted.value,
     }
     if mail.in_reply_to:
         headers["In-Reply-To"] = f"<{mail.in_reply_to}>"
-        headers["References"] = f"<{mail.in_reply_to}>"
-    row = Outbox(
-        ticket_id=None,
+        thread = dict.fromkeys((*mail.references, mail.in_reply_to))  # each once, in order
+        headers["References"] = " ".join(f"<{i}>" for i in thread)
+    return headers
+
+
+def _row(
+    settings: Settings, mail: OutgoingMail, message_id: str, headers: dict[str, str], body: str, now: datetime
+) -> Outbox:
+    """The outbox row of a rendered mail, due now; the body cut to fit outgoing.max_mail_bytes."""
+    return Outbox(
+        ticket_id=mail.ticket.id if mail.ticket is not None else None,
         kind=mail.kind,
         occasion=mail.occasion,
         message_id=message_id,
-        mail_from=support,
+        mail_from=settings.addresses.support,
         rcpt_key=fold_address(mail.to.address),
         rcpt_proven=mail.rcpt_proven,
         recipients=[mail.to.address],
         headers=headers,
         body=fit_body(headers, body, settings.outgoing.max_mail_bytes),
+        attachments=[
+            {"sha256": a.sha256, "filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in mail.attachments
+        ],
         state=OutboxState.QUEUED,
         attempts=0,
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(row)
-    return row
 
 
 @dataclass
