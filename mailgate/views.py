@@ -1,6 +1,7 @@
 """Views of the store for the command line: ticket lists, a thread as a person reads it, stored
 mail and its decisions. Each list is rows of plain values first (what `--json` prints), then
-lines of text. Every time is shown in the desk's zone (`tickets.timezone`), and says which."""
+lines of text. Every time is shown in the desk's zone (sla.policy.timezone: the zone of its business
+hours, in which the deadlines were counted), and says which."""
 
 from __future__ import annotations
 

@@ -48,6 +48,23 @@ def test_friday_1630_with_four_business_hours_is_due_monday_1230_and_the_ack_say
     app.close()
 
 
+def test_the_promise_reads_in_the_zone_of_the_business_hours_not_tickets_timezone(tmp_path, db_url) -> None:
+    # The hours are Berlin's; a desk that left tickets.timezone at UTC still promises Berlin's 12:30.
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        tickets={"timezone": "UTC"},
+        sla={"timezone": "Europe/Berlin", "business_hours": OFFICE, "targets": {"normal": {"first_response": "4h"}}},
+    )
+    app = App.build(settings, clock=FixedClock(FRIDAY_1630.astimezone(UTC)))
+    t = ticket(app, ingest(app, mail(), "smtp").ticket_number)
+    assert local(t.first_response_due) == datetime(2026, 11, 30, 12, 30, tzinfo=BERLIN)
+    ack = " ".join(outbox(app, "ack")[0].body.split())
+    assert "we will answer by Monday 30 November 12:30 (Europe/Berlin)" in ack
+    assert "(UTC)" not in ack
+    app.close()
+
+
 def test_a_holiday_on_that_monday_moves_it_to_tuesday_1230(tmp_path, db_url) -> None:
     app = desk(tmp_path, db_url, FRIDAY_1630, holidays=["2026-11-30"])
     t = ticket(app, ingest(app, mail(), "smtp").ticket_number)

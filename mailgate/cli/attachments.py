@@ -29,12 +29,11 @@ def attachments() -> None:
 @pass_ctx
 def attachments_list(ctx: Context, number: int, as_json: bool) -> None:
     """Every attachment of ticket NUMBER, with the id `attachments save --id` takes."""
-    from zoneinfo import ZoneInfo
-
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
     with _of_ticket(ctx, number) as (_, found):
-        rows = views.attachment_rows(found, ZoneInfo(ctx.settings.tickets.timezone))
+        rows = views.attachment_rows(found, timezone(ctx.settings))
     if as_json:
         print_json(rows)
     else:

@@ -21,12 +21,11 @@ def messages() -> None:
 @json_option
 @pass_ctx
 def messages_list(ctx: Context, without_ticket: bool, kind: str | None, as_json: bool) -> None:
-    """One line per stored mail, with a header; times in tickets.timezone."""
-    from zoneinfo import ZoneInfo
-
+    """One line per stored mail, with a header; times in the desk's zone (sla.policy.timezone)."""
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
-    prefix, zone = ctx.settings.tickets.tag_prefix, ZoneInfo(ctx.settings.tickets.timezone)
+    prefix, zone = ctx.settings.tickets.tag_prefix, timezone(ctx.settings)
 
     def show(session: Any) -> None:
         rows = views.message_rows(session, prefix, without_ticket=without_ticket, kind=kind, zone=zone)
@@ -45,11 +44,10 @@ def messages_list(ctx: Context, without_ticket: bool, kind: str | None, as_json:
 def messages_show(ctx: Context, ref: str, as_json: bool) -> None:
     """Stored mail REF (its number in `messages list`, or its Message-ID as the log prints it)
     with every decision mailgate took on it."""
-    from zoneinfo import ZoneInfo
-
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
-    zone = ZoneInfo(ctx.settings.tickets.timezone)
+    zone = timezone(ctx.settings)
 
     def show(session: Any) -> None:
         found = views.find_message(session, ref)

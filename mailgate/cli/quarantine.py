@@ -20,12 +20,11 @@ def quarantine() -> None:
 @quarantine.command("list")
 @pass_ctx
 def quarantine_list(ctx: Context) -> None:
-    """One line per quarantined mail, with the reason; times in tickets.timezone."""
-    from zoneinfo import ZoneInfo
-
+    """One line per quarantined mail, with the reason; times in the desk's zone (sla.policy.timezone)."""
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
-    zone = ZoneInfo(ctx.settings.tickets.timezone)
+    zone = timezone(ctx.settings)
     with_session(ctx, lambda s: print_lines(views.quarantine_list(s, zone) or ["quarantine is empty"]))
 
 
@@ -38,10 +37,9 @@ def quarantine_list(ctx: Context) -> None:
 @pass_ctx
 def quarantine_show(ctx: Context, qid: int, raw: bool, output: Path | None) -> None:
     """Why mail QID is in quarantine, its headers and the start of its text."""
-    from zoneinfo import ZoneInfo
-
     from mailgate import views
     from mailgate.models import Quarantine
+    from mailgate.sla.policy import timezone
 
     if raw and output is None and sys.stdout.isatty():
         fail("refusing to write raw mail to a terminal: pipe it (`| less`) or give --output FILE", EX_USAGE)
@@ -60,7 +58,7 @@ def quarantine_show(ctx: Context, qid: int, raw: bool, output: Path | None) -> N
         elif raw:
             sys.stdout.buffer.write(row.raw)
         else:
-            print_lines(views.quarantine_detail(row, ZoneInfo(ctx.settings.tickets.timezone)))
+            print_lines(views.quarantine_detail(row, timezone(ctx.settings)))
 
     with_session(ctx, show)
 

@@ -42,12 +42,11 @@ def tickets() -> None:
 def tickets_list(
     ctx: Context, statuses: tuple[str, ...], assignee: str, team: str, older_than: timedelta | None, as_json: bool
 ) -> None:
-    """One line per ticket, with a header; times in tickets.timezone."""
-    from zoneinfo import ZoneInfo
-
+    """One line per ticket, with a header; times in the desk's zone (sla.policy.timezone)."""
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
-    zone = ZoneInfo(ctx.settings.tickets.timezone)
+    zone = timezone(ctx.settings)
 
     # The command line runs on the wall clock: "older than 3d" means three days before now.
     opened_before = datetime.now(UTC) - older_than if older_than is not None else None
@@ -71,16 +70,13 @@ def tickets_list(
 def tickets_show(ctx: Context, number: int, at: datetime | None, as_json: bool) -> None:
     """The whole thread of ticket NUMBER (12, #12, HD#12 or "[HD #12]") as a person reads it,
     with its deadlines as of --at (whether each was met or breached)."""
-    from zoneinfo import ZoneInfo
-
     from mailgate import views
+    from mailgate.sla.policy import timezone
 
     now = as_of(ctx, at)
 
     def show(session: Any) -> None:
-        detail = views.ticket_detail(
-            session, ctx.settings.tickets.tag_prefix, number, ZoneInfo(ctx.settings.tickets.timezone), now
-        )
+        detail = views.ticket_detail(session, ctx.settings.tickets.tag_prefix, number, timezone(ctx.settings), now)
         if detail is None:
             fail(f"there is no ticket #{number}")
         if as_json:

@@ -7,13 +7,13 @@ from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import jinja2
 
 from mailgate.config import Settings
 from mailgate.models import Outbox
 from mailgate.resources import templates_dir
+from mailgate.sla.policy import timezone
 from mailgate.storage import AttachmentStore
 
 
@@ -64,13 +64,14 @@ _WHEN = {"en": "EEEE dd MMMM HH:mm", "de": "EEEE, d. MMMM, HH:mm 'Uhr'"}
 
 def local_time(settings: Settings, moment: datetime | None, language: str = "en") -> str:
     """'Tuesday 14 November 14:00 (Europe/Berlin)' — the way a person reads a promise, in their
-    language and the desk's zone."""
+    language and the zone of the business hours that made it (sla.policy.timezone): "by 12:30"
+    means 12:30 of the opening hours the deadline was counted in."""
     if moment is None:
         return ""
     from babel import UnknownLocaleError
     from babel.dates import format_datetime
 
-    zone = ZoneInfo(settings.tickets.timezone)
+    zone = timezone(settings)
     local = moment.astimezone(zone)
     try:
         text = format_datetime(local, _WHEN.get(language, "medium"), tzinfo=zone, locale=language)

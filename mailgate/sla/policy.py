@@ -26,6 +26,9 @@ class Deadlines:
 
 
 def timezone(settings: Settings) -> ZoneInfo:
+    """The zone of every calendar (a team's own hours are in it too), and so the zone people
+    read times in: the mails' promises, `tickets show`, `sla show`. [sla] timezone, else
+    tickets.timezone."""
     return ZoneInfo(settings.sla.timezone or settings.tickets.timezone)
 
 
