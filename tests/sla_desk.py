@@ -39,6 +39,7 @@ def desk(
     when: datetime = MONDAY,
     more: dict[str, object] | None = None,
     language: str = "en",
+    tickets: dict[str, object] | None = None,
     **sla: object,
 ) -> App:
     values: dict[str, object] = {
@@ -54,7 +55,7 @@ def desk(
     settings = make_settings(
         tmp_path,
         db_url,
-        tickets={"timezone": "Europe/Berlin", "language": language},
+        tickets={"timezone": "Europe/Berlin", "language": language, **(tickets or {})},
         sla=values,
         staff=[
             {"address": "alice@example.com", "name": "Alice Jones", "team": "network", "manager": "boss@example.com"},

@@ -9,6 +9,8 @@ calendar (sla.at_any_hour lists kinds that do not wait; an urgent ticket's escal
 once): the query leaves out the tickets whose calendar is closed now, and the next run in
 opening hours finds them. Imported (history) and closed tickets never escalate.
 
+    deadlines        a ticket opened before the desk had SLA targets (an upgrade) gets its
+                     deadlines, counted from its creation, once
     resume_pending   a ticket pending until a date (#pending until) is open again at that date
     warn             the assignee (else the dispatcher), at sla.warn_at of a target
     escalate         a breach: level 1 to the team lead / the assignee's manager, level 2 later
@@ -115,6 +117,50 @@ def _advance(ticket: Ticket, stage: Column, to: SlaStage) -> None:
 
 def _target_unmet(target: str) -> ColumnElement[bool]:
     return Ticket.first_response_at.is_(None) if target == "first_response" else true()
+
+
+def _any_target(settings: Settings) -> bool:
+    sla = settings.sla
+    layers = [sla.targets, *(t.targets for t in sla.teams.values()), *(c.targets for c in sla.categories.values())]
+    return bool(settings.tickets.first_response_hours) or any(
+        t.first_response or t.resolution for layer in layers for t in layer.values()
+    )
+
+
+def set_missing_deadlines(session: Session, settings: Settings, now: datetime) -> int:
+    """Tickets opened before there were targets (a release without SLA, or none configured) have
+    no deadlines, and the other scans would never find them. Each gets them once, as at its
+    creation under today's policy; a firing row marks it done (also when no target applies to
+    it), and an event on the ticket says where the deadlines came from. One long overdue is
+    then escalated by `escalate` like any other: once, at the level it has reached."""
+    if not _any_target(settings):
+        return 0  # nothing to compute: no firing rows, no events for a desk without targets
+    run, done = _Run(session, settings, now), 0
+    query = select(Ticket).where(
+        Ticket.status.in_((*OPEN, Status.PENDING)),
+        LIVE,
+        Ticket.first_response_due.is_(None),
+        Ticket.resolution_due.is_(None),
+        _not_fired("deadlines", 0, Ticket.created_at),
+    )
+    for ticket in run.tickets(query, Ticket.created_at):
+        if not fire(session, ticket, kind="deadlines", level=0, deadline=ticket.created_at, now=now):
+            continue
+        policy.recompute(settings, ticket, now)
+        due = {"first response": ticket.first_response_due, "resolution": ticket.resolution_due}
+        said = ", ".join(f"{name} due {at.isoformat(timespec='minutes')}" for name, at in due.items() if at)
+        tickets.record(
+            session,
+            ticket,
+            actor=ACTOR,
+            action="deadlines",
+            channel=CHANNEL,
+            at=now,
+            new=said or "no target applies",
+            evidence="set by the SLA scan: the ticket had none (opened before the SLA targets applied)",
+        )
+        done += 1
+    return done
 
 
 def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
@@ -336,8 +382,9 @@ def close_resolved(session: Session, settings: Settings, now: datetime) -> int:
     return done
 
 
-# In this order: a ticket resumed now can be warned in the same run.
+# In this order: a ticket given its deadlines or resumed now can be warned in the same run.
 SCANS: tuple[tuple[str, Scan], ...] = (
+    ("deadlines", set_missing_deadlines),
     ("resume_pending", resume_pending),
     ("warn", warn),
     ("escalate", escalate),
