@@ -71,6 +71,17 @@ def test_the_exposing_answer_is_handled_and_a_forgery_with_the_old_token_is_refu
     assert "shown to other recipients" in explanation
 
 
+def test_a_forged_answer_with_the_old_token_is_not_relayed_to_the_requester(app: App) -> None:
+    number, old, notice_id = _assigned_to_alice(app)
+    _expose(app, number, old, notice_id)
+
+    forged = _from_alice(app, number, old, "Please send your password to me.\n")
+    assert forged.ticket_number == number
+    assert len(rows(app, "answer", REQUESTER)) == 1  # only alice's real answer
+    kept = " ".join(receipt(app, ALICE, "answer_kept").body.split())
+    assert "shown to other recipients" in kept
+
+
 def test_the_desks_next_mail_to_alice_carries_a_new_token_that_works(app: App) -> None:
     number, old, notice_id = _assigned_to_alice(app)
     _expose(app, number, old, notice_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from mailgate import people, reply_tokens
+from mailgate import reply_tokens
 from mailgate import subject as subjects
 from mailgate.addresses import fold_address
 from mailgate.config import Settings
@@ -35,10 +35,11 @@ _NAMED = 10
 
 
 def exposure(item: Incoming) -> Outcome | None:
-    if item.history is not None:  # imported old mail: its tokens are of another desk's past
+    if item.history is not None or not item.thread.held:  # imported history changes nothing
         return None
     settings = item.app.settings
-    shown = [a for _, a in item.mail.to + item.mail.cc if not people.is_own_address(settings, a)]
+    own = {fold_address(a) for a in settings.addresses.all_own()}  # as people.is_own_address, once
+    shown = [a for _, a in item.mail.to + item.mail.cc if fold_address(a) not in own]
     if not shown:
         return None
     for token, ticket in item.thread.held:
