@@ -240,6 +240,20 @@ class Participant(Base):
     role: Mapped[str] = mapped_column(String(20))
 
 
+class ReplyTokenGeneration(Base):
+    """The current generation of one person's reply token for one ticket (tokens.py): a row only
+    once it was replaced (mailgate/exposure.py); none means generation 0, every token issued
+    before the first replacement."""
+
+    __tablename__ = "reply_token_generations"
+    __table_args__ = (UniqueConstraint("ticket_id", "person_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    generation: Mapped[int] = mapped_column(Integer)
+    replaced_at: Mapped[Timestamp]
+
+
 class TicketLink(Base):
     """A ticket that refers to another (a stranger quoting a tag, a follow-up to a closed one)."""
 

@@ -402,7 +402,8 @@ def refuse_unproven(item: Incoming, mail: CommandMail) -> Outcome:
         return Outcome.REFUSED
     # To the person the directory knows (identify made an alias their address), never to a
     # Reply-To: the forger does not read it, the staff member learns someone tried.
-    queue_reply(item, mail, "command_unproven", {"unproven": True, "problems": [], "changes": []})
+    context = {"unproven": True, "problems": [], "changes": [], "replaced": item.token_replaced}
+    queue_reply(item, mail, "command_unproven", context)
     return Outcome.REFUSED
 
 

@@ -48,6 +48,9 @@ class Incoming:
     bounce: Bounce | None = None  # classify: what a delivery report says
     thread: ThreadDecision = field(init=False)  # thread: the ticket it belongs to, and why
     proof: Proof | None = None  # authenticate: what proves the sender wrote it (None: nothing)
+    # authenticate: the mail carried the sender's own reply token, but one replaced since it was
+    # shown to others (ingest/exposure.py): an explanation of the refusal says so.
+    token_replaced: bool = False
     # Set by what assigns the ticket in this mail (a routing rule, #assign, #take): the person
     # now working on it, whom the relay tells, with the thread so far.
     assigned: Person | None = None

@@ -3,7 +3,9 @@
 The mail is parsed first (what cannot be parsed goes to quarantine), then the STEPS run in order
 on one Incoming, in one transaction. Each step records its decision on the trace and returns
 None to go on or an Outcome to end the pipeline; the last step always ends it. A step before
-apply only reads, apart from people (see identify): apply takes the ticket number last.
+apply only reads, apart from people (see identify) and a replaced reply token (see exposure,
+right after authenticate, so that the mail's own proof is taken before and the mail the desk
+sends because of it carries the new token): apply takes the ticket number last.
 Anything failing rolls the whole transaction back and is reported as temporary, so the
 transport keeps the mail and retries: a mail is never lost.
 """
@@ -31,6 +33,7 @@ from mailgate.ingest.classify import classify
 from mailgate.ingest.commands import commands
 from mailgate.ingest.dedupe import dedupe
 from mailgate.ingest.execute import execute
+from mailgate.ingest.exposure import exposure
 from mailgate.ingest.forwarded import forwarded
 from mailgate.ingest.history import History, date_imported, end_imported
 from mailgate.ingest.identify import identify
@@ -65,6 +68,7 @@ STEPS: tuple[Step, ...] = (
     thread,
     alerts,
     authenticate,
+    exposure,
     forwarded,
     admission,
     commands,
@@ -86,6 +90,7 @@ _EVIDENCE = (
     "references",
     "tag",
     "authenticate",
+    "exposure",
     "classify",
     "alerts",
     "forwarded",

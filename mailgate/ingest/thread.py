@@ -53,6 +53,9 @@ class ThreadDecision:
     linked: Ticket | None = None
     link_kind: str = ""
     link_reason: str = ""
+    # Every signed token of ours the mail carried that names a ticket, whoever's: a staff
+    # member's among them may have been shown to the mail's other recipients (ingest/exposure.py).
+    held: list[tuple[tokens.ReplyToken, Ticket]] = field(default_factory=list)
     trace: list[dict[str, str]] = field(default_factory=list)
 
     def note(self, step: str, decision: str) -> None:
@@ -185,7 +188,7 @@ def decide(
     candidates = _plus_tokens(recipients)
     ids = [*mail.thread_ids, *extra_ids]
     candidates += [(f"<{mid}>", t) for mid in ids for t in tokens.find_tokens(mid)]
-    held = _verified_tokens(session, secret, candidates, decision)
+    held = decision.held = _verified_tokens(session, secret, candidates, decision)
     # A token issued to the sender is their evidence, before tokens of other people's mail.
     held.sort(key=lambda found: found[0].person_id != sender.id)
     named = None

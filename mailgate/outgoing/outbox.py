@@ -22,7 +22,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailgate import retry, tickets, tokens
+from mailgate import reply_tokens, retry, tickets, tokens
 from mailgate import subject as subjects
 from mailgate.addresses import fold_address
 from mailgate.config import Settings
@@ -162,7 +162,9 @@ def queue(
     domain = support.partition("@")[2]
     if number is None:  # callers pass ticket_is_new only with a ticket: its occasion was looked up above
         return _queue_without_ticket(session, settings, templates, mail, now)
-    token = tokens.make_token(secret, number, mail.to.id)
+    # A new ticket has had no token replaced yet (saves a query on every new ticket).
+    generation = 0 if ticket_is_new else reply_tokens.current(session, mail.ticket.id, mail.to.id)
+    token = tokens.make_token(secret, number, mail.to.id, generation)
     context = {
         "ticket": mail.ticket,
         "tag": subjects.format_tag(prefix, number),

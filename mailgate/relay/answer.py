@@ -117,7 +117,11 @@ def tell_kept(item: Incoming, ticket: Ticket, message: Message, reason: str) -> 
         occasion=f"answer_kept:{message.id}:{sender.id}",
         ticket=ticket,
         to=sender,
-        context={"reason": reason, "excerpt": excerpt(message.text_new, lines=6, chars=500)},
+        context={
+            "reason": reason,
+            "excerpt": excerpt(message.text_new, lines=6, chars=500),
+            "replaced": item.token_replaced,
+        },
         now=item.now,
         relayed=message,
         auto_submitted=AutoSubmitted.REPLIED,
