@@ -194,6 +194,14 @@ GENUINE = {
         [f"{MX}; dkim=pass header.d=example.com; dkim=pass header.d=mcsv.example"],
         ["example.com", "mcsv.example"],
     ),
+    # Microsoft writes the From's domain as header.d of dkim=none: no signature to account for.
+    "unsigned, passed by DMARC through SPF (Microsoft 365)": (
+        [
+            f"{MX}; spf=pass (sender IP is 192.0.2.66) smtp.mailfrom=example.com; dkim=none (message not signed)"
+            " header.d=example.com;dmarc=pass action=none header.from=example.com;compauth=pass reason=100"
+        ],
+        [],
+    ),
     "one verdict per field, the provider's first": (
         [f"{MX}; dkim=pass header.d=mcsv.example", f"{MX}; dkim=pass header.d=example.com"],
         ["mcsv.example", "example.com"],
@@ -202,7 +210,7 @@ GENUINE = {
 
 
 @pytest.mark.parametrize(("results", "signed_by"), GENUINE.values(), ids=GENUINE.keys())
-def test_a_dkim_pass_of_a_signature_in_the_mail_proves_the_staff_member(
+def test_genuine_verdicts_on_the_mails_own_signatures_prove_the_staff_member(
     app: App, results: list[str], signed_by: list[str]
 ) -> None:
     number = open_ticket(app)

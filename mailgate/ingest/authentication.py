@@ -108,8 +108,10 @@ def _dkim_added(message: Message, results: list[Result]) -> bool:
 
     Counted by header.d alone: header.i and header.b (RFC 6008) name the signature too, but a
     forger copies them off the mail, so they tell his verdict from the MTA's no better. A
-    verdict without header.d never proves a domain (from_verdict), so it need not be counted."""
-    verdicts = Counter(r.header_d for r in results if r.method == "dkim" and r.header_d)
+    verdict without header.d never proves a domain (from_verdict), so it need not be counted;
+    nor dkim=none, which is about no signature (Microsoft 365 names the From's domain in its
+    header.d) and proves nothing either."""
+    verdicts = Counter(r.header_d for r in results if r.method == "dkim" and r.header_d and r.result != "none")
     signed = signing_domains(message)
     return any(count > signed[domain] for domain, count in verdicts.items())
 
