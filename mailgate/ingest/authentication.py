@@ -72,7 +72,7 @@ def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: st
     """What proves the From's domain sent this mail, e.g. "dmarc=pass header.from=example.com
     (mx.example.com)", or None. A DMARC pass for that domain, else a DKIM signature of that very
     domain (a signature of another domain proves only that domain). Any DMARC fail proves
-    nothing, whatever passed beside it, and so do verdicts a forger added (see _contradicted)."""
+    nothing, whatever passed beside it, and so do verdicts a forger added (_contradicted, _dkim_added)."""
     results = trusted_results(message, trusted_ids)
     if not from_domain or any(r.method == "dmarc" and r.result == "fail" for r in results):
         return None
