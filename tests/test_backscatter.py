@@ -112,6 +112,21 @@ def test_forgeries_do_not_use_up_the_real_requesters_acknowledgements(desk: App)
     assert result.outcome == last.outcome == "new_ticket"
 
 
+def test_a_forged_dmarc_pass_beside_the_mtas_own_verdict_does_not_use_up_the_proven_share(desk: App) -> None:
+    """Where a milter writes below our Received, a forger's field follows the MTA's with nothing
+    between: his dmarc=pass beside its dmarc=none counted as proven, and three of them an hour
+    silenced the victim's real, proven request."""
+    ours = f"Received: from relay.example.org ([203.0.113.9]) by {MTA}; Mon, 23 Nov 2026 09:00:00 +0000\r\n"
+    for n in range(1, 4):
+        verdicts = [f"{MTA}; dmarc=none header.from=example.net", f"{MTA}; dmarc=pass header.from=example.net"]
+        forged = ours + "".join(f"Authentication-Results: {v}\r\n" for v in verdicts)
+        ingest(desk, forged.encode() + mail(sender=f"victim+{n}@example.net", subject=f"Forged {n}"), "smtp")
+    assert len(_acks(desk)) == 3
+    proven = _received_by_mta("dmarc=pass header.from=example.net")
+    ingest(desk, proven + mail(sender="Victim <victim@example.net>", subject="My laptop"), "smtp")
+    assert _acks(desk)[-1].recipients == ["victim@example.net"] and len(_acks(desk)) == 4
+
+
 def test_a_dmarc_pass_for_another_domain_proves_nothing(desk: App) -> None:
     for n in range(1, 4):
         ingest(desk, mail(sender=f"victim+{n}@example.net"), "smtp")

@@ -3,10 +3,13 @@ is recorded with the verdict, and the staff member's own address is told how to 
 
 from __future__ import annotations
 
+import email
+
 import pytest
 
 from mailgate.app import App
-from mailgate.ingest.pipeline import ingest
+from mailgate.ingest.authentication import dkim_tags, signing_domains
+from mailgate.ingest.pipeline import IngestResult, ingest
 from mailgate.models import Status
 from tests.desk import MX, command, desk, events, open_ticket, receipt, reply_address, rows, ticket
 from tests.mails import mail
@@ -128,3 +131,114 @@ def test_a_forgery_from_an_alias_is_explained_at_the_staff_members_address(tmp_p
         assert receipt(app, "alice@example.com", "command_digest")
     finally:
         app.close()
+
+
+# -- a DKIM verdict is about a signature in the mail ----------------------------------------------
+
+
+def _signature(domain: str) -> str:
+    """A DKIM-Signature field as a signer writes it: folded, the d= tag in the middle."""
+    return (
+        f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain};\r\n"
+        " s=s1; t=1795424400; h=from:to:subject:date:message-id;\r\n"
+        " bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n"
+        " b=dGVzdCBzaWduYXR1cmUgb2YgYSB0ZXN0IG1haWwgdGhhdCB3ZSBkbyBub3QgdmVyaWZ5\r\n"
+    )
+
+
+def _signed_command(app: App, number: int, results: list[str], signed_by: list[str]) -> IngestResult:
+    """#assign from the dispatcher through our MX: its Received, then its verdicts (a milter
+    writes them below that Received), then the signer's DKIM-Signature fields and the mail."""
+    raw = mail(sender="dispatch@example.com", subject=f"Re: [HD #{number}] Printer", body="#assign alice\n")
+    head = f"Received: from sender.example (sender.example [192.0.2.66]) by {MX}\r\n"
+    head += "".join(f"Authentication-Results: {r}\r\n" for r in results)
+    head += "".join(_signature(d) for d in signed_by)
+    return ingest(app, head.encode() + raw, "smtp")
+
+
+DKIM_FORGERIES = {
+    # The attacker signed with his own domain; the MTA passed that, and he wrote a pass of
+    # the staff domain (no DMARC record, so no DMARC verdict says otherwise) right below it.
+    "a pass of the staff domain beside the MTA's pass of the signer's": (
+        [f"{MX}; dkim=pass header.d=attacker.example", f"{MX}; dkim=pass header.d=example.com"],
+        ["attacker.example"],
+    ),
+    "a pass of the staff domain in the MTA's own field": (
+        [f"{MX}; dkim=pass header.d=attacker.example; dkim=pass header.d=Example.COM"],
+        ["attacker.example"],
+    ),
+    "a pass of the staff domain and no signature of it": ([f"{MX}; dkim=pass header.d=example.com"], []),
+    # One signature of example.com (a copy of a real one, or garbage), two verdicts about it.
+    "a second pass for the one signature": (
+        [f"{MX}; dkim=fail header.d=example.com", f"{MX}; dkim=pass header.d=example.com"],
+        ["example.com"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("results", "signed_by"), DKIM_FORGERIES.values(), ids=DKIM_FORGERIES.keys())
+def test_a_dkim_pass_no_signature_in_the_mail_accounts_for_proves_nothing(
+    app: App, results: list[str], signed_by: list[str]
+) -> None:
+    number = open_ticket(app)
+    result = _signed_command(app, number, results, signed_by)
+
+    assert result.outcome == "refused"
+    _unchanged(app, number)
+    _explained(app)
+
+
+GENUINE = {
+    "signed by the staff domain": ([f"{MX}; dkim=pass header.d=example.com"], ["example.com"]),
+    "signed by the staff domain and its mail provider": (
+        [f"{MX}; dkim=pass header.d=example.com; dkim=pass header.d=mcsv.example"],
+        ["example.com", "mcsv.example"],
+    ),
+    # Microsoft writes the From's domain as header.d of dkim=none: no signature to account for.
+    "unsigned, passed by DMARC through SPF (Microsoft 365)": (
+        [
+            f"{MX}; spf=pass (sender IP is 192.0.2.66) smtp.mailfrom=example.com; dkim=none (message not signed)"
+            " header.d=example.com;dmarc=pass action=none header.from=example.com;compauth=pass reason=100"
+        ],
+        [],
+    ),
+    "one verdict per field, the provider's first": (
+        [f"{MX}; dkim=pass header.d=mcsv.example", f"{MX}; dkim=pass header.d=example.com"],
+        ["mcsv.example", "example.com"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("results", "signed_by"), GENUINE.values(), ids=GENUINE.keys())
+def test_genuine_verdicts_on_the_mails_own_signatures_prove_the_staff_member(
+    app: App, results: list[str], signed_by: list[str]
+) -> None:
+    number = open_ticket(app)
+    result = _signed_command(app, number, results, signed_by)
+
+    assert result.outcome == "reply", result.trace
+    assert ticket(app, number).assignee.address == "alice@example.com"
+
+
+def test_the_dkim_tag_list_is_read_as_rfc_6376_writes_it() -> None:
+    folded = "v=1; a=rsa-sha256;\r\n\td = Example.COM. ;\r\n s=s1; b=abc\r\n def;"
+    assert dkim_tags(folded) == {"v": "1", "a": "rsa-sha256", "d": "Example.COM.", "s": "s1", "b": "abc\r\n def"}
+    assert dkim_tags("v=1; d=example.com; d=attacker.example") is None  # a tag twice: no tag list
+    assert dkim_tags("v=1;; d=example.com") is None  # an empty tag-spec
+    assert dkim_tags("v=1; d example.com") is None  # no "="
+    assert dkim_tags("v=1; 1d=example.com") is None  # not a tag name
+    assert dkim_tags("") == {}
+
+
+def test_only_a_readable_signature_with_a_domain_is_a_signature_of_it() -> None:
+    def domains(*fields: str) -> dict[str, int]:
+        raw = "".join(f"DKIM-Signature: {f}\r\n" for f in fields) + "From: a@example.com\r\n\r\nbody\r\n"
+        return dict(signing_domains(email.message_from_string(raw)))
+
+    assert domains("v=1; a=rsa-sha256;\r\n d = Example.COM. ; s=s1; b=abc") == {"example.com": 1}
+    assert domains("v=1; s=s1; b=abc") == {}  # no d=
+    assert domains("v=1; d=; s=s1") == {}  # an empty d=
+    assert domains("v=1; D=example.com; s=s1") == {}  # tag names are case-sensitive
+    assert domains("v=1; d=example.com; d=attacker.example") == {}  # unreadable
+    assert domains("v=1; d=exa mple.com") == {}  # no domain
+    assert domains("d=example.com", "d=EXAMPLE.com; s=s2", "d=mcsv.example") == {"example.com": 2, "mcsv.example": 1}

@@ -5,10 +5,18 @@ is configured as trusted count, and only those the receiving MTA added: the ones
 first Received field below them. Everything further down came with the mail from outside,
 whatever authserv-id it claims (RFC 8601 section 5 asks the MTA to remove those, and not all
 do). authres, a maintained parser, reads the fields.
+
+A verdict of the trusted id can still be forged where the MTA writes its Received above its
+Authentication-Results: a mail sent straight to our MX then carries its own field right below
+the MTA's, with nothing between them. What the MTA wrote cannot be told from what the sender
+wrote, but a forger's verdict contradicts it or the mail (see _contradicted, _dkim_added), and
+then nothing in either proves anything.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from email.message import Message
@@ -64,11 +72,11 @@ def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: st
     """What proves the From's domain sent this mail, e.g. "dmarc=pass header.from=example.com
     (mx.example.com)", or None. A DMARC pass for that domain, else a DKIM signature of that very
     domain (a signature of another domain proves only that domain). Any DMARC fail proves
-    nothing, whatever passed beside it."""
+    nothing, whatever passed beside it, and so do verdicts a forger added (_contradicted, _dkim_added)."""
     results = trusted_results(message, trusted_ids)
     if not from_domain or any(r.method == "dmarc" and r.result == "fail" for r in results):
         return None
-    if _contradicted(results):
+    if _contradicted(results) or _dkim_added(message, results):
         return None
     for r in results:
         if r.method == "dmarc" and r.result == "pass" and r.header_from == from_domain:
@@ -89,14 +97,67 @@ def _contradicted(results: list[Result]) -> bool:
     return len(dmarc) > 1 or {"none", "pass"} <= dkim
 
 
+def _dkim_added(message: Message, results: list[Result]) -> bool:
+    """More dkim verdicts of a domain than the mail has DKIM-Signature fields of it. A DKIM
+    verdict is about one signature in the mail, so a verdict no signature accounts for was
+    written by someone else than the MTA: a forger who signed with his own domain (the MTA
+    passed that) and wrote a pass of the domain he claims, or a second verdict on a signature
+    the MTA failed. Then none of the verdicts proves anything: the MTA's and the forger's look
+    alike. (A forger who also adds a signature of that domain gets a verdict from the MTA for
+    it, and is caught, as long as the MTA reports every signature it checked.)
+
+    Counted by header.d alone: header.i and header.b (RFC 6008) name the signature too, but a
+    forger copies them off the mail, so they tell his verdict from the MTA's no better. A
+    verdict without header.d never proves a domain (from_verdict), so it need not be counted;
+    nor dkim=none, which is about no signature (Microsoft 365 names the From's domain in its
+    header.d) and proves nothing either."""
+    verdicts = Counter(r.header_d for r in results if r.method == "dkim" and r.header_d and r.result != "none")
+    signed = signing_domains(message)
+    return any(count > signed[domain] for domain, count in verdicts.items())
+
+
+def signing_domains(message: Message) -> Counter[str]:
+    """How many DKIM-Signature fields of the mail name each domain in d=, lowercased. A field
+    whose tag list cannot be read, or without a domain in d=, is no signature: the MTA could
+    not have verified it either."""
+    found: Counter[str] = Counter()
+    for name, value in message.raw_items():
+        if name.lower() != "dkim-signature" or (tags := dkim_tags(str(value))) is None:
+            continue
+        domain = tags.get("d", "").lower().rstrip(".")
+        if domain and not any(c.isspace() for c in domain):
+            found[domain] += 1
+    return found
+
+
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def dkim_tags(value: str) -> dict[str, str] | None:
+    """A DKIM tag list (RFC 6376 section 3.2) as {name: value}, or None when it is none: a
+    tag-spec without "=" or with a bad name, or a tag named twice, which makes the whole list
+    invalid (and would let one field name two domains). Names are case-sensitive. Whitespace and
+    folding around names, "=" and values are no part of them; inside a value they stay (b= is
+    folded). No value holds a ";", so the specs are what lies between them."""
+    specs = value.split(";")
+    if not specs[-1].strip():
+        specs.pop()  # a ";" may end the list
+    tags: dict[str, str] = {}
+    for spec in specs:
+        name, equals, tag_value = spec.partition("=")
+        name = name.strip()
+        if not equals or not _TAG_NAME.fullmatch(name) or name in tags:
+            return None
+        tags[name] = tag_value.strip()
+    return tags
+
+
 def proves_from(message: Message, trusted_ids: Collection[str], from_domain: str) -> bool:
     """The trusted MTA's DMARC passed for `from_domain`, the domain of the From we answer: that
     mail really comes from its sender's domain. Compared, because a mail with two From fields
-    may have had the other one judged."""
-    results = [r for r in trusted_results(message, trusted_ids) if r.method == "dmarc"]
-    return any(r.result == "pass" and r.header_from == from_domain for r in results) and not any(
-        r.result == "fail" for r in results
-    )
+    may have had the other one judged. A pass beside a contradicting verdict proves nothing
+    here either (from_verdict says why)."""
+    return (from_verdict(message, trusted_ids, from_domain) or "").startswith("dmarc=")
 
 
 def authentication_failure(message: Message, trusted_ids: Collection[str], from_domain: str = "") -> str | None:
@@ -106,7 +167,11 @@ def authentication_failure(message: Message, trusted_ids: Collection[str], from_
     it does not count (a forwarder breaks SPF, a list footer breaks a signature). Without one,
     SPF fails on "fail", and DKIM when no signature passed (one valid signature is enough).
     `from_domain`: the domain of the From we would answer; only a DMARC pass for it counts.
-    softfail, neutral, none and errors are not failures: they prove nothing either way."""
+    softfail, neutral, none and errors are not failures: they prove nothing either way.
+
+    A failure only withholds something, so verdicts a forger added (see _dkim_added) are not
+    looked for here: a pass he wrote beside the MTA's dkim=fail gains him nothing that sending
+    the mail unsigned (dkim=none, no failure) would not."""
     results = trusted_results(message, trusted_ids)
 
     def first(method: str, result: str) -> Result | None:
