@@ -166,3 +166,31 @@ def test_a_generation_is_signed_with_the_rest_of_the_token() -> None:
     assert tokens.find_tokens(f"<{replaced}.assigned@example.com>") == [replaced]
     forged = replaced.replace("r2-", "r3-")
     assert tokens.verify(secret, forged) is None
+
+
+def test_a_forwarded_notice_shows_her_token_in_the_body_and_replaces_it(app: App) -> None:
+    """Alice forwards the notice to an outside contractor with the desk on Cc: her client quotes
+    its header (Reply-To with her token) in the body, and no References name our mail."""
+    number, old, _ = _assigned_to_alice(app)
+    body = (
+        "Can you have a look at this one?\n\n"
+        "-------- Forwarded Message --------\n"
+        f"Subject: [HD #{number}] Printer\n"
+        f"Reply-To: Helpdesk <{old}>\n"
+        f"To: Alice Jones <{ALICE}>\n\n"
+        "The ticket was assigned to you.\n"
+    )
+    raw = mail(
+        sender=f"Alice Jones <{ALICE}>",
+        to="Mallory <mallory@contractor.example>",
+        subject=f"Fwd: [HD #{number}] Printer",
+        body=body,
+        headers={"Cc": "support@example.com"},
+    )
+    ingest(app, raw, "smtp")
+
+    # The contractor writes alice's From to the reply address he was shown.
+    forged = _from_alice(app, number, old, "#close\n")
+    assert forged.outcome == "refused"
+    assert ticket(app, number).status != Status.CLOSED
+    assert rows(app, "token_exposed", ALICE)

@@ -3,7 +3,8 @@
 A staff member who answers the desk's mail from her client and puts the requester (or anyone
 outside the desk) on To/Cc shows them her reply address, and the mail she answered quotes her
 token in its Message-ID. Whoever got that copy could write her From to it and be taken for her
-(ingest/authenticate.py). So when a mail carries a staff member's token and its To/Cc names an
+(ingest/authenticate.py). So when a mail carries a staff member's token (where thread finds
+tokens, or quoted in its text, as a forward does) and its To/Cc names an
 address that is neither hers nor one of the desk's own, her token for that ticket is replaced:
 the desk's mail to her carries the next generation from now on, and the old one threads but
 proves nothing. The mail itself was written before the exposure and is handled as usual (its
@@ -17,9 +18,10 @@ they send later to the desk's earlier mail.
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate import reply_tokens
+from mailgate import reply_tokens, tokens
 from mailgate import subject as subjects
 from mailgate.addresses import fold_address
 from mailgate.config import Settings
@@ -32,17 +34,19 @@ from mailgate.tokens import ReplyToken
 
 # How many addresses the notice names: a mail may have thousands on its Cc.
 _NAMED = 10
+# How many token-shaped strings of the body are checked: a forward quotes a few.
+_QUOTED = 50
 
 
 def exposure(item: Incoming) -> Outcome | None:
-    if item.history is not None or not item.thread.held:  # imported history changes nothing
+    if item.history is not None:  # imported history changes nothing
         return None
     settings = item.app.settings
     own = {fold_address(a) for a in settings.addresses.all_own()}  # as people.is_own_address, once
     shown = [a for _, a in item.mail.to + item.mail.cc if fold_address(a) not in own]
     if not shown:
         return None
-    for token, ticket in item.thread.held:
+    for token, ticket in item.thread.held + _quoted(item):
         person = item.session.get(Person, token.person_id)
         if person is None or not person.is_staff:
             continue  # a requester's token is never replaced (see above)
@@ -50,6 +54,24 @@ def exposure(item: Incoming) -> Outcome | None:
         if others:
             _replace(item, token, ticket, person, others)
     return None
+
+
+def _quoted(item: Incoming) -> list[tuple[ReplyToken, Ticket]]:
+    """Our signed tokens the mail shows elsewhere than where thread looked: a forwarded notice
+    quotes its Reply-To in the body, or carries its whole header as a message/rfc822 part
+    (never base64, RFC 2046 5.2.1, so the raw mail has it). Each once, the first _QUOTED."""
+    held = {token for token, _ in item.thread.held}
+    text = "\n".join((item.mail.subject, item.mail.text, item.mail.raw.decode("latin-1")))
+    found: list[tuple[ReplyToken, Ticket]] = []
+    for candidate in list(dict.fromkeys(tokens.find_tokens(text)))[:_QUOTED]:
+        token = tokens.verify(item.app.secret, candidate)
+        if token is None or token in held:
+            continue
+        held.add(token)
+        ticket = item.session.scalar(select(Ticket).where(Ticket.number == token.ticket_number))
+        if ticket is not None:
+            found.append((token, ticket))
+    return found
 
 
 def _others(settings: Settings, person: Person, shown: list[str]) -> list[str]:
