@@ -43,7 +43,7 @@ def proven(result) -> bool:
 def from_alice(
     app: App, authentication_results: list[str], sender: str = "Alice <alice@example.com>", signed_by: str = ""
 ) -> object:
-    headers = {"DKIM-Signature": f"v=1; a=rsa-sha256; d={signed_by}; s=s1; bh=AAAA; b=BBBB"} if signed_by else {}
+    headers = {"DKIM-Signature": f"v=1; a=rsa-sha256; d={signed_by}; s=s1; h=from; bh=AA; b=BB"} if signed_by else {}
     raw = mail(sender=sender, subject="VPN down", headers=headers)
     above = "".join(f"Authentication-Results: {v}\r\n" for v in authentication_results)
     return ingest(app, above.encode() + raw, "smtp")

@@ -146,13 +146,16 @@ def _signature(domain: str) -> str:
     )
 
 
-def _signed_command(app: App, number: int, results: list[str], signed_by: list[str]) -> IngestResult:
+def _signed_command(
+    app: App, number: int, results: list[str], signed_by: list[str], fields: tuple[str, ...] = ()
+) -> IngestResult:
     """#assign from the dispatcher through our MX: its Received, then its verdicts (a milter
-    writes them below that Received), then the signer's DKIM-Signature fields and the mail."""
+    writes them below that Received), then the signer's DKIM-Signature fields (and `fields`,
+    as written) and the mail."""
     raw = mail(sender="dispatch@example.com", subject=f"Re: [HD #{number}] Printer", body="#assign alice\n")
     head = f"Received: from sender.example (sender.example [192.0.2.66]) by {MX}\r\n"
     head += "".join(f"Authentication-Results: {r}\r\n" for r in results)
-    head += "".join(_signature(d) for d in signed_by)
+    head += "".join(_signature(d) for d in signed_by) + "".join(f"{f}\r\n" for f in fields)
     return ingest(app, head.encode() + raw, "smtp")
 
 
@@ -186,6 +189,27 @@ def test_a_dkim_pass_no_signature_in_the_mail_accounts_for_proves_nothing(
     assert result.outcome == "refused"
     _unchanged(app, number)
     _explained(app)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "DKIM-Signature: d=example.com",
+        "DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1; h=from; bh=47DEQpj8HBSa; b=",
+        "DKIM-Signature: v=2; a=rsa-sha256; d=example.com; s=s1; h=from; bh=47DEQpj8HBSa; b=dGVzdA==",
+    ],
+    ids=["only d=", "an empty b=", "version 2"],
+)
+def test_a_field_no_verifier_takes_for_a_signature_accounts_for_no_pass(app: App, field: str) -> None:
+    """The forger adds a DKIM-Signature field of the staff domain that lacks what RFC 6376
+    section 3.5 requires: a verifier skips it (rspamd reports nothing for a signature it cannot
+    parse), so the pass the forger wrote of that domain is the only verdict about it."""
+    number = open_ticket(app)
+    results = [f"{MX}; dkim=pass header.d=attacker.example", f"{MX}; dkim=pass header.d=example.com"]
+    result = _signed_command(app, number, results, ["attacker.example"], (field,))
+
+    assert result.outcome == "refused"
+    _unchanged(app, number)
 
 
 GENUINE = {
@@ -235,10 +259,17 @@ def test_only_a_readable_signature_with_a_domain_is_a_signature_of_it() -> None:
         raw = "".join(f"DKIM-Signature: {f}\r\n" for f in fields) + "From: a@example.com\r\n\r\nbody\r\n"
         return dict(signing_domains(email.message_from_string(raw)))
 
-    assert domains("v=1; a=rsa-sha256;\r\n d = Example.COM. ; s=s1; b=abc") == {"example.com": 1}
-    assert domains("v=1; s=s1; b=abc") == {}  # no d=
-    assert domains("v=1; d=; s=s1") == {}  # an empty d=
-    assert domains("v=1; D=example.com; s=s1") == {}  # tag names are case-sensitive
-    assert domains("v=1; d=example.com; d=attacker.example") == {}  # unreadable
-    assert domains("v=1; d=exa mple.com") == {}  # no domain
-    assert domains("d=example.com", "d=EXAMPLE.com; s=s2", "d=mcsv.example") == {"example.com": 2, "mcsv.example": 1}
+    tags = "a=rsa-sha256; h=from; bh=aGFzaA==; b=c2lnbg=="
+    assert domains(f"v=1; {tags};\r\n d = Example.COM. ; s=s1") == {"example.com": 1}
+    assert domains(f"v=1; {tags}; s=s1") == {}  # no d=
+    assert domains(f"v=1; {tags}; d=; s=s1") == {}  # an empty d=
+    assert domains(f"v=1; {tags}; D=example.com; s=s1") == {}  # tag names are case-sensitive
+    assert domains(f"v=1; {tags}; s=s1; d=example.com; d=attacker.example") == {}  # unreadable
+    assert domains(f"v=1; {tags}; s=s1; d=exa mple.com") == {}  # no domain
+    assert domains("v=1; d=example.com; s=s1; b=abc") == {}  # no a=, h=, bh=: no verifier checks it
+    signed = [
+        f"v=1; {tags}; d=example.com; s=s1",
+        f"v=1; {tags}; d=EXAMPLE.com; s=s2",
+        f"v=1; {tags}; d=mcsv.example; s=s",
+    ]
+    assert domains(*signed) == {"example.com": 2, "mcsv.example": 1}

@@ -116,13 +116,20 @@ def _dkim_added(message: Message, results: list[Result]) -> bool:
     return any(count > signed[domain] for domain, count in verdicts.items())
 
 
+# What RFC 6376 section 3.5 requires of a signature, none of them empty. A verifier skips a
+# field that lacks one (rspamd reports nothing for it), so it accounts for no verdict.
+_REQUIRED_TAGS = ("a", "b", "bh", "d", "h", "s")
+
+
 def signing_domains(message: Message) -> Counter[str]:
     """How many DKIM-Signature fields of the mail name each domain in d=, lowercased. A field
-    whose tag list cannot be read, or without a domain in d=, is no signature: the MTA could
-    not have verified it either."""
+    whose tag list cannot be read, that is not version 1 or lacks a required tag, or without a
+    domain in d=, is no signature: the MTA could not have verified it either."""
     found: Counter[str] = Counter()
     for name, value in message.raw_items():
         if name.lower() != "dkim-signature" or (tags := dkim_tags(str(value))) is None:
+            continue
+        if tags.get("v") != "1" or not all(tags.get(t) for t in _REQUIRED_TAGS):
             continue
         domain = tags.get("d", "").lower().rstrip(".")
         if domain and not any(c.isspace() for c in domain):
