@@ -176,6 +176,15 @@ DKIM_FORGERIES = {
         [f"{MX}; dkim=fail header.d=example.com", f"{MX}; dkim=pass header.d=example.com"],
         ["example.com"],
     ),
+    # Gmail names a signature by header.i alone: its fail of the copied signature is about
+    # example.com's one signature as much as a verdict with header.d would be.
+    "a pass beside the MTA's fail naming the signature by header.i": (
+        [
+            f"{MX}; dkim=fail header.i=@example.com header.s=s1 header.b=dGVzdCBz",
+            f"{MX}; dkim=pass header.d=example.com",
+        ],
+        ["example.com"],
+    ),
 }
 
 
@@ -225,6 +234,11 @@ GENUINE = {
             " header.d=example.com;dmarc=pass action=none header.from=example.com;compauth=pass reason=100"
         ],
         [],
+    ),
+    # Gmail names the signature by header.i alone, here a subdomain of its d=.
+    "named by header.i": (
+        [f"{MX}; dkim=pass header.i=@mail.example.com header.s=s1; dmarc=pass header.from=example.com"],
+        ["example.com"],
     ),
     "one verdict per field, the provider's first": (
         [f"{MX}; dkim=pass header.d=mcsv.example", f"{MX}; dkim=pass header.d=example.com"],

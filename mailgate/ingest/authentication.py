@@ -31,6 +31,7 @@ class Result:
     authserv_id: str
     header_from: str = ""  # DMARC's header.from: the From domain the MTA judged, lowercased
     header_d: str = ""  # DKIM's header.d: the domain that signed, lowercased
+    header_i: str = ""  # DKIM's header.i: the signer's identity (Gmail names a signature by it alone)
 
 
 def trusted_results(message: Message, trusted_ids: Collection[str]) -> list[Result]:
@@ -65,7 +66,8 @@ def _result(found: authres.core.BaseAuthenticationResult, authserv_id: str) -> R
         value = next((p.value for p in found.properties if (p.type, p.name) == ("header", name)), "") or ""
         return value.lower().rstrip(".")
 
-    return Result(found.method.lower(), (found.result or "").lower(), authserv_id, header("from"), header("d"))
+    method, result = found.method.lower(), (found.result or "").lower()
+    return Result(method, result, authserv_id, header("from"), header("d"), header("i"))
 
 
 def from_verdict(message: Message, trusted_ids: Collection[str], from_domain: str) -> str | None:
@@ -106,19 +108,31 @@ def _dkim_added(message: Message, results: list[Result]) -> bool:
     alike. (A forger who also adds a signature of that domain gets a verdict from the MTA for
     it, and is caught, as long as the MTA reports every signature it checked.)
 
-    Counted by header.d alone: header.i and header.b (RFC 6008) name the signature too, but a
-    forger copies them off the mail, so they tell his verdict from the MTA's no better. A
-    verdict without header.d never proves a domain (from_verdict), so it need not be counted;
-    nor dkim=none, which is about no signature (Microsoft 365 names the From's domain in its
-    header.d) and proves nothing either."""
-    verdicts = Counter(r.header_d for r in results if r.method == "dkim" and r.header_d and r.result != "none")
+    Counted by the signer's domain: header.d, else header.i's (Gmail writes only header.i, and
+    its fail of a copied signature left room for a forged pass with header.d). header.b (RFC
+    6008) names the signature too, but a forger copies it off the mail, so it tells his verdict
+    from the MTA's no better. A verdict naming no domain cannot be counted against one; nor is
+    dkim=none, which is about no signature (Microsoft 365 names the From's domain in its
+    header.d) and proves nothing."""
     signed = signing_domains(message)
+    verdicts = Counter(_signer(r, signed) for r in results if r.method == "dkim" and r.result != "none")
+    del verdicts[""]
     return any(count > signed[domain] for domain, count in verdicts.items())
 
 
 # What RFC 6376 section 3.5 requires of a signature, none of them empty. A verifier skips a
 # field that lacks one (rspamd reports nothing for it), so it accounts for no verdict.
 _REQUIRED_TAGS = ("a", "b", "bh", "d", "h", "s")
+
+
+def _signer(verdict: Result, signed: Collection[str]) -> str:
+    """The domain whose signature a DKIM verdict is about: header.d, else the signing domain
+    header.i is in (i= may name a subdomain of d=, RFC 6376 3.5), else header.i's own."""
+    if verdict.header_d or not verdict.header_i:
+        return verdict.header_d
+    identity = verdict.header_i.rpartition("@")[2]
+    within = [d for d in signed if identity == d or identity.endswith("." + d)]
+    return max(within, key=len, default=identity)
 
 
 def signing_domains(message: Message) -> Counter[str]:
