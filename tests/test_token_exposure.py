@@ -194,3 +194,26 @@ def test_a_forwarded_notice_shows_her_token_in_the_body_and_replaces_it(app: App
     assert forged.outcome == "refused"
     assert ticket(app, number).status != Status.CLOSED
     assert rows(app, "token_exposed", ALICE)
+
+
+def test_a_notice_forwarded_as_an_attachment_shows_her_token_and_replaces_it(app: App) -> None:
+    """Outlook forwards as attachment: the notice's whole header, its Message-ID and Reply-To
+    with her token among it, travels in a message/rfc822 part."""
+    number, old, notice_id = _assigned_to_alice(app)
+    raw = (
+        f"From: Alice Jones <{ALICE}>\r\n"
+        "To: Mallory <mallory@contractor.example>\r\nCc: support@example.com\r\n"
+        f"Subject: Fwd: [HD #{number}] Printer\r\nMessage-ID: <fwd-1@client.example.org>\r\n"
+        "Date: Mon, 23 Nov 2026 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nCan you have a look?\r\n"
+        "--b1\r\nContent-Type: message/rfc822\r\n\r\n"
+        f"From: Helpdesk <support@example.com>\r\nReply-To: Helpdesk <{old}>\r\n"
+        f"Message-ID: {notice_id}\r\nSubject: [HD #{number}] Printer\r\n\r\nAssigned to you.\r\n"
+        "--b1--\r\n"
+    )
+    ingest(app, raw.encode(), "smtp")
+
+    forged = _from_alice(app, number, old, "#close\n")
+    assert forged.outcome == "refused"
+    assert ticket(app, number).status != Status.CLOSED
