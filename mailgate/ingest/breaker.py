@@ -144,6 +144,13 @@ def breaker(item: Incoming) -> Outcome | None:
         oldest = item.arrived - timedelta(minutes=max(rate.window_minutes for _, rate in sources))
         record = Record.read(session, [key for key, _ in sources], item.now, oldest)
     trips = record.in_force(item.now)
+    domain_trip = next((t for t in trips if t.source.startswith("domain:")), None)
+    if domain_trip is not None and _vouched_for(session, sources, domain_trip):
+        # An admin lifted this address out of its domain's trip: the domain no longer counts it
+        # (its count is at the limit still, which would trip it anew).
+        item.note("breaker", f"{domain_trip.source} is held, but lifted for this address")
+        sources = [(key, rate) for key, rate in sources if key != domain_trip.source]
+        trips = [t for t in trips if t is not domain_trip]
     over = next(((k, r) for k, r in sources if record.count(k, r, item.arrived) >= r.count), None)
     if trips:
         return _hold(item, trips[0], tripped_now=False)
@@ -164,6 +171,13 @@ def breaker(item: Incoming) -> Outcome | None:
         session.execute(delete(BreakerEvent).where(BreakerEvent.id.in_(stale)))
     session.add_all([BreakerEvent(source=key, at=item.arrived) for key, _ in sources])
     return None
+
+
+def _vouched_for(session: Session, sources: list[tuple[str, Rate]], domain_trip: BreakerTrip) -> bool:
+    """Was one of this sender's own keys lifted since its domain tripped (see exempt_from)?"""
+    keys = [key for key, _ in sources if not key.startswith("domain:")]
+    query = select(BreakerTrip.id).where(BreakerTrip.source.in_(keys), BreakerTrip.lifted_at >= domain_trip.tripped_at)
+    return session.scalar(query.limit(1)) is not None
 
 
 def _one_at_a_time(session: Session, keys: list[str]) -> None:
@@ -283,6 +297,57 @@ def keys_for(source: str) -> list[str]:
     if "@" in source:
         return sorted({f"sender:{source}", f"address:{fold_address(source)}"})
     return [f"domain:{source.lstrip('@')}"]
+
+
+def exempt_from_domain(session: Session, address: str, now: datetime, by: str) -> tuple[BreakerTrip | None, bool]:
+    """Let `address` (and its +variants) through the trip of its domain, if that is in force;
+    the domain's other senders stay held. Returns the domain's trip and whether this lifted
+    anything (False: the address was lifted from it already).
+
+    The exemption is a lifted trip of the address itself, from now: breaker() lets a sender
+    through a domain trip when one of its own keys was lifted after the domain tripped. It ends
+    with that trip; when the domain trips anew, the address is held again like the rest."""
+    address = address.strip().lower()
+    domain = next(iter(active_trips(session, [f"domain:{domain_of(address)}"], now)), None)
+    if domain is None:
+        return None, False
+    keys = keys_for(address)
+    if session.scalar(
+        select(BreakerTrip.id).where(BreakerTrip.source.in_(keys), BreakerTrip.lifted_at >= domain.tripped_at)
+    ):
+        return domain, False
+    by = by[:320]
+    session.add(
+        BreakerTrip(
+            source=f"address:{fold_address(address)}"[:330],
+            limit=f"lifted from {domain.source}"[:100],
+            window_minutes=domain.window_minutes,
+            tripped_at=now,
+            until=now,
+            held=0,
+            lifted_at=now,
+            lifted_by=by,
+        )
+    )
+    ticket = session.get(Ticket, domain.ticket_id) if domain.ticket_id else None
+    tickets.record(
+        session,
+        ticket,
+        actor=by,
+        action="breaker_lifted",
+        channel="cli",
+        at=now,
+        new=f"{domain.source} lifted for {address}",
+    )
+    return domain, True
+
+
+def exemptions(session: Session, trip: BreakerTrip) -> list[str]:
+    """The addresses lifted from domain trip `trip` (exempt_from_domain), for `limits list`."""
+    query = select(BreakerTrip.source).where(
+        BreakerTrip.limit == f"lifted from {trip.source}"[:100], BreakerTrip.lifted_at >= trip.tripped_at
+    )
+    return sorted({source.partition(":")[2] for source in session.scalars(query)})
 
 
 def lift(session: Session, source: str, now: datetime, by: str) -> list[BreakerTrip]:
