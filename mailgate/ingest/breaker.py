@@ -39,6 +39,7 @@ from mailgate.models import BreakerEvent, BreakerTrip, MessageKind, Person, Stat
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
 
 _OPEN = (Status.NEW, Status.OPEN, Status.PENDING)
+HELD_ALERT = "alert_held"  # the event naming the key of an alert held on a ticket
 
 
 def sources_of(settings: Settings, address: str) -> list[tuple[str, Rate]]:
@@ -207,7 +208,9 @@ def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
     session, settings, sender = item.session, item.app.settings, item.requester
     # People before the ticket number (see identify): the dispatcher is told of a new trip.
     dispatcher = people.dispatcher(session, settings, item.now) if tripped_now else None
-    ticket = _latest_open_ticket(session, sender)
+    # An alert is not held on the sender's latest ticket, another alert's, which that alert's
+    # recovery resolves with this one still down: on the trip's own ticket, with its key.
+    ticket = _latest_open_ticket(session, sender) if item.alert is None else None
     if ticket is None and trip.ticket_id is not None:
         ticket = session.get(Ticket, trip.ticket_id)
     if ticket is None:
@@ -242,6 +245,20 @@ def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
         message_id=message.id,
         new=f"{trip.source}: over {trip.limit}",
     )
+    if item.alert is not None:
+        # What lets the alert's repeats and its recovery find this ticket (ingest/alerts.py).
+        tickets.record(
+            session,
+            ticket,
+            actor=sender.address,
+            action=HELD_ALERT,
+            channel=item.source,
+            at=item.now,
+            field="alert_key",
+            new=item.alert.key,
+            message_id=message.id,
+            evidence=f"alert {item.alert.source.name}",
+        )
     if dispatcher is not None:
         _warn(item, trip, ticket, dispatcher)
     return Outcome.HELD
