@@ -37,6 +37,7 @@ from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import BreakerEvent, BreakerTrip, MessageKind, Person, Status, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.reasons import Reason
 
 _OPEN = (Status.NEW, Status.OPEN, Status.PENDING)
 HELD_ALERT = "alert_held"  # the event naming the key of an alert held on a ticket
@@ -154,7 +155,7 @@ def breaker(item: Incoming) -> Outcome | None:
         trips = [t for t in trips if t is not domain_trip]
     over = next(((k, r) for k, r in sources if record.count(k, r, item.arrived) >= r.count), None)
     if trips:
-        return _hold(item, trips[0], tripped_now=False)
+        return _hold(item, trips[0], tripped=None)
     if over is not None:
         key, rate = over
         trip = BreakerTrip(
@@ -167,7 +168,7 @@ def breaker(item: Incoming) -> Outcome | None:
             lifted_by="",
         )
         session.add(trip)
-        return _hold(item, trip, tripped_now=True)
+        return _hold(item, trip, tripped=rate)
     if stale := record.stale(sources, item.arrived):
         session.execute(delete(BreakerEvent).where(BreakerEvent.id.in_(stale)))
     session.add_all([BreakerEvent(source=key, at=item.arrived) for key, _ in sources])
@@ -203,11 +204,12 @@ def opens_ticket(item: Incoming) -> bool:
     return not item.reasons and tickets.is_past_reopen_window(ticket, item.now, window)
 
 
-def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
-    """Store the mail without a ticket of its own and without any outgoing mail."""
+def _hold(item: Incoming, trip: BreakerTrip, *, tripped: Rate | None) -> Outcome:
+    """Store the mail without a ticket of its own and without any outgoing mail; `tripped`: the
+    limit this mail went over, when it tripped the source just now."""
     session, settings, sender = item.session, item.app.settings, item.requester
     # People before the ticket number (see identify): the dispatcher is told of a new trip.
-    dispatcher = people.dispatcher(session, settings, item.now) if tripped_now else None
+    dispatcher = people.dispatcher(session, settings, item.now) if tripped is not None else None
     # An alert is not held on the sender's latest ticket, another alert's, which that alert's
     # recovery resolves with this one still down: on the trip's own ticket, with its key.
     ticket = _latest_open_ticket(session, sender) if item.alert is None else None
@@ -259,8 +261,8 @@ def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
             message_id=message.id,
             evidence=f"alert {item.alert.source.name}",
         )
-    if dispatcher is not None:
-        _warn(item, trip, ticket, dispatcher)
+    if dispatcher is not None and tripped is not None:
+        _warn(item, trip, ticket, dispatcher, tripped)
     return Outcome.HELD
 
 
@@ -273,12 +275,12 @@ def _latest_open_ticket(session: Session, sender: Person) -> Ticket | None:
     )
 
 
-def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person) -> None:
+def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person, rate: Rate) -> None:
     """The dispatcher's one warning for this trip."""
     app = item.app
     context = {
         "source": trip.source,
-        "limit": trip.limit,
+        "limit": Reason("breaker_limit", trip.limit, count=rate.count, minutes=rate.window_minutes),
         "sender": item.sender.address,
         "subject": item.mail.subject[:200],
     }
