@@ -9,9 +9,12 @@ addresses.py) and its domain (not the domains of our own addresses, where an int
 employees all live, nor breaker.exempt_domains). Beyond a limit the source is *tripped*: its mail
 is stored on the sender's latest open ticket (else on one ticket per trip) with no outgoing mail
 at all, and the dispatcher gets one warning that says so and how to lift it. Each held mail keeps
-the trip on for another window; `mailgate limits lift SOURCE` ends it. An alert source's new
+the trip on for another window; `mailgate limits lift SOURCE` ends it. Lifting an address lets it
+through its domain's trip (exempt_from_domain), the domain's other senders stay held. An alert source's new
 alerts count as one source of their own, `alert:<name>`, against its alerts.new_tickets limit
-(ingest/alerts.py): a monitoring outage is many distinct alerts at once.
+(ingest/alerts.py): a monitoring outage is many distinct alerts at once. Held alerts go on the
+trip's own ticket, each with an event naming its key (HELD_ALERT), so its repeats and its
+recovery find it there.
 
 Mail from our own addresses (the dispatcher's included) that threads into no ticket opens none
 and sends nothing: a robot behind one of them would otherwise answer our every notice with a
