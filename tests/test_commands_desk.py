@@ -291,11 +291,14 @@ def test_the_receipt_is_in_the_staff_members_language(tmp_path, db_url, clock) -
     app = desk(tmp_path, db_url, clock, staff=staff)
     try:
         number = open_ticket(app)
-        command(app, number, "#priority high")
+        command(app, number, "#priority high", proof="token")
         command(app, number, "#priorty hoch")
         applied, refused = rows(app, "command_receipt")
         assert applied.headers["Subject"].startswith(f"[HD #{number}] Erledigt")
         assert "Ihre Befehle für" in applied.body
+        assert "Authentifiziert durch: Antwortadresse, ausgestellt an dispatch@example.com" in applied.body
+        assert "reply token issued" not in applied.body
+        assert "  Priorität: normal -> high" in applied.body
         assert "Nichts wurde geändert" in refused.headers["Subject"]
     finally:
         app.close()

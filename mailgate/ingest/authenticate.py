@@ -21,6 +21,7 @@ from mailgate.addresses import domain_of
 from mailgate.ingest.authentication import from_verdict
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
+from mailgate.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def prove(item: Incoming) -> Proof | None:
     token = item.thread.token
     if token is not None and token.person_id == sender.id and item.thread.ticket is not None:
         tag = subjects.format_tag(settings.tickets.tag_prefix, token.ticket_number)
-        return Proof(sender.id, "token", f"reply token issued to {sender.address} ({tag})")
+        english = f"reply token issued to {sender.address} ({tag})"
+        return Proof(sender.id, "token", Reason("token_proof", english, address=sender.address, tag=tag))
     ids = settings.acknowledgements.trusted_authserv_ids
     verdict = from_verdict(mail.message, ids, domain_of(mail.from_addr))
     if verdict is not None:
