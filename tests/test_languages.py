@@ -131,3 +131,19 @@ def test_a_german_dispatcher_reads_why_a_mail_was_not_acknowledged_and_held_in_g
     assert "rate limit reached" not in unacknowledged
     warning = " ".join(warning.split())
     assert "(Limit: 3 neue Tickets in 60 Minuten)" in warning and "new tickets in" not in warning
+
+
+def test_a_german_dispatcher_reads_why_a_new_ticket_is_automatic_in_german(tmp_path: Path, db_url: str, clock) -> None:
+    nagios = {"name": "nagios", "senders": ["nagios@monitor.example.com"]}
+    subject = "** PROBLEM Service Alert: web01/HTTP is CRITICAL **"
+    rows = _mail_to(
+        tmp_path,
+        db_url,
+        clock,
+        mail(sender="nagios@monitor.example.com", subject=subject),
+        tickets={"language": "de"},
+        alerts=[nagios],
+    )
+    notice = " ".join(rows["dispatcher_new"].body.split())
+    assert "Automatische Mail (Alarmquelle nagios (PROBLEM)): Der Absender" in notice
+    assert "alert source" not in notice

@@ -40,6 +40,7 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.ingest.thread import ThreadDecision
 from mailgate.models import BreakerTrip, Event, MessageKind, Status, Ticket
+from mailgate.reasons import Reason
 from mailgate.routing import patterns
 from mailgate.routing.alerts import RANK, Alert, read, source_for
 from mailgate.sla import policy as sla
@@ -75,7 +76,8 @@ def alerts(item: Incoming) -> Outcome | None:
     item.alert = alert = read(source, mail.subject)
     state = alert.state or "no state word"
     # Kept on the stored message, and what keeps a new alert from being acknowledged.
-    item.reasons = [*item.reasons, f"alert source {source.name} ({state})"]
+    english = f"alert source {source.name} ({state})"
+    item.reasons = [*item.reasons, Reason("alert_source", english, name=source.name, state=alert.state)]
     _one_at_a_time(item, alert.key)
     ticket = _open_ticket(item, source.name, alert.key)
     if ticket is not None:

@@ -125,7 +125,8 @@ def breaker(item: Incoming) -> Outcome | None:
             "breaker",
             f"from our own address {sender.address} and on no ticket: stored, opens no ticket and sends no mail",
         )
-        item.reasons = [*item.reasons, f"from our own address {sender.address}"]  # kept on the message
+        own = Reason("from_own_address", f"from our own address {sender.address}", address=sender.address)
+        item.reasons = [*item.reasons, own]  # kept on the message
         item.message = store_message(item, None, MessageKind.AUTO)
         return Outcome.AUTO
     # History (`mailgate import`) sends no mail, so there is no loop to break; and its hundreds
@@ -179,10 +180,25 @@ def breaker(item: Incoming) -> Outcome | None:
 
 
 def _vouched_for(session: Session, sources: list[tuple[str, Rate]], domain_trip: BreakerTrip) -> bool:
-    """Was one of this sender's own keys lifted since its domain tripped (see exempt_from)?"""
+    """Did an admin lift this sender out of its domain's trip (exempt_from_domain)?"""
     keys = [key for key, _ in sources if not key.startswith("domain:")]
-    query = select(BreakerTrip.id).where(BreakerTrip.source.in_(keys), BreakerTrip.lifted_at >= domain_trip.tripped_at)
-    return session.scalar(query.limit(1)) is not None
+    return _exemption(session, keys, domain_trip) is not None
+
+
+def _exemption(session: Session, keys: list[str], domain_trip: BreakerTrip) -> int | None:
+    """The id of an exemption of one of `keys` from `domain_trip`, made since it tripped. Only an
+    exemption counts: an address's own trip lifted before its domain tripped vouches for nothing."""
+    query = select(BreakerTrip.id).where(
+        BreakerTrip.source.in_(keys),
+        BreakerTrip.limit == _exempted_from(domain_trip),
+        BreakerTrip.lifted_at >= domain_trip.tripped_at,
+    )
+    return session.scalar(query.limit(1))
+
+
+def _exempted_from(domain_trip: BreakerTrip) -> str:
+    """The limit an exemption row names: the domain trip it lets its address through."""
+    return f"lifted from {domain_trip.source}"[:100]
 
 
 def _one_at_a_time(session: Session, keys: list[str]) -> None:
@@ -334,15 +350,13 @@ def exempt_from_domain(session: Session, address: str, now: datetime, by: str) -
     if domain is None:
         return None, False
     keys = keys_for(address)
-    if session.scalar(
-        select(BreakerTrip.id).where(BreakerTrip.source.in_(keys), BreakerTrip.lifted_at >= domain.tripped_at)
-    ):
+    if _exemption(session, keys, domain) is not None:
         return domain, False
     by = by[:320]
     session.add(
         BreakerTrip(
             source=f"address:{fold_address(address)}"[:330],
-            limit=f"lifted from {domain.source}"[:100],
+            limit=_exempted_from(domain),
             window_minutes=domain.window_minutes,
             tripped_at=now,
             until=now,
@@ -367,7 +381,7 @@ def exempt_from_domain(session: Session, address: str, now: datetime, by: str) -
 def exemptions(session: Session, trip: BreakerTrip) -> list[str]:
     """The addresses lifted from domain trip `trip` (exempt_from_domain), for `limits list`."""
     query = select(BreakerTrip.source).where(
-        BreakerTrip.limit == f"lifted from {trip.source}"[:100], BreakerTrip.lifted_at >= trip.tripped_at
+        BreakerTrip.limit == _exempted_from(trip), BreakerTrip.lifted_at >= trip.tripped_at
     )
     return sorted({source.partition(":")[2] for source in session.scalars(query)})
 
