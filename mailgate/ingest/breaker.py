@@ -342,9 +342,10 @@ def exempt_from_domain(session: Session, address: str, now: datetime, by: str) -
     the domain's other senders stay held. Returns the domain's trip and whether this lifted
     anything (False: the address was lifted from it already).
 
-    The exemption is a lifted trip of the address itself, from now: breaker() lets a sender
-    through a domain trip when one of its own keys was lifted after the domain tripped. It ends
-    with that trip; when the domain trips anew, the address is held again like the rest."""
+    The exemption is a lifted trip of the address itself naming the domain trip (_exempted_from;
+    no new table for a rare act of an admin): breaker() lets a sender with such a row made since
+    the domain tripped through it. It ends with that trip; when the domain trips anew, the
+    address is held again like the rest, and the dispatcher is warned anew."""
     address = address.strip().lower()
     domain = next(iter(active_trips(session, [f"domain:{domain_of(address)}"], now)), None)
     if domain is None:
