@@ -259,6 +259,7 @@ def test_a_held_alert_keeps_its_key_and_its_recovery_finds_its_ticket(tmp_path, 
     # Still down: a repeat of a held alert joins it where it is held, and holds nothing anew.
     assert ingest(app, alert(down[4]), "smtp").outcome == "auto"
     assert message_count(app, holding) == 3
+    assert (tickets_of(app)[3].priority, tickets_of(app)[3].first_response_due) == ("normal", None)
     clock.advance(timedelta(minutes=20))
     recovered = ingest(app, alert("** RECOVERY Host Alert: host4 is UP **"), "smtp")
     assert (recovered.outcome, recovered.ticket_number) == ("auto", holding.number), recovered.trace

@@ -166,7 +166,8 @@ def _on_ticket(item: Incoming, ticket: Ticket, alert: Alert) -> Outcome:
         new=alert.state,
         evidence=evidence,
     )
-    if RANK[alert.priority] > RANK.get(ticket.priority, 0):
+    # A ticket holding alerts for the breaker makes no promise (no deadlines): it keeps its priority.
+    if ticket.alert_key == alert.key and RANK[alert.priority] > RANK.get(ticket.priority, 0):
         tickets.set_priority(session, ticket, alert.priority, actor="mailgate", **kwargs)
         sla.set_deadlines(item.app.settings, ticket)
         item.note("alerts", f"ticket {ticket.number} raised to priority {alert.priority}")
