@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mailgate.config import Settings
 from mailgate.models import Person, Ticket
+from mailgate.reasons import Reason
 
 
 def may_work_on(settings: Settings, person: Person, ticket: Ticket) -> bool:
@@ -33,7 +34,7 @@ REQUESTER_COMMANDS = frozenset({"close", "reopen"})
 ANYWHERE = frozenset({"help", "mine", "queue", "show"})
 
 
-def command_refusal(settings: Settings, person: Person, ticket: Ticket | None, name: str) -> str | None:
+def command_refusal(settings: Settings, person: Person, ticket: Ticket | None, name: str) -> Reason | None:
     """Why `person` may not give command `name` on `ticket`, or None when they may."""
     if name == "help":
         return None
@@ -43,33 +44,37 @@ def command_refusal(settings: Settings, person: Person, ticket: Ticket | None, n
         if name in ANYWHERE:
             return None
         if ticket is None or not may_work_on(settings, person, ticket):
-            return "you do not work on this ticket (not assigned to you, not of your teams)"
+            return Reason("not_your_ticket", "you do not work on this ticket (not assigned to you, not of your teams)")
         if name in AGENT_COMMANDS:
             return None
-        return f"#{name} is for dispatchers"
+        return Reason("for_dispatchers", f"#{name} is for dispatchers", name=name)
     if ticket is not None and ticket.requester_id == person.id and name in REQUESTER_COMMANDS:
         return None
     if ticket is not None and ticket.requester_id == person.id:
-        return f"#{name} is for staff; as the requester you may use #close and #reopen"
-    return "commands are for staff and for the requester of the ticket"
+        return Reason("for_staff", f"#{name} is for staff; as the requester you may use #close and #reopen", name=name)
+    return Reason("not_a_requester", "commands are for staff and for the requester of the ticket")
 
 
-def assign_refusal(settings: Settings, person: Person, target: Person) -> str | None:
+def assign_refusal(settings: Settings, person: Person, target: Person) -> Reason | None:
     """Why `person` may not assign a ticket they work on to `target`, or None."""
     if not target.is_staff:
-        return f"{target.address} is not on the staff list"
+        return not_staff(target.address)
     if person.role in ("dispatcher", "admin") or target.id == person.id:
         return None
     rule = settings.commands.agents_may_reassign
     if rule == "anyone":
         return None
     if rule == "no":
-        return "agents may assign tickets only to themselves here (#take)"
+        return Reason("only_take", "agents may assign tickets only to themselves here (#take)")
     mine = settings.staff_member(person.address)
     theirs = settings.staff_member(target.address)
     if mine is not None and theirs is not None and set(mine.all_teams) & set(theirs.all_teams):
         return None
-    return f"{target.address} is not in one of your teams"
+    return Reason("not_in_your_teams", f"{target.address} is not in one of your teams", address=target.address)
+
+
+def not_staff(address: str) -> Reason:
+    return Reason("not_staff", f"{address} is not on the staff list", address=address)
 
 
 def allowed_commands(settings: Settings, person: Person, ticket: Ticket | None) -> list[str]:

@@ -238,6 +238,42 @@ def test_a_burst_of_distinct_alerts_is_bounded_by_the_sources_own_limit(tmp_path
     app.close()
 
 
+def held_ticket_of(app: App, subject: str) -> Ticket:
+    """The ticket the breaker stored the held alert mail `subject` on."""
+    with app.sessions() as s:
+        held = s.scalars(select(Message).where(Message.subject == subject, Message.kind == "held"))
+        (ticket_id,) = {m.ticket_id for m in held}
+        return s.get(Ticket, ticket_id)
+
+
+def test_a_held_alert_keeps_its_key_and_its_recovery_finds_its_ticket(tmp_path, db_url, clock) -> None:
+    source = {**NAGIOS, "resolve_on_recovery": True, "new_tickets": {"count": 3, "window_minutes": 60}}
+    app = desk(tmp_path, db_url, clock, source)
+    down = [f"** PROBLEM Host Alert: host{n} is DOWN **" for n in range(5)]
+    outcomes = [ingest(app, alert(subject), "smtp").outcome for subject in down]
+    assert outcomes == ["new_ticket"] * 3 + ["held"] * 2
+    holding = held_ticket_of(app, down[4])
+    # Not on another alert's ticket, which that alert's recovery would resolve with host4 still down.
+    assert holding.alert_key is None and holding.id not in {t.id for t in tickets_of(app)[:3]}
+    clock.advance(timedelta(minutes=5))
+    # Still down: a repeat of a held alert joins it where it is held, and holds nothing anew.
+    assert ingest(app, alert(down[4]), "smtp").outcome == "auto"
+    assert message_count(app, holding) == 3
+    assert (tickets_of(app)[3].priority, tickets_of(app)[3].first_response_due) == ("normal", None)
+    clock.advance(timedelta(minutes=20))
+    recovered = ingest(app, alert("** RECOVERY Host Alert: host4 is UP **"), "smtp")
+    assert (recovered.outcome, recovered.ticket_number) == ("auto", holding.number), recovered.trace
+    (note,) = events(app, holding, "alert_recovered")
+    assert "host4 is UP" in note.new and note.message_id is not None
+    # It holds host3's problem still: a recovery of one of its alerts does not resolve it.
+    assert tickets_of(app)[3].status != Status.RESOLVED
+    # The alerts with tickets of their own are untouched by it, and their recoveries resolve them.
+    assert [t.status for t in tickets_of(app)[:3]] == [Status.NEW] * 3
+    ingest(app, alert("** RECOVERY Host Alert: host2 is UP **"), "smtp")
+    assert tickets_of(app)[2].status == Status.RESOLVED
+    app.close()
+
+
 def _config_error(tmp_path: Path, text: str) -> str:
     path = tmp_path / "mailgate.toml"
     path.write_text(text)

@@ -206,6 +206,43 @@ def test_a_wrong_line_changes_nothing_and_the_receipt_says_what_and_why(app: App
     assert events(app, number, "commands_refused")
 
 
+@pytest.mark.parametrize(
+    ("text", "german", "english"),
+    [
+        ("#asign alice", "unbekannter Befehl #asign (meinten Sie #assign?)", "unknown command"),
+        ("#assign zed", "unbekannte Person 'zed' (schreiben Sie den Namen oder die Adresse", "unknown person"),
+        ("#assign alcie", "(meinten Sie alice@example.com?)", "did you mean"),
+        ("#assign sam", "mehrdeutig: 'sam' ist Sam Lee <sam.lee@example.com> oder Sam Fox", "ambiguous"),
+        ("#assign dana@example.com", "dana@example.com steht nicht auf der Mitarbeiterliste", "staff list"),
+        ("#team netwrk", "unbekanntes Team 'netwrk' (meinten Sie network?)", "unknown team"),
+        ("#priority hgh", "unbekannte Priorität 'hgh' (meinten Sie high?)", "unknown priority"),
+        ("#status closed\n#reopen", "mehrdeutig: '#status closed' und '#reopen' setzen beide den Status", "both set"),
+        ("#merge 99", "es gibt kein Ticket #99", "there is no ticket"),
+        ("#merge 1", "#merge nennt dieses Ticket selbst", "names this ticket itself"),
+        ("#pending until 2026-11-01", "2026-11-01 liegt nicht in der Zukunft (ein Datum nach heute)", "future"),
+        ("#cc remove nobody@example.org", "nobody@example.org ist kein Cc dieses Tickets", "is not a cc"),
+        ("#requester support@example.com", "ist die eigene Adresse des Desks", "own address"),
+        ("#undo", "nichts rückgängig zu machen", "nothing to undo"),
+    ],
+)
+def test_a_german_staff_members_receipt_says_what_and_why_in_german(
+    tmp_path, db_url, clock, text: str, german: str, english: str
+) -> None:
+    from tests.desk import STAFF
+
+    staff = [{**m, "language": "de"} if m.get("role") == "dispatcher" else m for m in STAFF]
+    app = desk(tmp_path, db_url, clock, staff=staff)
+    try:
+        number = open_ticket(app)
+        assert command(app, number, f"#priority urgent\n{text}\n").outcome == "refused"
+        body = " ".join(receipt(app).body.split())
+        assert german in body
+        assert english not in body
+        assert "#priority urgent -> in Ordnung" in body
+    finally:
+        app.close()
+
+
 def test_the_same_command_mail_delivered_twice_applies_once(app: App) -> None:
     number = open_ticket(app)
     first = command(app, number, "#priority high\n#cc add frank@example.org", message_id="<cmd-1@client.example.org>")
@@ -254,11 +291,14 @@ def test_the_receipt_is_in_the_staff_members_language(tmp_path, db_url, clock) -
     app = desk(tmp_path, db_url, clock, staff=staff)
     try:
         number = open_ticket(app)
-        command(app, number, "#priority high")
+        command(app, number, "#priority high", proof="token")
         command(app, number, "#priorty hoch")
         applied, refused = rows(app, "command_receipt")
         assert applied.headers["Subject"].startswith(f"[HD #{number}] Erledigt")
         assert "Ihre Befehle für" in applied.body
+        assert "Authentifiziert durch: Antwortadresse, ausgestellt an dispatch@example.com" in applied.body
+        assert "reply token issued" not in applied.body
+        assert "  Priorität: normal -> high" in applied.body
         assert "Nichts wurde geändert" in refused.headers["Subject"]
     finally:
         app.close()

@@ -172,3 +172,17 @@ def test_the_answers_without_a_ticket_are_in_the_staff_members_language(tmp_path
         assert _tickets(app) == 0
     finally:
         app.close()
+
+
+def test_a_german_agents_digest_names_its_lists_in_german(tmp_path, db_url, clock) -> None:
+    from tests.desk import STAFF
+
+    staff = [{**m, "language": "de"} if m["address"] == "alice@example.com" else m for m in STAFF]
+    app = desk(tmp_path, db_url, clock, staff=staff)
+    try:
+        _desk_with_tickets(app)
+        fresh(app, "#mine\n", "alice@example.com")
+        body = receipt(app, "alice@example.com", "command_digest").body
+        assert "Offene Tickets, Ihnen zugewiesen:" in body and "assigned to you" not in body
+    finally:
+        app.close()

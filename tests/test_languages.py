@@ -104,3 +104,46 @@ def test_a_language_without_templates_is_refused_by_name(tmp_path: Path, text: s
 def test_a_language_refused_with_q0_is_not_chosen(tmp_path: Path, db_url: str, clock) -> None:
     raw = b"Accept-Language: de;q=0, en\r\n" + mail()
     assert _mail_to(tmp_path, db_url, clock, raw)["ack"].body.startswith("Hello")
+
+
+def test_a_german_dispatcher_reads_why_a_mail_was_not_acknowledged_and_held_in_german(
+    tmp_path: Path, db_url: str, clock
+) -> None:
+    # The reasons in the dispatcher's notices are made in Python: each reads in German too.
+    app = _desk(
+        tmp_path,
+        db_url,
+        clock,
+        tickets={"language": "de"},
+        limits={"acks_per_sender": 1},
+        breaker={"per_sender": {"count": 3, "window_minutes": 60}},
+    )
+    try:
+        for i in range(4):
+            ingest(app, mail(sender="robot@customer.example", subject=f"Ticket {i} erhalten"), "smtp")
+        with app.sessions() as session:
+            notices = [r.body for r in session.scalars(select(Outbox).where(Outbox.kind == "dispatcher_new"))]
+            (warning,) = [r.body for r in session.scalars(select(Outbox).where(Outbox.kind == "breaker_warning"))]
+    finally:
+        app.close()
+    unacknowledged = " ".join(notices[-1].split())
+    assert "keine Eingangsbestätigung erhalten: Obergrenze erreicht (1 in 60 Minuten)" in unacknowledged
+    assert "rate limit reached" not in unacknowledged
+    warning = " ".join(warning.split())
+    assert "(Limit: 3 neue Tickets in 60 Minuten)" in warning and "new tickets in" not in warning
+
+
+def test_a_german_dispatcher_reads_why_a_new_ticket_is_automatic_in_german(tmp_path: Path, db_url: str, clock) -> None:
+    nagios = {"name": "nagios", "senders": ["nagios@monitor.example.com"]}
+    subject = "** PROBLEM Service Alert: web01/HTTP is CRITICAL **"
+    rows = _mail_to(
+        tmp_path,
+        db_url,
+        clock,
+        mail(sender="nagios@monitor.example.com", subject=subject),
+        tickets={"language": "de"},
+        alerts=[nagios],
+    )
+    notice = " ".join(rows["dispatcher_new"].body.split())
+    assert "Automatische Mail (Alarmquelle nagios (PROBLEM)): Der Absender" in notice
+    assert "alert source" not in notice

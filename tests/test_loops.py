@@ -198,7 +198,7 @@ def test_precedence_auto_reply_is_a_reaction(app: App) -> None:
 # -- mailgate limits list|lift -----------------------------------------------------------------
 
 
-def test_limits_list_shows_the_hold_and_lift_ends_it(app: App, clock, tmp_path: Path) -> None:
+def _cli_config(app: App, tmp_path: Path) -> Path:
     settings = app.settings
     config = tmp_path / "mailgate.toml"
     config.write_text(
@@ -206,6 +206,11 @@ def test_limits_list_shows_the_hold_and_lift_ends_it(app: App, clock, tmp_path: 
         f'secret = "{settings.secret}"\n[addresses]\nsupport = "support@example.com"\n'
         'dispatcher = "dispatch@example.com"\n'
     )
+    return config
+
+
+def test_limits_list_shows_the_hold_and_lift_ends_it(app: App, clock, tmp_path: Path) -> None:
+    settings, config = app.settings, _cli_config(app, tmp_path)
     runner = CliRunner()
     assert "no mail is held" in runner.invoke(cli, ["-c", str(config), "limits", "list"]).output
     # The command runs on the real clock: this test's mail arrived a minute before it.
@@ -224,6 +229,32 @@ def test_limits_list_shows_the_hold_and_lift_ends_it(app: App, clock, tmp_path: 
     assert result.outcome == Outcome.NEW_TICKET, result.trace
     with app.sessions() as s:
         assert s.scalar(select(BreakerTrip.lifted_by)).startswith("cli:")
+
+
+def test_lifting_an_address_of_a_tripped_domain_lets_that_address_through_and_holds_the_rest(
+    app: App, clock, tmp_path: Path
+) -> None:
+    # A robot at robots.example.net tripped the domain; a real person there calls the desk.
+    config, runner = _cli_config(app, tmp_path), CliRunner()
+    clock.set(datetime.now(UTC) - timedelta(minutes=1))  # the command runs on the real clock
+    for _ in range(app.settings.breaker.per_domain.count + 1):
+        ingest(app, mail(sender=f"bounce-{secrets.token_hex(4)}@robots.example.net"), "smtp")
+    assert ingest(app, mail(sender="Erik.Meyer@robots.example.net"), "smtp").outcome == Outcome.HELD
+    lifted = runner.invoke(cli, ["-c", str(config), "limits", "lift", "Erik.Meyer@robots.example.net"])
+    assert lifted.exit_code == 0, lifted.output
+    # It says exactly what was lifted, what still holds, and how to lift that too.
+    assert "lifted domain:robots.example.net for erik.meyer@robots.example.net" in lifted.output
+    assert "mailgate limits lift domain:robots.example.net" in lifted.output
+    listed = runner.invoke(cli, ["-c", str(config), "limits", "list"]).output
+    assert "domain:robots.example.net" in listed and "lifted for (not held): erik.meyer@robots.example.net" in listed
+    clock.set(datetime.now(UTC))
+    for i in range(3):  # more than once: its mail does not trip the domain anew
+        result = ingest(app, mail(sender="erik.meyer@robots.example.net", subject=f"printer {i}"), "smtp")
+        assert result.outcome == Outcome.NEW_TICKET, result.trace
+    assert ingest(app, mail(sender="bounce-x@robots.example.net"), "smtp").outcome == Outcome.HELD
+    again = runner.invoke(cli, ["-c", str(config), "limits", "lift", "erik.meyer@robots.example.net"])
+    assert again.exit_code != 0 and "no mail is held from" in again.output
+    assert "already lifted for it" in again.output
 
 
 # -- a real robot answering everything ---------------------------------------------------------

@@ -155,7 +155,8 @@ def test_the_german_notice_names_the_rule(tmp_path, db_url, clock) -> None:
     routed(app, mail(to="printers@example.com"))
     notice = " ".join(outbox(app, "dispatcher_new")[0].body.split())
     assert "Zugewiesen an Bob Brown" in notice
-    assert "Die Verteilregel „printers“ traf zu (recipient printers@example.com) und setzte Team facilities" in notice
+    assert "Die Verteilregel „printers“ traf zu (Empfänger printers@example.com) und setzte Team facilities" in notice
+    assert "recipient" not in notice
     app.close()
 
 

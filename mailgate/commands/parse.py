@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+
+from mailgate.reasons import Reason
 
 MAX_LINES = 20  # command lines read at the top of one mail
 MAX_LINE_CHARS = 500  # a longer line is no command
@@ -97,8 +100,8 @@ class Command:
     # The argument read: a priority or status, an address, a ticket number, a date, "add"/"remove".
     value: str | int | date | None = None
     action: str = ""  # #cc: "add" or "remove"
-    error: str = ""  # what is wrong with the line ("" : nothing)
-    suggestion: str = ""  # what the sender may have meant
+    error: str = ""  # what is wrong with the line ("" : nothing), a Reason
+    suggestion: str = ""  # what the sender may have meant, a Reason
 
     @property
     def ok(self) -> bool:
@@ -151,10 +154,9 @@ def parse_commands(text: str, today: date) -> CommandBlock | None:
                 # Not read, and not text either: the lines past the limit (a #note among them)
                 # would go to the requester as the answer. The mail is refused whole.
                 block.notes.append(f"only the first {MAX_LINES} command lines were read")
-                error = f"more than {MAX_LINES} command lines in one mail"
-                block.commands.append(
-                    Command("?", stripped[:80], error=error, suggestion="send the rest in another mail")
-                )
+                error = Reason("too_many_lines", f"more than {MAX_LINES} command lines in one mail", count=MAX_LINES)
+                rest = Reason("send_rest", "send the rest in another mail")
+                block.commands.append(Command("?", stripped[:80], error=error, suggestion=rest))
             break
         command = _read_line(stripped, today)
         if command is None:
@@ -183,12 +185,17 @@ def _looks_like_command(line: str) -> bool:
 
 def _read_line(line: str, today: date) -> Command | None:
     if len(line) > MAX_LINE_CHARS:
-        return Command("?", line[:80] + "…", error="the line is too long for a command") if line[:1] == "#" else None
+        return (
+            Command("?", line[:80] + "…", error=Reason("line_too_long", "the line is too long for a command"))
+            if line[:1] == "#"
+            else None
+        )
     if match := _HASH.match(line):
         word, arg = match.group(1).lower(), (match.group(2) or "").strip()
         name = ALIASES.get(word, word)
         if name not in USAGE:
-            return Command(word, line, arg, error=f"unknown command #{word}", suggestion=_did_you_mean(word))
+            unknown = Reason("unknown_command", f"unknown command #{word}", word=word)
+            return Command(word, line, arg, error=unknown, suggestion=_did_you_mean(word))
         return _read(name, line, arg, today, keyed=False)
     if match := _KEY.match(line):
         word, arg = match.group(1).lower(), match.group(2).strip()
@@ -201,71 +208,104 @@ def _read_line(line: str, today: date) -> Command | None:
     return None
 
 
-def _did_you_mean(word: str) -> str:
+def _did_you_mean(word: str) -> Reason:
     close = difflib.get_close_matches(word, [*COMMANDS, *ALIASES], n=1, cutoff=0.6)
     if not close:
-        return "#help lists the commands"
-    return f"did you mean #{ALIASES.get(close[0], close[0])}?"
+        return Reason("help_lists_commands", "#help lists the commands")
+    return did_you_mean(f"#{ALIASES.get(close[0], close[0])}")
 
 
-def _value_hint(word: str, choices: tuple[str, ...]) -> str:
+def _value_hint(word: str, choices: tuple[str, ...]) -> Reason:
     close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.5)
-    return f"did you mean {close[0]}?" if close else f"one of {', '.join(choices)}"
+    return did_you_mean(close[0]) if close else one_of(choices)
+
+
+def did_you_mean(value: str) -> Reason:
+    return Reason("did_you_mean", f"did you mean {value}?", value=value)
+
+
+def one_of(choices: Sequence[str]) -> Reason:
+    return Reason("one_of", f"one of {', '.join(choices)}", choices=", ".join(choices))
+
+
+def example(text: str) -> Reason:
+    return Reason("example", f"e.g. {text}", text=text)
 
 
 def _read(name: str, line: str, arg: str, today: date, *, keyed: bool) -> Command:
     usage = USAGE[name]
-    bad = "expected " + usage
+    bad = Reason("expected", "expected " + usage, usage=usage)
 
-    def error(problem: str, suggestion: str = "") -> Command:
+    def error(problem: Reason, suggestion: Reason | None = None) -> Command:
         return Command(name, line, arg, error=problem, suggestion=suggestion or bad)
 
     if name in ("unassign", "take", "reopen", "undo", "help", "mine"):
-        return error(f"#{name} takes no argument") if arg else Command(name, line)
+        return (
+            error(Reason("takes_no_argument", f"#{name} takes no argument", name=name)) if arg else Command(name, line)
+        )
     if name in ("close", "note"):
         return Command(name, line, arg)
     if name == "queue":
         if arg and not _NAME.match(arg):
-            return error("a team name is one word")
+            return error(Reason("team_one_word", "a team name is one word"))
         return Command(name, line, arg, value=arg.lower() or None)
     if not arg:
-        return error(f"#{name} needs an argument")
+        return error(Reason("needs_argument", f"#{name} needs an argument", name=name))
     if name in ("priority", "status"):
         choices = PRIORITIES if name == "priority" else STATUSES
         if arg.lower() not in choices:
-            return error(f"unknown {name} {arg!r}", _value_hint(arg, choices))
+            return error(unknown(name, arg), _value_hint(arg, choices))
         return Command(name, line, arg, value=arg.lower())
     if name in ("assign", "category", "team"):
         # "#assign Alice Jones" names a person by name; a `Key:` line takes one word only (prose
         # like "Team: thanks for the quick help" is text).
         if not (_NAME if keyed else _NAMES).match(arg):
-            return error(f"#{name} takes one name")
+            return error(Reason("takes_one_name", f"#{name} takes one name", name=name))
         address = _ADDRESS.match(arg)
         return Command(name, line, arg, value=address.group(1).lower() if address else arg.lower())
     if name == "requester":
         if not (address := _ADDRESS.match(arg)):
-            return error(f"not an address: {arg!r}", "expected #requester name@example.com")
+            return error(
+                Reason("not_an_address", f"not an address: {arg!r}", value=repr(arg)),
+                example("#requester name@example.com"),
+            )
         return Command(name, line, arg, value=address.group(1).lower())
     if name == "cc":
         action, _, target = arg.partition(" ")
         address = _ADDRESS.match(target.strip())
         if action.lower() not in ("add", "remove") or not address:
-            return error("expected add or remove and one address", "e.g. #cc add name@example.com")
+            return error(
+                Reason("cc_add_or_remove", "expected add or remove and one address"),
+                example("#cc add name@example.com"),
+            )
         return Command(name, line, arg, value=address.group(1).lower(), action=action.lower())
     if name in ("merge", "link", "show"):
         if not (number := _NUMBER.match(arg)):
-            return error(f"not a ticket number: {arg!r}", f"e.g. #{name} 42")
+            return error(
+                Reason("not_a_ticket_number", f"not a ticket number: {arg!r}", value=repr(arg)), example(f"#{name} 42")
+            )
         return Command(name, line, arg, value=int(number.group(1) or number.group(2)))
     if name == "pending":
         words = arg.split(None, 1)
         when = words[1] if words[0].lower() in ("until", "bis") and len(words) > 1 else arg
         day = read_date(when, today)
         if day is None:
-            return error(f"not a date: {when!r}", "e.g. #pending until 2026-12-10, 10.12.2026 or monday")
+            return error(
+                Reason("not_a_date", f"not a date: {when!r}", value=repr(when)),
+                Reason("date_example", "e.g. #pending until 2026-12-10, 10.12.2026 or monday"),
+            )
         if day <= today:
-            return error(f"{day.isoformat()} is not in the future", "a date after today")
+            return error(
+                Reason("not_in_future", f"{day.isoformat()} is not in the future", day=day.isoformat()),
+                Reason("date_after_today", "a date after today"),
+            )
         return Command(name, line, arg, value=day)
     raise AssertionError(f"no reader for #{name}")
+
+
+def unknown(what: str, value: str) -> Reason:
+    """An unknown priority, status, category, team or person."""
+    return Reason("unknown_value", f"unknown {what} {value!r}", what=what, value=repr(value))
 
 
 def read_date(text: str, today: date) -> date | None:

@@ -18,8 +18,11 @@ Repeats are replies to the alert's ticket, so the circuit breaker (which counts 
 holds them. A burst of distinct alerts opens a ticket each, and the breaker counts those as the
 source `alert:<name>` against the source's own limit (new_tickets, default 30 in 60 minutes,
 instead of breaker.per_sender, which one outage would trip at once): past it, the source's new
-alerts are held on one ticket without mail, the dispatcher is warned once, and
+alerts are held on one ticket of the trip without mail, the dispatcher is warned once, and
 `mailgate limits lift alert:<name>` ends it. Repeats of alerts that have a ticket still go on.
+A held alert keeps its key on that ticket (an event, see breaker.HELD_ALERT): its repeats join
+it there, and its recovery is noted there; it resolves no such ticket, which holds other alerts
+that may still be down.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from mailgate import tickets
 from mailgate.addresses import domain_of, fold_address
 from mailgate.db import advisory_key
 from mailgate.ingest.authentication import authentication_failure, from_verdict
+from mailgate.ingest.breaker import HELD_ALERT
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.ingest.thread import ThreadDecision
-from mailgate.models import MessageKind, Status, Ticket
+from mailgate.models import BreakerTrip, Event, MessageKind, Status, Ticket
+from mailgate.reasons import Reason
 from mailgate.routing import patterns
 from mailgate.routing.alerts import RANK, Alert, read, source_for
 from mailgate.sla import policy as sla
@@ -71,9 +76,10 @@ def alerts(item: Incoming) -> Outcome | None:
     item.alert = alert = read(source, mail.subject)
     state = alert.state or "no state word"
     # Kept on the stored message, and what keeps a new alert from being acknowledged.
-    item.reasons = [*item.reasons, f"alert source {source.name} ({state})"]
+    english = f"alert source {source.name} ({state})"
+    item.reasons = [*item.reasons, Reason("alert_source", english, name=source.name, state=alert.state)]
     _one_at_a_time(item, alert.key)
-    ticket = _open_ticket(item, alert.key)
+    ticket = _open_ticket(item, source.name, alert.key)
     if ticket is not None:
         return _on_ticket(item, ticket, alert)
     if alert.recovery:
@@ -96,8 +102,22 @@ def _one_at_a_time(item: Incoming, key: str) -> None:
         item.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(f"alert:{key}")})
 
 
-def _open_ticket(item: Incoming, key: str) -> Ticket | None:
+def _open_ticket(item: Incoming, source: str, key: str) -> Ticket | None:
+    """The alert's open ticket: its own, else the one the circuit breaker held it on."""
     query = select(Ticket).where(Ticket.alert_key == key, Ticket.status.in_(_OPEN))
+    own = item.session.scalar(query.order_by(Ticket.id.desc()).limit(1))
+    return own if own is not None else _holding_ticket(item, source, key)
+
+
+def _holding_ticket(item: Incoming, source: str, key: str) -> Ticket | None:
+    """The open ticket of a trip of `source` that holds alert `key` (breaker.HELD_ALERT). Only
+    the trips' few tickets are searched, by their events."""
+    trips = select(BreakerTrip.ticket_id).where(BreakerTrip.source == f"alert:{source}")
+    query = (
+        select(Ticket)
+        .join(Event, Event.ticket_id == Ticket.id)
+        .where(Ticket.id.in_(trips), Ticket.status.in_(_OPEN), Event.action == HELD_ALERT, Event.new == key)
+    )
     return item.session.scalar(query.order_by(Ticket.id.desc()).limit(1))
 
 
@@ -127,7 +147,10 @@ def _on_ticket(item: Incoming, ticket: Ticket, alert: Alert) -> Outcome:
             new=f"{alert.state}: {item.mail.subject[:200]}",
             evidence=evidence,
         )
-        if source.resolve_on_recovery:
+        if source.resolve_on_recovery and ticket.alert_key != alert.key:
+            # The breaker held it on a ticket with others, which may still be down.
+            item.note("alerts", f"ticket {ticket.number} holds other alerts too: left for a person to resolve")
+        elif source.resolve_on_recovery:
             tickets.set_status(session, ticket, Status.RESOLVED, actor="mailgate", **kwargs)
             item.note("alerts", f"ticket {ticket.number} resolved (alerts.resolve_on_recovery)")
         return Outcome.AUTO
@@ -143,7 +166,8 @@ def _on_ticket(item: Incoming, ticket: Ticket, alert: Alert) -> Outcome:
         new=alert.state,
         evidence=evidence,
     )
-    if RANK[alert.priority] > RANK.get(ticket.priority, 0):
+    # A ticket holding alerts for the breaker makes no promise (no deadlines): it keeps its priority.
+    if ticket.alert_key == alert.key and RANK[alert.priority] > RANK.get(ticket.priority, 0):
         tickets.set_priority(session, ticket, alert.priority, actor="mailgate", **kwargs)
         sla.set_deadlines(item.app.settings, ticket)
         item.note("alerts", f"ticket {ticket.number} raised to priority {alert.priority}")

@@ -15,6 +15,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.models import MessageKind, Person, Ticket
+from mailgate.reasons import Reason
 from mailgate.sla import policy as sla
 
 _STATUS_COMMANDS = ("status", "pending", "close", "reopen", "merge", "undo")
@@ -30,7 +31,7 @@ def apply(item: Incoming) -> Outcome | None:
     # A rating alone (see rate) is no follow-up, however long the ticket has been closed.
     if ticket is not None and not item.rating_only and tickets.is_past_reopen_window(ticket, item.now, window):
         item.note("apply", f"ticket {ticket.number} closed beyond the reopen window: follow-up")
-        _new_ticket(item, ticket, "follow-up", "follow-up of a closed ticket")
+        _new_ticket(item, ticket, "follow-up", Reason("follow_up", "follow-up of a closed ticket"))
     elif ticket is None:
         decision = item.thread
         _new_ticket(item, decision.linked, decision.link_kind, decision.link_reason)

@@ -22,6 +22,7 @@ from mailgate.addresses import domain_of
 from mailgate.ingest.authentication import from_verdict
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
+from mailgate.reasons import Reason
 from mailgate.tokens import ReplyToken
 
 
@@ -54,7 +55,8 @@ def prove(item: Incoming) -> Proof | None:
     if token is not None and token.person_id == sender.id and item.thread.ticket is not None:
         tag = subjects.format_tag(settings.tickets.tag_prefix, token.ticket_number)
         if _holds_current(item, token):
-            return Proof(sender.id, "token", f"reply token issued to {sender.address} ({tag})")
+            english = f"reply token issued to {sender.address} ({tag})"
+            return Proof(sender.id, "token", Reason("token_proof", english, address=sender.address, tag=tag))
         item.token_replaced = True
         item.note("authenticate", f"reply token of {sender.address} ({tag}) was replaced: it proves nothing")
     ids = settings.acknowledgements.trusted_authserv_ids

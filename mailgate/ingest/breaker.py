@@ -9,9 +9,12 @@ addresses.py) and its domain (not the domains of our own addresses, where an int
 employees all live, nor breaker.exempt_domains). Beyond a limit the source is *tripped*: its mail
 is stored on the sender's latest open ticket (else on one ticket per trip) with no outgoing mail
 at all, and the dispatcher gets one warning that says so and how to lift it. Each held mail keeps
-the trip on for another window; `mailgate limits lift SOURCE` ends it. An alert source's new
+the trip on for another window; `mailgate limits lift SOURCE` ends it. Lifting an address lets it
+through its domain's trip (exempt_from_domain), the domain's other senders stay held. An alert source's new
 alerts count as one source of their own, `alert:<name>`, against its alerts.new_tickets limit
-(ingest/alerts.py): a monitoring outage is many distinct alerts at once.
+(ingest/alerts.py): a monitoring outage is many distinct alerts at once. Held alerts go on the
+trip's own ticket, each with an event naming its key (HELD_ALERT), so its repeats and its
+recovery find it there.
 
 Mail from our own addresses (the dispatcher's included) that threads into no ticket opens none
 and sends nothing: a robot behind one of them would otherwise answer our every notice with a
@@ -37,8 +40,10 @@ from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import BreakerEvent, BreakerTrip, MessageKind, Person, Status, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.reasons import Reason
 
 _OPEN = (Status.NEW, Status.OPEN, Status.PENDING)
+HELD_ALERT = "alert_held"  # the event naming the key of an alert held on a ticket
 
 
 def sources_of(settings: Settings, address: str) -> list[tuple[str, Rate]]:
@@ -120,7 +125,8 @@ def breaker(item: Incoming) -> Outcome | None:
             "breaker",
             f"from our own address {sender.address} and on no ticket: stored, opens no ticket and sends no mail",
         )
-        item.reasons = [*item.reasons, f"from our own address {sender.address}"]  # kept on the message
+        own = Reason("from_own_address", f"from our own address {sender.address}", address=sender.address)
+        item.reasons = [*item.reasons, own]  # kept on the message
         item.message = store_message(item, None, MessageKind.AUTO)
         return Outcome.AUTO
     # History (`mailgate import`) sends no mail, so there is no loop to break; and its hundreds
@@ -144,9 +150,16 @@ def breaker(item: Incoming) -> Outcome | None:
         oldest = item.arrived - timedelta(minutes=max(rate.window_minutes for _, rate in sources))
         record = Record.read(session, [key for key, _ in sources], item.now, oldest)
     trips = record.in_force(item.now)
+    domain_trip = next((t for t in trips if t.source.startswith("domain:")), None)
+    if domain_trip is not None and _vouched_for(session, sources, domain_trip):
+        # An admin lifted this address out of its domain's trip: the domain no longer counts it
+        # (its count is at the limit still, which would trip it anew).
+        item.note("breaker", f"{domain_trip.source} is held, but lifted for this address")
+        sources = [(key, rate) for key, rate in sources if key != domain_trip.source]
+        trips = [t for t in trips if t is not domain_trip]
     over = next(((k, r) for k, r in sources if record.count(k, r, item.arrived) >= r.count), None)
     if trips:
-        return _hold(item, trips[0], tripped_now=False)
+        return _hold(item, trips[0], tripped=None)
     if over is not None:
         key, rate = over
         trip = BreakerTrip(
@@ -159,11 +172,33 @@ def breaker(item: Incoming) -> Outcome | None:
             lifted_by="",
         )
         session.add(trip)
-        return _hold(item, trip, tripped_now=True)
+        return _hold(item, trip, tripped=rate)
     if stale := record.stale(sources, item.arrived):
         session.execute(delete(BreakerEvent).where(BreakerEvent.id.in_(stale)))
     session.add_all([BreakerEvent(source=key, at=item.arrived) for key, _ in sources])
     return None
+
+
+def _vouched_for(session: Session, sources: list[tuple[str, Rate]], domain_trip: BreakerTrip) -> bool:
+    """Did an admin lift this sender out of its domain's trip (exempt_from_domain)?"""
+    keys = [key for key, _ in sources if not key.startswith("domain:")]
+    return _exemption(session, keys, domain_trip) is not None
+
+
+def _exemption(session: Session, keys: list[str], domain_trip: BreakerTrip) -> int | None:
+    """The id of an exemption of one of `keys` from `domain_trip`, made since it tripped. Only an
+    exemption counts: an address's own trip lifted before its domain tripped vouches for nothing."""
+    query = select(BreakerTrip.id).where(
+        BreakerTrip.source.in_(keys),
+        BreakerTrip.limit == _exempted_from(domain_trip),
+        BreakerTrip.lifted_at >= domain_trip.tripped_at,
+    )
+    return session.scalar(query.limit(1))
+
+
+def _exempted_from(domain_trip: BreakerTrip) -> str:
+    """The limit an exemption row names: the domain trip it lets its address through."""
+    return f"lifted from {domain_trip.source}"[:100]
 
 
 def _one_at_a_time(session: Session, keys: list[str]) -> None:
@@ -188,12 +223,15 @@ def opens_ticket(item: Incoming) -> bool:
     return not item.reasons and tickets.is_past_reopen_window(ticket, item.now, window)
 
 
-def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
-    """Store the mail without a ticket of its own and without any outgoing mail."""
+def _hold(item: Incoming, trip: BreakerTrip, *, tripped: Rate | None) -> Outcome:
+    """Store the mail without a ticket of its own and without any outgoing mail; `tripped`: the
+    limit this mail went over, when it tripped the source just now."""
     session, settings, sender = item.session, item.app.settings, item.requester
     # People before the ticket number (see identify): the dispatcher is told of a new trip.
-    dispatcher = people.dispatcher(session, settings, item.now) if tripped_now else None
-    ticket = _latest_open_ticket(session, sender)
+    dispatcher = people.dispatcher(session, settings, item.now) if tripped is not None else None
+    # An alert is not held on the sender's latest ticket, another alert's, which that alert's
+    # recovery resolves with this one still down: on the trip's own ticket, with its key.
+    ticket = _latest_open_ticket(session, sender) if item.alert is None else None
     if ticket is None and trip.ticket_id is not None:
         ticket = session.get(Ticket, trip.ticket_id)
     if ticket is None:
@@ -228,8 +266,22 @@ def _hold(item: Incoming, trip: BreakerTrip, *, tripped_now: bool) -> Outcome:
         message_id=message.id,
         new=f"{trip.source}: over {trip.limit}",
     )
-    if dispatcher is not None:
-        _warn(item, trip, ticket, dispatcher)
+    if item.alert is not None:
+        # What lets the alert's repeats and its recovery find this ticket (ingest/alerts.py).
+        tickets.record(
+            session,
+            ticket,
+            actor=sender.address,
+            action=HELD_ALERT,
+            channel=item.source,
+            at=item.now,
+            field="alert_key",
+            new=item.alert.key,
+            message_id=message.id,
+            evidence=f"alert {item.alert.source.name}",
+        )
+    if dispatcher is not None and tripped is not None:
+        _warn(item, trip, ticket, dispatcher, tripped)
     return Outcome.HELD
 
 
@@ -242,12 +294,12 @@ def _latest_open_ticket(session: Session, sender: Person) -> Ticket | None:
     )
 
 
-def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person) -> None:
+def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person, rate: Rate) -> None:
     """The dispatcher's one warning for this trip."""
     app = item.app
     context = {
         "source": trip.source,
-        "limit": trip.limit,
+        "limit": Reason("breaker_limit", trip.limit, count=rate.count, minutes=rate.window_minutes),
         "sender": item.sender.address,
         "subject": item.mail.subject[:200],
     }
@@ -283,6 +335,56 @@ def keys_for(source: str) -> list[str]:
     if "@" in source:
         return sorted({f"sender:{source}", f"address:{fold_address(source)}"})
     return [f"domain:{source.lstrip('@')}"]
+
+
+def exempt_from_domain(session: Session, address: str, now: datetime, by: str) -> tuple[BreakerTrip | None, bool]:
+    """Let `address` (and its +variants) through the trip of its domain, if that is in force;
+    the domain's other senders stay held. Returns the domain's trip and whether this lifted
+    anything (False: the address was lifted from it already).
+
+    The exemption is a lifted trip of the address itself naming the domain trip (_exempted_from;
+    no new table for a rare act of an admin): breaker() lets a sender with such a row made since
+    the domain tripped through it. It ends with that trip; when the domain trips anew, the
+    address is held again like the rest, and the dispatcher is warned anew."""
+    address = address.strip().lower()
+    domain = next(iter(active_trips(session, [f"domain:{domain_of(address)}"], now)), None)
+    if domain is None:
+        return None, False
+    keys = keys_for(address)
+    if _exemption(session, keys, domain) is not None:
+        return domain, False
+    by = by[:320]
+    session.add(
+        BreakerTrip(
+            source=f"address:{fold_address(address)}"[:330],
+            limit=_exempted_from(domain),
+            window_minutes=domain.window_minutes,
+            tripped_at=now,
+            until=now,
+            held=0,
+            lifted_at=now,
+            lifted_by=by,
+        )
+    )
+    ticket = session.get(Ticket, domain.ticket_id) if domain.ticket_id else None
+    tickets.record(
+        session,
+        ticket,
+        actor=by,
+        action="breaker_lifted",
+        channel="cli",
+        at=now,
+        new=f"{domain.source} lifted for {address}",
+    )
+    return domain, True
+
+
+def exemptions(session: Session, trip: BreakerTrip) -> list[str]:
+    """The addresses lifted from domain trip `trip` (exempt_from_domain), for `limits list`."""
+    query = select(BreakerTrip.source).where(
+        BreakerTrip.limit == _exempted_from(trip), BreakerTrip.lifted_at >= trip.tripped_at
+    )
+    return sorted({source.partition(":")[2] for source in session.scalars(query)})
 
 
 def lift(session: Session, source: str, now: datetime, by: str) -> list[BreakerTrip]:

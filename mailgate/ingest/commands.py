@@ -30,7 +30,16 @@ from sqlalchemy import select
 from mailgate import people, permissions, tickets
 from mailgate.addresses import fold_address
 from mailgate.commands import undo
-from mailgate.commands.parse import ANYWHERE_NAMES, Command, CommandBlock, may_hold_commands, parse_commands
+from mailgate.commands.parse import (
+    ANYWHERE_NAMES,
+    Command,
+    CommandBlock,
+    did_you_mean,
+    may_hold_commands,
+    one_of,
+    parse_commands,
+    unknown,
+)
 from mailgate.config import StaffMember
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
@@ -39,6 +48,7 @@ from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import MessageKind, Participant, Person, Ticket
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
+from mailgate.reasons import Reason
 from mailgate.sla.policy import timezone
 
 # Lines that set the same thing: two of them with different values are ambiguous.
@@ -63,6 +73,7 @@ class Line:
     """One command line, checked: what it names, or what is wrong with it."""
 
     command: Command
+    # Reasons (mailgate/reasons.py): the receipt words them in its reader's language.
     problem: str = ""
     suggestion: str = ""
     person: Person | None = None  # #assign, #take, #cc, #requester
@@ -171,12 +182,16 @@ def _check(item: Incoming, mail: CommandMail, line: Line) -> None:
     window = settings.tickets.reopen_window_days
     if command.name not in ANYWHERE_NAMES and tickets.is_past_reopen_window(ticket, item.now, window):
         # apply turns such a mail into a follow-up ticket: the commands would land on that.
-        line.problem = f"the ticket was closed more than {window} days ago and takes no more changes"
-        line.suggestion = "write a new mail to open a new ticket"
+        line.problem = Reason(
+            "closed_too_long",
+            f"the ticket was closed more than {window} days ago and takes no more changes",
+            days=window,
+        )
+        line.suggestion = Reason("write_new_mail", "write a new mail to open a new ticket")
         return
     refusal = permissions.command_refusal(settings, sender, ticket, command.name)
     if refusal is not None:
-        line.problem, line.suggestion = f"not allowed: {refusal}", "#help lists what you may do"
+        _not_allowed(line, refusal)
         return
     name = command.name
     if name in ("assign", "take"):
@@ -191,7 +206,7 @@ def _check(item: Incoming, mail: CommandMail, line: Line) -> None:
     elif name == "requester":
         address = str(command.value)
         if people.is_own_address(settings, address):
-            line.problem = f"{address} is the desk's own address"
+            line.problem = _own_address(address)
         else:
             line.person = people.person_for(item.session, settings, address, "", item.now)
     elif name in ("merge", "link", "show"):
@@ -204,15 +219,25 @@ def _check(item: Incoming, mail: CommandMail, line: Line) -> None:
         member = settings.staff_member(sender.address)
         team = command.value
         if team and sender.role not in ("dispatcher", "admin") and (member is None or team not in member.all_teams):
-            line.problem = f"not allowed: the queue of team {team} is not yours"
-            line.suggestion = "#queue alone lists your teams' tickets"
+            refusal = Reason("not_your_queue", f"the queue of team {team} is not yours", team=team)
+            _not_allowed(line, refusal, Reason("queue_alone", "#queue alone lists your teams' tickets"))
     elif name == "undo":
         found = undo.last_command_mail(item.session, settings, ticket, sender, item.now)
         if found is None:
             window = settings.commands.undo_window_minutes
-            line.problem = f"nothing to undo: no command mail of yours on this ticket in the last {window} minutes"
+            english = f"nothing to undo: no command mail of yours on this ticket in the last {window} minutes"
+            line.problem = Reason("nothing_to_undo", english, minutes=window)
         else:
             line.undo_message_id = found
+
+
+def _not_allowed(line: Line, refusal: Reason, suggestion: Reason | None = None) -> None:
+    line.problem = Reason("not_allowed", f"not allowed: {refusal}", refusal=refusal)
+    line.suggestion = suggestion or Reason("help_lists_yours", "#help lists what you may do")
+
+
+def _own_address(address: str) -> Reason:
+    return Reason("own_address", f"{address} is the desk's own address", address=address)
 
 
 _NAME_CHARS = 100  # tickets.category and tickets.team
@@ -222,12 +247,13 @@ def _known(line: Line, what: str, known: list[str]) -> None:
     """A category or team the config names (any value when it names none)."""
     value = str(line.command.value)
     if len(value) > _NAME_CHARS:  # any name goes when the config names none; the column holds 100
-        line.problem = f"the {what} name is longer than {_NAME_CHARS} characters"
+        english = f"the {what} name is longer than {_NAME_CHARS} characters"
+        line.problem = Reason("name_too_long", english, what=what, chars=_NAME_CHARS)
         return
     if known and value not in known:
         close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
-        line.problem = f"unknown {what} {value!r}"
-        line.suggestion = f"did you mean {close[0]}?" if close else f"one of {', '.join(known[:20])}"
+        line.problem = unknown(what, value)
+        line.suggestion = did_you_mean(close[0]) if close else one_of(known[:20])
 
 
 def _check_assignee(item: Incoming, line: Line) -> None:
@@ -238,24 +264,24 @@ def _check_assignee(item: Incoming, line: Line) -> None:
     else:
         members = find_staff(settings.staff, wanted)
         if not members and "@" in wanted:
-            line.problem = f"{wanted} is not on the staff list"
+            line.problem = permissions.not_staff(wanted)
             line.suggestion = _nearest_staff(settings.staff, wanted.split("@")[0])
             return
         if not members:
-            line.problem = f"unknown person {line.command.arg!r}"
+            line.problem = unknown("person", line.command.arg)
             line.suggestion = _nearest_staff(settings.staff, wanted)
             return
         if len(members) > 1:
-            line.problem = f"ambiguous: {line.command.arg!r} is " + " or ".join(
-                f"{m.name or m.address} <{m.address}>" for m in members
-            )
-            line.suggestion = "write their address"
+            named = [f"{m.name or m.address} <{m.address}>" for m in members]
+            english = f"ambiguous: {line.command.arg!r} is " + " or ".join(named)
+            line.problem = Reason("ambiguous_person", english, value=repr(line.command.arg), people=named)
+            line.suggestion = Reason("write_address", "write their address")
             return
         member = members[0]
         target = people.person_for(item.session, settings, member.address, member.name, item.now)
     refusal = permissions.assign_refusal(settings, sender, target)
     if refusal is not None:
-        line.problem, line.suggestion = f"not allowed: {refusal}", "#help lists what you may do"
+        _not_allowed(line, refusal)
         return
     line.person = target
 
@@ -276,17 +302,17 @@ def find_staff(staff: list[StaffMember], wanted: str) -> list[StaffMember]:
     return []
 
 
-def _nearest_staff(staff: list[StaffMember], wanted: str) -> str:
+def _nearest_staff(staff: list[StaffMember], wanted: str) -> Reason:
     names = {a.split("@")[0]: a for m in staff for a in m.addresses}
     names.update({m.name.lower(): m.address for m in staff if m.name})
     close = difflib.get_close_matches(wanted.lower(), list(names), n=1, cutoff=0.5)
-    return f"did you mean {names[close[0]]}?" if close else "write a staff member's name or address"
+    return did_you_mean(names[close[0]]) if close else Reason("write_staff", "write a staff member's name or address")
 
 
 def _check_cc(item: Incoming, mail: CommandMail, line: Line) -> None:
     settings, address = item.app.settings, str(line.command.value)
     if people.is_own_address(settings, address):
-        line.problem = f"{address} is the desk's own address"
+        line.problem = _own_address(address)
         return
     if line.command.action == "add":
         line.person = people.person_for(item.session, settings, address, "", item.now)
@@ -298,7 +324,7 @@ def _check_cc(item: Incoming, mail: CommandMail, line: Line) -> None:
         )
     )
     if not is_cc:
-        line.problem = f"{address} is not a cc of this ticket"
+        line.problem = Reason("not_a_cc", f"{address} is not a cc of this ticket", address=address)
         return
     line.person = person
 
@@ -307,22 +333,25 @@ def _check_other(item: Incoming, mail: CommandMail, line: Line) -> None:
     settings, sender, number = item.app.settings, item.sender, int(line.command.value)  # type: ignore[arg-type]
     other = item.session.scalar(select(Ticket).where(Ticket.number == number))
     if other is None:
-        line.problem = f"there is no ticket #{number}"
+        line.problem = Reason("no_such_ticket", f"there is no ticket #{number}", number=number)
         return
     name = line.command.name
     if name != "show" and other.id == mail.ticket.id:
-        line.problem = f"#{name} names this ticket itself"
+        line.problem = Reason("names_itself", f"#{name} names this ticket itself", name=name)
         return
     works_on = sender.role in ("dispatcher", "admin") or permissions.may_work_on(settings, sender, other)
     if name in ("show", "link") and not works_on:
-        line.problem = f"not allowed: you do not work on ticket #{number}"
+        refusal = Reason("not_your_other", f"you do not work on ticket #{number}", number=number)
+        line.problem = Reason("not_allowed", f"not allowed: {refusal}", refusal=refusal)
         return
     if name == "merge":
         if mail.ticket.merged_into_id is not None:
-            line.problem = "this ticket is merged already"
+            line.problem = Reason("merged_already", "this ticket is merged already")
             return
         if other.merged_into_id is not None:
-            line.problem = f"ticket #{number} is merged into another ticket itself"
+            line.problem = Reason(
+                "other_merged", f"ticket #{number} is merged into another ticket itself", number=number
+            )
             return
     line.other = other
 
@@ -336,15 +365,19 @@ def _contradictions(mail: CommandMail) -> None:
             continue
         name = line.command.name
         if name == "undo" and len(mail.changes) > 1:
-            line.problem, line.suggestion = "#undo with other changes", "send #undo in a mail of its own"
+            line.problem = Reason("undo_with_others", "#undo with other changes")
+            line.suggestion = Reason("undo_alone", "send #undo in a mail of its own")
             continue
         what = _SETS.get(name)
         if what is None:
             continue
         first = seen.setdefault(what, line)
         if first is not line and _meaning(first) != _meaning(line):
-            line.problem = f"ambiguous: {first.command.line!r} and {line.command.line!r} both set the {what}"
-            line.suggestion = "keep one of them"
+            english = f"ambiguous: {first.command.line!r} and {line.command.line!r} both set the {what}"
+            line.problem = Reason(
+                "contradiction", english, first=repr(first.command.line), second=repr(line.command.line), what=what
+            )
+            line.suggestion = Reason("keep_one", "keep one of them")
 
 
 def _meaning(line: Line) -> tuple[str, object]:

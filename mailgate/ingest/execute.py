@@ -20,6 +20,7 @@ from mailgate.languages import language_of
 from mailgate.models import Person, Status, Ticket
 from mailgate.outgoing.compose import local_time
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.reasons import Reason
 from mailgate.sla import policy as sla
 
 _OPEN = (Status.NEW, Status.OPEN, Status.PENDING)
@@ -170,16 +171,20 @@ def queue_digest(item: Incoming, mail: CommandMail) -> None:
         elif name in ("mine", "queue"):
             query = select(Ticket).where(Ticket.status.in_(_OPEN)).order_by(Ticket.number)
             if name == "mine":
-                query, title = query.where(Ticket.assignee_id == sender.id), "assigned to you"
+                query, title = query.where(Ticket.assignee_id == sender.id), Reason("yours", "assigned to you")
             elif line.command.value:
                 team = str(line.command.value)
-                query, title = query.where(Ticket.team == team), f"team {team}"
+                query, title = query.where(Ticket.team == team), Reason("team", f"team {team}", team=team)
             elif sender.role in ("dispatcher", "admin"):
-                query, title = query.where(Ticket.assignee_id.is_(None)), "unassigned"
+                query, title = query.where(Ticket.assignee_id.is_(None)), Reason("unassigned", "unassigned")
             else:
                 member = settings.staff_member(sender.address)
                 teams = member.all_teams if member is not None else []
-                query, title = query.where(Ticket.team.in_(teams)), "your teams " + ", ".join(teams)
+                names = ", ".join(teams)
+                query, title = (
+                    query.where(Ticket.team.in_(teams)),
+                    Reason("your_teams", f"your teams {names}", teams=names),
+                )
             found = list(session.scalars(query.limit(limit + 1)))
             rows = [_row(item, t, language) for t in found[:limit]]
             sections.append({"kind": "list", "title": title, "rows": rows, "more": len(found) > limit})

@@ -13,6 +13,7 @@ from mailgate.languages import language_of
 from mailgate.models import Message, MessageKind, Ticket
 from mailgate.outgoing.compose import local_time
 from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
+from mailgate.reasons import Reason
 
 
 def notify(item: Incoming) -> Outcome:
@@ -37,16 +38,18 @@ def excerpt(text: str, *, lines: int, chars: int) -> str:
     return short + (" […]" if short != text.strip() else "")
 
 
-def why_no_acknowledgement(item: Incoming) -> str | None:
+def why_no_acknowledgement(item: Incoming) -> Reason | None:
     """The reason not to acknowledge this new ticket, or None to acknowledge it (also asked
     before any other automatic answer to a mail, e.g. admission's refusal)."""
     sender, limits = item.requester, item.app.settings.limits
     if item.reasons:
-        return "automatic mail"
+        return Reason("automatic", "automatic mail")
     if sender.undeliverable_since is not None:
-        return f"{sender.address} is undeliverable ({sender.undeliverable_reason})"
+        english = f"{sender.address} is undeliverable ({sender.undeliverable_reason})"
+        return Reason("undeliverable", english, address=sender.address, why=sender.undeliverable_reason)
     if not sender.address.isascii():
-        return f"{sender.address} needs SMTPUTF8, which outgoing mail does not use"
+        english = f"{sender.address} needs SMTPUTF8, which outgoing mail does not use"
+        return Reason("needs_smtputf8", english, address=sender.address)
     if unproven := why_not_answer_the_from(item):
         return unproven
     # It counts what earlier transactions queued, which nothing pending here changes: no flush.
@@ -61,11 +64,12 @@ def why_no_acknowledgement(item: Incoming) -> str | None:
             proven_only=_proven(item),
         )
     if recent >= limits.acks_per_sender:
-        return f"rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)"
+        english = f"rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)"
+        return Reason("ack_rate_limit", english, count=limits.acks_per_sender, minutes=limits.ack_window_minutes)
     return None
 
 
-def why_not_answer_the_from(item: Incoming) -> str | None:
+def why_not_answer_the_from(item: Incoming) -> Reason | None:
     """Backscatter: the acknowledgement goes to a From nobody proved, so mail the receiving MTA
     judged spam or forged, and senders outside the acknowledged domains, get none. A proven
     staff member's forward (see forwarded) is answered at the original sender: the proof is the
@@ -73,18 +77,20 @@ def why_not_answer_the_from(item: Incoming) -> str | None:
     config, message = item.app.settings.acknowledgements, item.mail.message
     domain = domain_of(item.requester.address)
     if config.domains and not any(domain == d or domain.endswith("." + d) for d in config.domains):
-        return f"the sender's domain {domain or '(none)'} is not among acknowledgements.domains"
+        english = f"the sender's domain {domain or '(none)'} is not among acknowledgements.domains"
+        return Reason("domain_not_acknowledged", english, domain=domain or "(none)")
     if verdict := spam_verdict(message, config.spam_scl_threshold):
-        return f"marked as spam by the receiving MTA ({verdict})"
+        return Reason("spam", f"marked as spam by the receiving MTA ({verdict})", verdict=verdict)
     if item.on_behalf is not None:
         return None
     if failure := authentication_failure(message, config.trusted_authserv_ids, domain):
-        return f"the sender failed authentication: {failure}"
+        return Reason("failed_authentication", f"the sender failed authentication: {failure}", failure=failure)
     if item.mail.sender_header not in ("from", "envelope"):
         # The From was missing or unusable, so the address came from Reply-To, Sender or
         # Return-Path: fields nobody checked, which a forger fills with the victim. (A device
         # that writes no From at all is answered at the envelope sender the MTA accepted.)
-        return f"the address to answer is from {item.mail.sender_header}, not from the mail's From"
+        english = f"the address to answer is from {item.mail.sender_header}, not from the mail's From"
+        return Reason("not_from_the_from", english, header=item.mail.sender_header)
     return None
 
 

@@ -31,14 +31,15 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Outbox, Participant, Person, Ticket
+from mailgate.reasons import Reason
 
 # What a new ticket's link says about the evidence its sender had no right to: by the step that
 # found it (tickets.link kind).
 LINK_KINDS = {"token": "quoted-token", "references": "quoted-reference", "tag": "quoted-tag"}
 _WHY_LINKED = {
-    "token": "the sender used a reply address or Message-ID issued to someone else",
-    "references": "the sender replied to a message of it but is not on it",
-    "tag": "the sender quoted its tag but is not on it",
+    "token": Reason("linked_token", "the sender used a reply address or Message-ID issued to someone else"),
+    "references": Reason("linked_references", "the sender replied to a message of it but is not on it"),
+    "tag": Reason("linked_tag", "the sender quoted its tag but is not on it"),
 }
 
 

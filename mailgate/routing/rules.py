@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailgate.addresses import domain_of, fold_address
+from mailgate.reasons import Reason
 from mailgate.routing import patterns
 
 if TYPE_CHECKING:
@@ -141,20 +142,21 @@ def why_matches(rule: Route, facts: Facts) -> list[str] | None:
         found = sorted(wanted & facts.recipients)
         if not found:
             return None
-        why.append(f"recipient {found[0]}")
+        why.append(Reason("rule_recipient", f"recipient {found[0]}", address=found[0]))
     if rule.senders:
         entry = sender_matches(rule.senders, facts.senders)
         if entry is None:
             return None
-        why.append(f"sender {entry}")
+        why.append(Reason("rule_sender", f"sender {entry}", entry=entry))
     for name, pattern, text in (("subject", rule.subject, facts.subject), ("body", rule.body, facts.body)):
         if not pattern:
             continue
         match = patterns.search(pattern, text)
         if match is None:
             return None
-        why.append(f"{name} ~ {match.group(0)[:60]!r}")
-    return why or ["every new ticket"]
+        found_text = repr(match.group(0)[:60])
+        why.append(Reason(f"rule_{name}", f"{name} ~ {found_text}", text=found_text))
+    return why or [Reason("rule_every", "every new ticket")]
 
 
 def decide(routes: Sequence[Route], facts: Facts, already: dict[str, str] | None = None) -> tuple[list[Hit], list[str]]:
