@@ -53,9 +53,9 @@ def test_smtplib_mail_becomes_a_ticket_and_the_ack_lands_in_the_maildir(daemon_a
             code, _ = client.ehlo()
             assert code == 250 and client.has_extn("size")
             client.sendmail("dana@example.com", ["support@example.com"], mail(body="Printer jams.\n"))
-        wait_for(lambda: _count(daemon_app, Ticket) == 1, timeout=5)
+        wait_for(lambda: _count(daemon_app, Ticket) == 1, timeout=30)
         sink = daemon_app.settings.outgoing_maildir
-        wait_for(lambda: (sink / "new").is_dir() and len(list((sink / "new").iterdir())) == 2, timeout=5)
+        wait_for(lambda: (sink / "new").is_dir() and len(list((sink / "new").iterdir())) == 2, timeout=30)
     subjects = sorted(str(m["Subject"]) for m in mailbox.Maildir(sink, create=False))
     assert subjects[1] == "[HD #1] Printer on 3rd floor jams"
 
@@ -88,7 +88,7 @@ def test_swaks_mail_is_acknowledged_through_the_relay(tmp_path: Path, db_url: st
             )
             assert result.returncode == 0, result.stdout + result.stderr
             assert "<-  250 2.0.0 Queued as 1" in result.stdout
-            wait_for(lambda: len(captured.received) == 2, timeout=5)
+            wait_for(lambda: len(captured.received) == 2, timeout=30)
         app.close()
     ack = next(e for e in captured.received if e.rcpt_tos == ["erin@example.com"])
     parsed = email.message_from_bytes(ack.content, policy=default)
@@ -162,7 +162,7 @@ def test_lmtp_answers_once_per_recipient_and_stores_once(tmp_path: Path, db_url:
         # smtplib reads one DATA reply; LMTP sends one per recipient (RFC 2033 4.2).
         first, second = client.data(mail()), client.getreply()
         assert first[0] == second[0] == 250
-        wait_for(lambda: _count(app, Message) == 1, timeout=5)
+        wait_for(lambda: _count(app, Message) == 1, timeout=30)
     assert _count(app, Message) == 1
     app.close()
 
@@ -308,5 +308,5 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
                 client.sendmail("scanner@example.com", ["support@example.com"], mail(sender="scanner@example.com"))
                 == {}
             )
-        wait_for(lambda: _count(app, Ticket) == 1, timeout=5)
+        wait_for(lambda: _count(app, Ticket) == 1, timeout=30)
     app.close()
