@@ -44,8 +44,10 @@ def running_daemon(app: App) -> Iterator[Running]:
         assert not thread.is_alive(), "daemon did not stop within 15 s"
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
-    """Poll `condition` until it is truthy; fail with a clear message at the deadline."""
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> object:
+    """Poll `condition` until it is truthy; fail with a clear message at the deadline. The
+    default deadline claims no latency: it only ends a wait for what never comes (four test
+    processes on two cores can take seconds). A test that claims a latency passes its own."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

@@ -289,7 +289,6 @@ def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(tmp_pa
     config.write_text(f'data_dir = "{settings.data_dir}"\n')
     app = App.build(settings, clock=clock)
     with running_daemon(app):
-        started = time.monotonic()
         dropped = subprocess.run(
             [sys.executable, "-m", "mailgate", "--config", str(config), "ingest", "--sender", "dana@example.com", "-"],
             input=mail(subject="from the pipe"),
@@ -298,8 +297,9 @@ def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(tmp_pa
             timeout=30,
         )
         assert dropped.returncode == 0, dropped.stderr
+        # Timed from the drop, not from the process start (which a busy machine slows): well
+        # within the worker's idle scan (SpoolWorker.IDLE_SECONDS), so the wake-up did it.
         wait_for(lambda: _count(app, Ticket) == 1, timeout=5)
-        assert time.monotonic() - started < 5
     app.close()
 
 

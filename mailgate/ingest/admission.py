@@ -28,7 +28,7 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import MessageKind, Participant
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 
 
 def admission(item: Incoming) -> Outcome | None:
@@ -106,8 +106,5 @@ def _refuse(item: Incoming) -> Outcome:
         rcpt_proven=proves_from(mail.message, config.trusted_authserv_ids, domain_of(sender.address)),
         language=language_of(settings, sender.address, mail.message),
     )
-    app = item.app
-    if queue(session, settings, app.templates, app.secret, outgoing, item.now) is not None:
-        item.queued += 1
-        item.note("admission", f"refusal to {sender.address}")
+    item.send("admission", outgoing, what="refusal")
     return Outcome.REFUSED

@@ -39,7 +39,7 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import BreakerEvent, BreakerTrip, MessageKind, Person, Status, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 from mailgate.reasons import Reason
 
 _OPEN = (Status.NEW, Status.OPEN, Status.PENDING)
@@ -314,10 +314,7 @@ def _warn(item: Incoming, trip: BreakerTrip, ticket: Ticket, dispatcher: Person,
         language=language_of(app.settings, dispatcher.address),
     )
     # The trip is new in this transaction, so nothing was queued for it yet.
-    row = queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
-    if row is not None:
-        item.queued += 1
-        item.note("breaker", f"warning to {dispatcher.address}")
+    item.send("breaker", outgoing, what="warning", ticket_is_new=True)
 
 
 def trips_in_force(session: Session, now: datetime) -> list[BreakerTrip]:

@@ -28,7 +28,6 @@ from datetime import datetime, time
 from sqlalchemy import select
 
 from mailgate import people, permissions, tickets
-from mailgate.addresses import fold_address
 from mailgate.commands import undo
 from mailgate.commands.parse import (
     ANYWHERE_NAMES,
@@ -47,7 +46,7 @@ from mailgate.ingest.quotes import extract_reply
 from mailgate.ingest.store import store_message
 from mailgate.languages import language_of
 from mailgate.models import MessageKind, Participant, Person, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 from mailgate.reasons import Reason
 from mailgate.sla.policy import timezone
 
@@ -426,10 +425,7 @@ def refuse_unproven(item: Incoming, mail: CommandMail) -> Outcome:
     if item.mail.sender_header != "from":
         item.note("commands", "no explanation: the address is not the mail's From")
         return Outcome.REFUSED
-    mailbox, window = fold_address(sender.address), limits.ack_window_minutes
-    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
-        recent = queued_recently(item.session, ["command_unproven"], mailbox, item.now, window)
-    if recent >= limits.acks_per_sender:
+    if item.answers_exhausted("command_unproven", sender.address):
         limit = f"{limits.acks_per_sender} in {limits.ack_window_minutes} minutes"
         item.note("commands", f"no explanation: rate limit reached ({limit})")
         return Outcome.REFUSED
@@ -474,6 +470,4 @@ def queue_reply(item: Incoming, mail: CommandMail, kind: str, context: dict[str,
         in_reply_to=item.mail.message_id,
         language=language_of(app.settings, sender.address),
     )
-    if queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now) is not None:
-        item.queued += 1
-        item.note("commands", f"{kind} to {sender.address}")
+    item.send("commands", outgoing)

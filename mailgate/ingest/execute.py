@@ -19,7 +19,7 @@ from mailgate.ingest.outcome import Outcome
 from mailgate.languages import language_of
 from mailgate.models import Person, Status, Ticket
 from mailgate.outgoing.compose import local_time
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 from mailgate.reasons import Reason
 from mailgate.sla import policy as sla
 
@@ -200,9 +200,7 @@ def queue_digest(item: Incoming, mail: CommandMail) -> None:
         in_reply_to=item.mail.message_id,
         language=language,
     )
-    if queue(session, settings, item.app.templates, item.app.secret, outgoing, item.now) is not None:
-        item.queued += 1
-        item.note("execute", f"command_digest to {sender.address}")
+    item.send("execute", outgoing)
 
 
 def _row(item: Incoming, ticket: Ticket, language: str) -> dict[str, str]:

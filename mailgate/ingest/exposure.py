@@ -19,7 +19,6 @@ they send later to the desk's earlier mail.
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from mailgate import reply_tokens, tokens
 from mailgate import subject as subjects
@@ -29,7 +28,7 @@ from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.languages import language_of
 from mailgate.models import Person, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 from mailgate.tokens import ReplyToken
 
 # How many addresses the notice names: a mail may have thousands on its Cc.
@@ -93,8 +92,8 @@ def _replace(item: Incoming, token: ReplyToken, ticket: Ticket, person: Person, 
 
 def _tell(item: Incoming, ticket: Ticket, person: Person, others: list[str], generation: int) -> None:
     """The notice to the staff member, with her new token (queue issues the current one)."""
-    app, limits = item.app, item.app.settings.limits
-    if _recently_told(item.session, person, item, limits.acks_per_sender, limits.ack_window_minutes):
+    app = item.app
+    if item.answers_exhausted("token_exposed", person.address):
         item.note("exposure", f"no notice to {person.address}: rate limit reached")
         return
     named = others[:_NAMED] + ([f"{len(others) - _NAMED} more"] if len(others) > _NAMED else [])
@@ -109,12 +108,4 @@ def _tell(item: Incoming, ticket: Ticket, person: Person, others: list[str], gen
         in_reply_to=item.mail.message_id,
         language=language_of(app.settings, person.address),
     )
-    if queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now) is not None:
-        item.queued += 1
-        item.note("exposure", f"token_exposed notice to {person.address}")
-
-
-def _recently_told(session: Session, person: Person, item: Incoming, limit: int, window: int) -> bool:
-    with session.no_autoflush:  # what earlier transactions queued: no flush needed
-        recent = queued_recently(session, ["token_exposed"], fold_address(person.address), item.now, window)
-    return recent >= limit
+    item.send("exposure", outgoing, what="token_exposed notice")

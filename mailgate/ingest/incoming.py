@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from mailgate.addresses import fold_address
 from mailgate.app import App
 from mailgate.ingest.parse import ParsedMail
 from mailgate.models import Message, Person, Ticket
+from mailgate.outgoing.outbox import OutgoingMail, queue, queued_recently
 
 if TYPE_CHECKING:
     from mailgate.ingest.authenticate import Proof
@@ -92,3 +94,27 @@ class Incoming:
 
     def note(self, step: str, decision: str) -> None:
         self.trace.append({"step": step, "decision": decision})
+
+    def send(self, step: str, outgoing: OutgoingMail, *, what: str = "", ticket_is_new: bool = False) -> bool:
+        """Queue `outgoing` in this mail's transaction, counted, and noted under `step` as
+        "<what> to <address>". False when the outbox holds it already (the same occasion: a
+        copy of this mail, or a rerun) or its recipient cannot be mailed. ticket_is_new: the
+        ticket was opened in this transaction, so nothing can have been queued for it yet."""
+        app = self.app
+        row = queue(
+            self.session, app.settings, app.templates, app.secret, outgoing, self.now, ticket_is_new=ticket_is_new
+        )
+        if row is None:
+            return False
+        self.queued += 1
+        self.note(step, f"{what or outgoing.kind} to {outgoing.to.address}")
+        return True
+
+    def answers_exhausted(self, kind: str, address: str) -> bool:
+        """Whether `address` was sent limits.acks_per_sender mails of `kind` within the limits'
+        window already: every automatic answer is bounded per mailbox, so a forger mailing in
+        someone's name a thousand times makes a few of them, not a thousand."""
+        limits = self.app.settings.limits
+        with self.session.no_autoflush:  # what earlier transactions queued: no flush needed
+            recent = queued_recently(self.session, [kind], fold_address(address), self.now, limits.ack_window_minutes)
+        return recent >= limits.acks_per_sender

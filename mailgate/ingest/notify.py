@@ -12,7 +12,7 @@ from mailgate.ingest.spam import spam_verdict
 from mailgate.languages import language_of
 from mailgate.models import Message, MessageKind, Ticket
 from mailgate.outgoing.compose import local_time
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently, queue
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, acks_recently
 from mailgate.reasons import Reason
 
 
@@ -191,9 +191,5 @@ def _forwarder(item: Incoming) -> str:
 
 
 def _queue(item: Incoming, outgoing: OutgoingMail) -> None:
-    app = item.app
-    # ticket_is_new: the ticket was opened in this transaction, so nothing was queued for it yet.
-    row = queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now, ticket_is_new=True)
-    if row is not None:
-        item.queued += 1
-        item.note("notify", f"{outgoing.kind} to {outgoing.to.address}")
+    # The ticket was opened in this transaction, so nothing was queued for it yet.
+    item.send("notify", outgoing, ticket_is_new=True)

@@ -13,13 +13,12 @@ limits.ack_window_minutes.
 from __future__ import annotations
 
 from mailgate import tickets
-from mailgate.addresses import fold_address
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.outcome import Outcome
 from mailgate.ingest.quotes import extract_reply
 from mailgate.languages import language_of
 from mailgate.models import Status, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail, queue, queued_recently
+from mailgate.outgoing.outbox import AutoSubmitted, OutgoingMail
 from mailgate.sla.rating import split_rating
 
 _RATED = (Status.RESOLVED, Status.CLOSED)
@@ -63,11 +62,7 @@ def rate(item: Incoming) -> Outcome | None:
 def _thank(item: Incoming, ticket: Ticket, rating: int) -> None:
     app, sender = item.app, item.sender
     limits = app.settings.limits
-    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
-        recent = queued_recently(
-            item.session, ["rating_thanks"], fold_address(sender.address), item.now, limits.ack_window_minutes
-        )
-    if recent >= limits.acks_per_sender:
+    if item.answers_exhausted("rating_thanks", sender.address):
         item.note(
             "rate",
             f"no thank-you: rate limit reached ({limits.acks_per_sender} in {limits.ack_window_minutes} minutes)",
@@ -86,6 +81,4 @@ def _thank(item: Incoming, ticket: Ticket, rating: int) -> None:
         rcpt_proven=True,
         language=language_of(app.settings, sender.address),
     )
-    if queue(item.session, app.settings, app.templates, app.secret, outgoing, item.now) is not None:
-        item.queued += 1
-        item.note("rate", f"thank-you to {sender.address}")
+    item.send("rate", outgoing, what="thank-you")

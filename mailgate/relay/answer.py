@@ -11,7 +11,7 @@ from mailgate.addresses import fold_address
 from mailgate.ingest.incoming import Incoming
 from mailgate.ingest.notify import excerpt
 from mailgate.models import Message, Participant, Person, Status, Ticket
-from mailgate.outgoing.outbox import AutoSubmitted, queued_recently
+from mailgate.outgoing.outbox import AutoSubmitted
 from mailgate.people import robots
 from mailgate.relay.files import bounded
 from mailgate.relay.mail import queue_relayed
@@ -103,11 +103,8 @@ def tell_kept(item: Incoming, ticket: Ticket, message: Message, reason: str) -> 
     """Tell staff member `item.sender`, at their own address, that their answer was kept on the
     ticket and not sent: `reason` is "not_proven" or "not_allowed". Limited like
     acknowledgements: a forger mailing in their name a thousand times makes a few of these."""
-    app, sender, limits = item.app, item.sender, item.app.settings.limits
-    mailbox, window = fold_address(sender.address), limits.ack_window_minutes
-    with item.session.no_autoflush:  # what earlier transactions queued: no flush needed
-        recent = queued_recently(item.session, ["answer_kept"], mailbox, item.now, window)
-    if recent >= limits.acks_per_sender:
+    app, sender = item.app, item.sender
+    if item.answers_exhausted("answer_kept", sender.address):
         item.note("relay", f"no answer_kept notice to {sender.address}: rate limit reached")
         return
     row = queue_relayed(
