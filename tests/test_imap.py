@@ -168,22 +168,27 @@ def imap_records(caplog: pytest.LogCaptureFixture, level: int, contains: str) ->
 
 
 @pytest.mark.parametrize("after", ["move", "flag"])
-def test_a_backlog_of_several_batches_is_ingested_exactly_once(app: App, dovecot: Account, after: str) -> None:
-    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(250)])
+def test_a_backlog_of_several_batches_is_ingested_exactly_once(
+    app: App, dovecot: Account, after: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 10, so 25 mails are three of them, the last one short (as 250 are with the
+    # batches of 100 a daemon uses, at a tenth of the ingest work).
+    monkeypatch.setattr(reader_module, "BATCH_MESSAGES", 10)
+    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(25)])
     with ImapPoller(app, dovecot.mailbox(after=after)) as poller:
         report = poller.poll_once()
         again = poller.poll_once()
-    assert report.candidates == 250 and report.outcomes == {"new_ticket": 250}
+    assert report.candidates == 25 and report.outcomes == {"new_ticket": 25}
     assert (again.candidates, again.handled) == (0, 0)
-    assert count(app, Ticket) == 250 and count(app, Message) == 250
+    assert count(app, Ticket) == 25 and count(app, Message) == 25
     if after == "move":
         assert dovecot.uids("INBOX") == []
-        assert len(dovecot.uids(dovecot.folder_name("mailgate/done"))) == 250
+        assert len(dovecot.uids(dovecot.folder_name("mailgate/done"))) == 25
     else:
-        assert len(dovecot.uids("INBOX", "SEEN")) == 250 and dovecot.uids("INBOX", "UNSEEN") == []
+        assert len(dovecot.uids("INBOX", "SEEN")) == 25 and dovecot.uids("INBOX", "UNSEEN") == []
     with app.sessions() as session:
         state = session.scalar(select(MailboxState))
-    assert state is not None and state.name == "support" and state.last_uid == 250
+    assert state is not None and state.name == "support" and state.last_uid == 25
 
 
 # 2. A batch is acknowledged with one command, after its mails are stored --------------------------
