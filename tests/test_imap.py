@@ -287,11 +287,12 @@ def test_without_move_a_batch_is_copied_and_a_persons_deleted_mail_is_never_expu
 def test_connection_dropped_between_commit_and_acknowledgement_loses_and_duplicates_nothing(
     app: App, dovecot: Account, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, after: str
 ) -> None:
-    """The worst moment: mail 120 (of the batch 101-150) is committed, and the connection drops
+    """The worst moment: mail 24 (of the batch 21-30) is committed, and the connection drops
     before the batch is moved/flagged. After the reconnect the batch comes again: the mails stored
     before the drop are duplicates, none is a second ticket, none is lost."""
     caplog.set_level(logging.INFO, logger="mailgate.imap")
-    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(150)])
+    monkeypatch.setattr(reader_module, "BATCH_MESSAGES", 10)  # three batches of 30 mails
+    dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(30)])
     real_ingest = reader_module.ingest
     calls = 0
 
@@ -299,22 +300,22 @@ def test_connection_dropped_between_commit_and_acknowledgement_loses_and_duplica
         nonlocal calls
         result = real_ingest(*args, **kwargs)
         calls += 1
-        if calls == 120:
+        if calls == 24:
             assert dovecot.kill_connections() == 1
         return result
 
     monkeypatch.setattr(reader_module, "ingest", ingest_then_drop_the_connection)
     poller = ImapPoller(app, dovecot.mailbox(after=after), **FAST)
     with running(poller):
-        wait_for(lambda: poller.totals["new_ticket"] == 150 and poller.state == "idle", 60, "all 150 handled")
-    # Mail 120 and those after it in its batch were stored before the move failed: they came again.
+        wait_for(lambda: poller.totals["new_ticket"] == 30 and poller.state == "idle", 60, "all 30 handled")
+    # Mail 24 and those after it in its batch were stored before the move failed: they came again.
     assert set(poller.totals) == {"new_ticket", "duplicate"} and poller.totals["duplicate"] >= 1
-    assert count(app, Ticket) == 150 and count(app, Message) == 150
+    assert count(app, Ticket) == 30 and count(app, Message) == 30
     if after == "move":
         assert dovecot.uids("INBOX") == []
-        assert len(dovecot.uids(dovecot.folder_name("mailgate/done"))) == 150
+        assert len(dovecot.uids(dovecot.folder_name("mailgate/done"))) == 30
     else:
-        assert len(dovecot.uids("INBOX", "SEEN")) == 150
+        assert len(dovecot.uids("INBOX", "SEEN")) == 30
     assert len(imap_records(caplog, logging.WARNING, "IMAP server unavailable")) == 1
     assert len(imap_records(caplog, logging.INFO, "IMAP server is back")) == 1
 
