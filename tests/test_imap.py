@@ -291,7 +291,7 @@ def test_connection_dropped_between_commit_and_acknowledgement_loses_and_duplica
     before the batch is moved/flagged. After the reconnect the batch comes again: the mails stored
     before the drop are duplicates, none is a second ticket, none is lost."""
     caplog.set_level(logging.INFO, logger="mailgate.imap")
-    monkeypatch.setattr(reader_module, "BATCH_MESSAGES", 10)  # three batches of 30 mails
+    monkeypatch.setattr(reader_module, "BATCH_MESSAGES", 10)  # 30 mails: three batches of 10
     dovecot.append("INBOX", [mail(sender=f"user{i}@example.com") for i in range(30)])
     real_ingest = reader_module.ingest
     calls = 0
@@ -308,7 +308,7 @@ def test_connection_dropped_between_commit_and_acknowledgement_loses_and_duplica
     poller = ImapPoller(app, dovecot.mailbox(after=after), **FAST)
     with running(poller):
         wait_for(lambda: poller.totals["new_ticket"] == 30 and poller.state == "idle", 60, "all 30 handled")
-    # Mail 24 and those after it in its batch were stored before the move failed: they came again.
+    # The mails of the batch 21-30 stored before the move failed came again: duplicates.
     assert set(poller.totals) == {"new_ticket", "duplicate"} and poller.totals["duplicate"] >= 1
     assert count(app, Ticket) == 30 and count(app, Message) == 30
     if after == "move":
