@@ -169,6 +169,15 @@ def test_a_site_template_overrides_the_shipped_one(tmp_path, db_url: str, clock)
     app.close()
 
 
+def test_an_edited_site_template_reads_anew_in_the_next_templates(tmp_path: Path) -> None:
+    """Every SLA scan builds its Templates anew, and compiled templates are kept for the whole
+    process: what the next mail says still follows the admin's edit of a site template."""
+    site = _site(tmp_path, {"greeting/subject.txt": "Hello {{ name }}", "greeting/body.txt": "Dear {{ name }},"})
+    assert Templates(site).render("greeting", {"name": "Dana"}) == ("Hello Dana", "Dear Dana,\n")
+    (site / "greeting/subject.txt").write_text("Good morning {{ name }}", encoding="utf-8")
+    assert Templates(site).render("greeting", {"name": "Dana"})[0] == "Good morning Dana"
+
+
 def test_queued_mail_reaches_the_relay_once(app: App) -> None:
     ingest(app, mail(subject="Grüße: Drucker"), "smtp")
     with relay() as (handler, port), app.sessions() as session:
