@@ -317,7 +317,8 @@ def test_the_daemon_polls_imap_and_the_ack_leaves_at_once(tmp_path: Path, db_url
             assert running.listener is None and len(running.poller_threads) == 1
             dovecot.append("INBOX", [mail(subject="Monitor flickers", message_id="<imap-1@client.example.org>")])
             sink = settings.outgoing_maildir / "new"
-            wait_for(lambda: sink.is_dir() and len(list(sink.iterdir())) == 2, timeout=10)
+            # "At once": by IDLE, before the next poll (tests.dovecot's mailboxes poll every 30 s).
+            wait_for(lambda: sink.is_dir() and len(list(sink.iterdir())) == 2, timeout=20)
         with app.sessions() as s:
             assert s.scalar(select(Message.source)) == "imap:support"
         app.close()
