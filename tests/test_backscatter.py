@@ -60,7 +60,7 @@ def _queued(app: App) -> int:
 
 
 def _count(app: App, model: type) -> int:
-    with app.sessions() as s:
+    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
         return s.scalar(select(func.count()).select_from(model))
 
 

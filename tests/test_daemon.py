@@ -88,7 +88,7 @@ def _settings_app(tmp_path: Path) -> App:
 
 
 def _count(app: App, model: type) -> int:
-    with app.sessions() as s:
+    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
         return s.scalar(select(func.count()).select_from(model))
 
 

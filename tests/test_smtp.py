@@ -38,7 +38,7 @@ def daemon_app(tmp_path: Path, db_url: str, clock):
 
 
 def _count(app: App, model: type) -> int:
-    with app.sessions() as s:
+    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -226,7 +226,7 @@ def test_concurrent_clients_all_get_stored(daemon_app: App) -> None:
 
 
 def _count_sent(app: App) -> int:
-    with app.sessions() as s:
+    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
         return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == OutboxState.SENT))
 
 
