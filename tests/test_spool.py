@@ -216,7 +216,7 @@ def test_mail_spooled_before_a_stop_is_ingested_at_the_next_start(tmp_path: Path
     app = App.build(make_settings(tmp_path, db_url, smtp={"host": "127.0.0.1", "port": 0}), clock=clock)
     Spool(app.settings.spool_dir).put(mail(subject="left over from the last run"), _envelope())
     with running_daemon(app):
-        wait_for(lambda: _count(app, Ticket) == 1, timeout=10)
+        wait_for(lambda: _count(app, Ticket) == 1)
     with app.sessions() as s:
         assert s.scalars(select(Ticket.subject)).one() == "left over from the last run"
     app.close()
@@ -343,8 +343,8 @@ def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
                     return False
             return True
 
-        wait_for(accepted_again, timeout=10, interval=0.2)
-        wait_for(lambda: _count(app, Ticket) == 4, timeout=10)
+        wait_for(accepted_again, interval=0.2)
+        wait_for(lambda: _count(app, Ticket) == 4)
 
 
 def test_sqlites_lock_held_past_the_busy_timeout_is_an_outage_not_the_mails_fault(
