@@ -46,6 +46,7 @@ class Running:
     scanner: Scanner | None = None  # the SLA scans the scheduler starts
     poller_threads: list[threading.Thread] = field(default_factory=list)
     stop_pollers: threading.Event = field(default_factory=threading.Event)
+    wakeup_thread: threading.Thread | None = None  # holds the wake-up name until it ends
 
     @property
     def smtp_port(self) -> int:
@@ -107,12 +108,13 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
                 SpoolWorker.IDLE_SECONDS,
             )
         else:
-            threading.Thread(
+            running.wakeup_thread = threading.Thread(
                 target=_pass_on_pokes,
                 args=(wakeups, running.spool_worker.wake_up, stop),
                 name="spool-wakeups",
                 daemon=True,
-            ).start()
+            )
+            running.wakeup_thread.start()
         if settings.smtp.enabled:
             running.listener = ListenerProcess(settings, app.secret)
             running.listener.wait_ready()
@@ -135,9 +137,11 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
         log.info("stopping: no new connections; finishing the mail in flight")
     finally:
         stop.set()
-        _shutdown(running)
-        spool.unlock()
-        app.outbox_hook = None
+        try:
+            _shutdown(running)
+        finally:
+            spool.unlock()  # even if the shutdown failed: the next daemon may take the spool
+            app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])
 
@@ -213,6 +217,10 @@ def _shutdown(running: Running) -> None:
         running.scheduler.shutdown(wait=False)
     if running.scanner is not None:
         running.scanner.join(max(deadline - time.monotonic(), 0.1))
+    if running.wakeup_thread is not None:
+        # Its socket is closed when it ends: a daemon started next in this process (a test's
+        # restart) can take the name, and its writers' pokes reach it.
+        running.wakeup_thread.join(max(deadline - time.monotonic(), 0.1))
     log.info("stopped")
 
 

@@ -42,6 +42,8 @@ def running_daemon(app: App) -> Iterator[Running]:
         stop.set()
         thread.join(15)
         assert not thread.is_alive(), "daemon did not stop within 15 s"
+    if failure:  # serve() failed after it was ready, or while it stopped
+        raise failure[0]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> object:

@@ -235,11 +235,16 @@ def test_a_mail_whose_ingest_kills_the_process_reaches_quarantine_after_the_conf
                 tmp_path, log, "[spool]\nmax_attempts = 3\n", command=[sys.executable, "-c", poisoned]
             )
             try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                break  # it lives: the poison is gone
+                # It dies, or it lives: it quarantines the poison and works the spool empty.
+                def settled(p: subprocess.Popen = process) -> bool:
+                    return p.poll() is not None or _quarantined_and_drained(tmp_path, spool)
+
+                wait_for(settled, timeout=60)
+                code = process.poll()
             finally:
                 _stop(process)
+            if code is None:
+                break
             assert code == -signal.SIGKILL
             deaths += 1
         else:
@@ -258,6 +263,10 @@ def test_a_mail_whose_ingest_kills_the_process_reaches_quarantine_after_the_conf
     assert b"X-Test-Poison: yes" in row.raw
     assert "not stored after 3 attempts" in row.reason and "the process ended while ingesting it" in row.reason
     assert subjects == ["an ordinary mail"]
+
+
+def _quarantined_and_drained(tmp_path: Path, spool: Spool) -> bool:
+    return " quarantined: " in (tmp_path / "daemon.log").read_text() and spool.count() == 0
 
 
 def test_a_second_daemon_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
@@ -488,6 +497,24 @@ def test_a_database_that_hangs_neither_keeps_mail_out_nor_the_daemon_from_stoppi
     assert code == 0, (tmp_path / "daemon.log").read_text()
     assert elapsed < 10
     assert Spool(tmp_path / "data" / "spool").count() == 1  # kept for when the database answers
+
+
+def test_a_daemon_started_again_in_the_same_process_is_woken_by_the_pipe(
+    tmp_path: Path, db_url: str, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped daemon leaves its wake-up name free: the next one takes it and hears the pokes."""
+    from tests.conftest import make_settings
+
+    monkeypatch.setattr(SpoolWorker, "IDLE_SECONDS", 3600.0)  # only a poke brings the mail in
+    settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
+    app = App.build(settings, clock=clock)
+    with running_daemon(app):
+        pass
+    with running_daemon(app):
+        spool = Spool(settings.spool_dir)
+        spool.put(mail(), Envelope("pipe", "dana@example.com", ("support@example.com",), datetime.now(UTC)))
+        spool.wake_daemon()
+        wait_for(lambda: _count(app, Ticket) == 1)
 
 
 def test_a_squatted_wake_up_name_does_not_keep_the_daemon_from_running(

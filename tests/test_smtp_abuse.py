@@ -337,9 +337,7 @@ def test_queued_as_names_a_different_spool_file_for_every_mail_also_after_a_rest
                     code, reply = client.data(mail(message_id=f"<queued-{restart}-{n}@example.org>"))
                 assert code == 250
                 names.append(reply.decode().removeprefix("2.0.0 Queued as "))
-                # Ingested: its file is gone. 30 s: a restarted daemon whose wake-up name is
-                # still held by the one before looks at the spool every 10 s instead.
-                wait_for(lambda: running.spool.count() == 0, 30)
+                wait_for(lambda: running.spool.count() == 0)  # ingested: its file is gone
     assert len(set(names)) == 6, names
     with daemon_app.sessions() as s:
         assert len(s.scalars(select(Message)).all()) == 6

@@ -34,20 +34,27 @@ class Scanner:
     def __init__(self, app: App) -> None:
         self.app = app
         self._busy = threading.Lock()
+        # join() may come (from the daemon's shutdown) while the scheduler starts a run: it sees
+        # the run's thread only once that has started (joining one not started yet raises).
+        self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def __call__(self) -> None:
         if not self._busy.acquire(blocking=False):
             log.info("sla scans: the last run is still going; skipping this one")
             return
-        self._thread = threading.Thread(target=self._run, name="sla-scans", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="sla-scans", daemon=True)
+        with self._starting:
+            thread.start()
+            self._thread = thread
 
     def join(self, timeout: float) -> None:
         """At shutdown: let a run in progress finish its transaction (and give its connection
         back) before the engine is disposed; one stuck on the database is left behind."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with self._starting:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def _run(self) -> None:
         try:
