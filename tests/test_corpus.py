@@ -30,7 +30,7 @@ from mailgate.ingest.quotes import extract_reply
 from tests.conftest import START, make_settings
 from tests.corpus_expectations import PERL_SPAM, PERL_USER_UNKNOWN
 
-pytestmark = pytest.mark.corpus
+pytestmark = [pytest.mark.corpus, pytest.mark.xdist_group("corpus")]  # see pyproject
 
 # Folders of bodies without headers (SOURCES.md): inputs to the reply trimmer, never mail.
 BODY_ONLY = {

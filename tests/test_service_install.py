@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import REPO, server_missing
 
 INSTALL = REPO / "systemd" / "install.sh"
+pytestmark = pytest.mark.xdist_group("service_install")  # the install once (see pyproject)
 
 
 @pytest.fixture(scope="module")
