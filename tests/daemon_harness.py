@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import func, select
+
 from mailgate.app import App
 from mailgate.daemon import Running, serve
 
@@ -71,3 +73,11 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float = 20) ->
         except OSError:
             time.sleep(0.05)
     raise AssertionError("daemon did not start listening")
+
+
+def count_rows(app: App, model: type) -> int:
+    """How many rows of `model` the database holds, read the way a daemon test polls: in a
+    reading session, which never waits for the running daemon's writes (on SQLite a writing
+    session would queue behind its ingest for the lock)."""
+    with app.read_sessions() as s:
+        return s.scalar(select(func.count()).select_from(model))

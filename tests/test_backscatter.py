@@ -25,7 +25,7 @@ from mailgate.ingest.pipeline import ingest
 from mailgate.models import Message, Outbox, Quarantine, Ticket
 from mailgate.quarantine import retry
 from tests.conftest import START, make_settings
-from tests.daemon_harness import running_daemon, wait_for
+from tests.daemon_harness import count_rows, running_daemon, wait_for
 from tests.mails import mail
 
 MTA = "mx.example.com"
@@ -59,11 +59,6 @@ def _queued(app: App) -> int:
         return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == "queued"))
 
 
-def _count(app: App, model: type) -> int:
-    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
-        return s.scalar(select(func.count()).select_from(model))
-
-
 def _trace(app: App, number: int) -> str:
     with app.sessions() as s:
         message = s.scalars(select(Message).join(Ticket).where(Ticket.number == number)).one()
@@ -88,7 +83,7 @@ def test_twenty_forged_subaddresses_give_the_mailbox_at_most_the_limit(tmp_path:
     for n in range(1, 21):
         result = ingest(desk, mail(sender=f"victim+{n}@Example.NET", subject=f"Buy now {n}"), "smtp")
         assert result.outcome == "new_ticket"
-    assert _count(desk, Ticket) == 20  # nothing is lost
+    assert count_rows(desk, Ticket) == 20  # nothing is lost
     assert len(_acks(desk)) == desk.settings.limits.acks_per_sender == 3
     assert "no acknowledgement: rate limit reached" in _trace(desk, 20)
     desk.close()
@@ -188,12 +183,12 @@ def test_spam_can_go_to_quarantine_and_a_retry_makes_it_a_ticket_without_ack(
 ) -> None:
     app = _app(tmp_path, db_url, clock, spam="quarantine")
     result = ingest(app, mail(headers={"X-Spam-Flag": "YES"}), "smtp")
-    assert result.outcome == "quarantined" and _count(app, Ticket) == 0 and _acks(app) == []
+    assert result.outcome == "quarantined" and count_rows(app, Ticket) == 0 and _acks(app) == []
     with app.sessions() as s:
         row = s.scalars(select(Quarantine)).one()
         assert "spam" in row.reason and row.raw.startswith(b"From:")
     assert retry(app, row.id) == "new_ticket 1"  # a person looked and let it in: nothing is lost
-    assert _count(app, Ticket) == 1 and _acks(app) == []
+    assert count_rows(app, Ticket) == 1 and _acks(app) == []
     app.close()
 
 
@@ -346,7 +341,7 @@ def test_over_smtp_a_forger_gets_the_victim_at_most_the_limit_and_spam_nothing(
                     raw = mail(sender=f"victim+{n}@example.net", subject=f"Cheap pills {n}")
                     client.sendmail(f"victim+{n}@example.net", ["support@example.com"], raw)
                 client.sendmail("dana@example.com", ["support@example.com"], mail(headers={"X-Spam-Flag": "YES"}))
-            wait_for(lambda: _count(app, Message) == 21, timeout=30)  # every mail stored
+            wait_for(lambda: count_rows(app, Message) == 21, timeout=30)  # every mail stored
             sink = settings.outgoing_maildir
             # Whatever was queued (notices, acknowledgements, the breaker's warning) is delivered.
             wait_for(lambda: _queued(app) == 0 and (sink / "new").is_dir(), timeout=30)
@@ -412,4 +407,4 @@ def test_corpus_mail_marked_as_spam_is_stored_and_never_acknowledged(corpus: Pat
             outcomes.append(ingest(desk, raw, "smtp").outcome)
     assert len(marked) >= 5 and "quarantined" not in outcomes, list(zip(marked, outcomes, strict=True))
     # OTRS ships each sample twice (LF and CRLF): the copy is a duplicate of the stored mail.
-    assert _count(desk, Message) == len([o for o in outcomes if o != "duplicate"]) and _acks(desk) == []
+    assert count_rows(desk, Message) == len([o for o in outcomes if o != "duplicate"]) and _acks(desk) == []

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from mailgate.app import App
 from mailgate.config import load_settings
@@ -23,7 +23,7 @@ from mailgate.db import upgrade
 from mailgate.ingest.spooled import SpoolWorker, drain
 from mailgate.models import Message, Quarantine, Ticket
 from mailgate.spool import Envelope, Spool
-from tests.daemon_harness import running_daemon, wait_for, wait_listening
+from tests.daemon_harness import count_rows, running_daemon, wait_for, wait_listening
 from tests.mails import mail
 from tests.smtp_peers import free_port, silent_relay
 
@@ -85,11 +85,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _settings_app(tmp_path: Path) -> App:
     return App.build(load_settings(tmp_path / "mailgate.toml"))
-
-
-def _count(app: App, model: type) -> int:
-    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
-        return s.scalar(select(func.count()).select_from(model))
 
 
 def test_sigterm_during_a_burst_keeps_every_accepted_mail_and_exits_0(tmp_path: Path) -> None:
@@ -190,10 +185,12 @@ def test_kill_9_of_the_whole_daemon_mid_flood_loses_nothing_and_stores_nothing_t
         assert len(accepted) == 300
         app = _settings_app(tmp_path)
         try:
-            wait_for(lambda: _count(app, Ticket) >= 300, timeout=60 - (time.monotonic() - restarted_at), interval=0.2)
+            wait_for(
+                lambda: count_rows(app, Ticket) >= 300, timeout=60 - (time.monotonic() - restarted_at), interval=0.2
+            )
             with app.sessions() as session:
                 stored = list(session.scalars(select(Message.message_id)))
-            assert _count(app, Ticket) == 300
+            assert count_rows(app, Ticket) == 300
         finally:
             app.close()
     finally:
@@ -311,7 +308,7 @@ def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(
             timeout=30,
         )
         assert dropped.returncode == 0, dropped.stderr
-        wait_for(lambda: _count(app, Ticket) == 1)
+        wait_for(lambda: count_rows(app, Ticket) == 1)
     app.close()
 
 
@@ -514,7 +511,7 @@ def test_a_daemon_started_again_in_the_same_process_is_woken_by_the_pipe(
         spool = Spool(settings.spool_dir)
         spool.put(mail(), Envelope("pipe", "dana@example.com", ("support@example.com",), datetime.now(UTC)))
         spool.wake_daemon()
-        wait_for(lambda: _count(app, Ticket) == 1)
+        wait_for(lambda: count_rows(app, Ticket) == 1)
 
 
 def test_a_squatted_wake_up_name_does_not_keep_the_daemon_from_running(
@@ -534,7 +531,7 @@ def test_a_squatted_wake_up_name_does_not_keep_the_daemon_from_running(
     try:
         with running_daemon(app):
             Spool(settings.spool_dir).put(mail(), Envelope("pipe", None, (), datetime.now(UTC)))
-            wait_for(lambda: _count(app, Ticket) == 1)
+            wait_for(lambda: count_rows(app, Ticket) == 1)
     finally:
         squatter.close()
         app.close()

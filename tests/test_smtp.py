@@ -20,7 +20,7 @@ from mailgate import tokens
 from mailgate.app import App
 from mailgate.models import Message, Outbox, OutboxState, Ticket
 from tests.conftest import make_settings
-from tests.daemon_harness import running_daemon, wait_for
+from tests.daemon_harness import count_rows, running_daemon, wait_for
 from tests.mails import mail
 from tests.smtp_peers import relay
 
@@ -37,11 +37,6 @@ def daemon_app(tmp_path: Path, db_url: str, clock):
     app.close()
 
 
-def _count(app: App, model: type) -> int:
-    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
-        return s.scalar(select(func.count()).select_from(model))
-
-
 def _send(port: int, raw: bytes, to: list[str] | None = None, sender: str = "dana@example.com") -> dict:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         return client.sendmail(sender, to or ["support@example.com"], raw)
@@ -53,7 +48,7 @@ def test_smtplib_mail_becomes_a_ticket_and_the_ack_lands_in_the_maildir(daemon_a
             code, _ = client.ehlo()
             assert code == 250 and client.has_extn("size")
             client.sendmail("dana@example.com", ["support@example.com"], mail(body="Printer jams.\n"))
-        wait_for(lambda: _count(daemon_app, Ticket) == 1, timeout=30)
+        wait_for(lambda: count_rows(daemon_app, Ticket) == 1, timeout=30)
         sink = daemon_app.settings.outgoing_maildir
         wait_for(lambda: (sink / "new").is_dir() and len(list((sink / "new").iterdir())) == 2, timeout=30)
     subjects = sorted(str(m["Subject"]) for m in mailbox.Maildir(sink, create=False))
@@ -117,7 +112,7 @@ def test_a_sender_address_that_cannot_be_stored_is_refused_and_the_session_goes_
             assert (code, message[:5]) == (553, b"5.1.7"), sender
         raw = mail(message_id="<after-bad-sender@example.org>")
         assert client.sendmail("dana@example.com", ["support@example.com"], raw) == {}
-        wait_for(lambda: _count(daemon_app, Message) == 1)
+        wait_for(lambda: count_rows(daemon_app, Message) == 1)
 
 
 def test_mail_over_the_size_limit_is_refused_with_552(tmp_path: Path, db_url: str, clock) -> None:
@@ -134,7 +129,7 @@ def test_mail_over_the_size_limit_is_refused_with_552(tmp_path: Path, db_url: st
             client.rcpt("support@example.com")
             code, message = client.data(mail(body="x" * 30_000))
             assert (code, message[:5]) == (552, b"5.3.4")
-    assert _count(app, Message) == 0
+    assert count_rows(app, Message) == 0
     app.close()
 
 
@@ -162,8 +157,8 @@ def test_lmtp_answers_once_per_recipient_and_stores_once(tmp_path: Path, db_url:
         # smtplib reads one DATA reply; LMTP sends one per recipient (RFC 2033 4.2).
         first, second = client.data(mail()), client.getreply()
         assert first[0] == second[0] == 250
-        wait_for(lambda: _count(app, Message) == 1, timeout=30)
-    assert _count(app, Message) == 1
+        wait_for(lambda: count_rows(app, Message) == 1, timeout=30)
+    assert count_rows(app, Message) == 1
     app.close()
 
 
@@ -189,13 +184,13 @@ def test_mail_is_accepted_while_postgresql_refuses_connections_and_stored_once_i
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
             # The spool file goes once its ticket is committed: wait for both, in that order.
-            wait_for(lambda: _count(app, Ticket) == 20, timeout=60)
+            wait_for(lambda: count_rows(app, Ticket) == 20, timeout=60)
             wait_for(lambda: running.spool.count() == 0)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
-    assert _count(app, Message) == 20 and _count(app, Ticket) == 20
+    assert count_rows(app, Message) == 20 and count_rows(app, Ticket) == 20
     app.close()
 
 
@@ -213,7 +208,7 @@ def test_a_full_disk_gives_451_and_the_client_keeps_the_mail(tmp_path: Path, db_
             running.spool.tmp.unlink()
             (tmp_path / "tmp-away").rename(running.spool.tmp)
         assert _send(running.smtp_port, mail()) == {}  # the sending MTA's retry
-        wait_for(lambda: _count(app, Ticket) == 1, timeout=30)
+        wait_for(lambda: count_rows(app, Ticket) == 1, timeout=30)
     app.close()
 
 
@@ -223,7 +218,7 @@ def test_concurrent_clients_all_get_stored(daemon_app: App) -> None:
         results = list(pool.map(lambda raw: _send(running.smtp_port, raw), mails))
         wait_for(lambda: _count_sent(daemon_app) == 80, timeout=60)  # no latency claimed: a loaded CI
     assert results == [{}] * 40
-    assert _count(daemon_app, Ticket) == 40
+    assert count_rows(daemon_app, Ticket) == 40
 
 
 def _count_sent(app: App) -> int:
@@ -273,7 +268,7 @@ def test_starttls_sessions_free_their_connection_slot(tmp_path: Path, db_url: st
                 client.sendmail("dana@example.com", ["support@example.com"], mail(message_id=f"<tls{n}@example.org>"))
         with smtplib.SMTP("127.0.0.1", running.smtp_port) as client:
             assert client.noop()[0] == 250  # greeted, not 421
-        wait_for(lambda: _count(app, Message) == 5)
+        wait_for(lambda: count_rows(app, Message) == 5)
     app.close()
 
 
@@ -309,5 +304,5 @@ def test_starttls_and_auth_for_submission(tmp_path: Path, db_url: str, clock) ->
                 client.sendmail("scanner@example.com", ["support@example.com"], mail(sender="scanner@example.com"))
                 == {}
             )
-        wait_for(lambda: _count(app, Ticket) == 1, timeout=30)
+        wait_for(lambda: count_rows(app, Ticket) == 1, timeout=30)
     app.close()

@@ -24,7 +24,7 @@ from mailgate.models import Message, Outbox, Quarantine, SpoolEntry, Ticket
 from mailgate.retry import SPOOL
 from mailgate.spool import Envelope, Spool, SpoolBusy
 from tests.conftest import START, make_settings
-from tests.daemon_harness import running_daemon, wait_for
+from tests.daemon_harness import count_rows, running_daemon, wait_for
 from tests.mails import mail
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -46,11 +46,6 @@ def spool(app: App) -> Spool:
 def wall() -> FixedClock:
     """The clock the spool's retries are timed by (the app's clock dates tickets)."""
     return FixedClock(datetime.now(UTC))
-
-
-def _count(app: App, model: type) -> int:
-    with app.read_sessions() as s:  # a reader: never waits for the daemon's writes
-        return s.scalar(select(func.count()).select_from(model))
 
 
 def _tickets_table_away(app: App, away: bool) -> None:
@@ -148,7 +143,7 @@ def test_a_half_done_migration_is_an_outage_the_mail_waits_out_without_spending_
         _tickets_table_away(app, False)
     assert drain(app, spool, clock=wall).stored == 1
     assert spool.count() == 0
-    assert _count(app, Ticket) == 1 and _count(app, Message) == 1 and _count(app, Quarantine) == 0
+    assert count_rows(app, Ticket) == 1 and count_rows(app, Message) == 1 and count_rows(app, Quarantine) == 0
 
 
 def test_a_mail_that_keeps_failing_for_a_reason_of_its_own_goes_to_quarantine_with_its_bytes(
@@ -216,7 +211,7 @@ def test_mail_spooled_before_a_stop_is_ingested_at_the_next_start(tmp_path: Path
     app = App.build(make_settings(tmp_path, db_url, smtp={"host": "127.0.0.1", "port": 0}), clock=clock)
     Spool(app.settings.spool_dir).put(mail(subject="left over from the last run"), _envelope())
     with running_daemon(app):
-        wait_for(lambda: _count(app, Ticket) == 1)
+        wait_for(lambda: count_rows(app, Ticket) == 1)
     with app.sessions() as s:
         assert s.scalars(select(Ticket.subject)).one() == "left over from the last run"
     app.close()
@@ -276,7 +271,7 @@ def test_mail_left_in_the_old_postgresql_spool_table_moves_into_the_directory(
     with app.sessions() as s:
         assert s.scalar(select(func.count()).select_from(SpoolEntry)) == 0
     assert drain(app, spool).stored == 1
-    assert _count(app, Ticket) == 1
+    assert count_rows(app, Ticket) == 1
     app.close()
 
 
@@ -316,8 +311,8 @@ def test_the_listener_accepts_mail_while_ingest_waits_for_the_sqlite_lock(
         with _write_lock_held_elsewhere(app), smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
             for i in range(3):
                 assert client.sendmail("dana@example.com", ["support@example.com"], mail(subject=f"n{i}")) == {}
-        wait_for(lambda: _count(app, Ticket) == 3, timeout=40)
-        assert _count(app, Quarantine) == 0
+        wait_for(lambda: count_rows(app, Ticket) == 3, timeout=40)
+        assert count_rows(app, Quarantine) == 0
 
 
 def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
@@ -333,7 +328,7 @@ def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
                 client.sendmail("dana@example.com", ["support@example.com"], mail(subject="one too many"))
         code, reply = refused.value.recipients["support@example.com"]
         assert (code, reply[:5]) == (452, b"4.3.1")
-        wait_for(lambda: _count(app, Ticket) == 3, timeout=40)
+        wait_for(lambda: count_rows(app, Ticket) == 3, timeout=40)
 
         def accepted_again() -> bool:
             with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=5) as client:
@@ -344,7 +339,7 @@ def test_a_full_spool_defers_new_mail_with_452_until_ingest_catches_up(
             return True
 
         wait_for(accepted_again, interval=0.2)
-        wait_for(lambda: _count(app, Ticket) == 4)
+        wait_for(lambda: count_rows(app, Ticket) == 4)
 
 
 def test_sqlites_lock_held_past_the_busy_timeout_is_an_outage_not_the_mails_fault(
