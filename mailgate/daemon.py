@@ -28,6 +28,7 @@ from mailgate.transports.listener_process import ListenerProcess
 
 if TYPE_CHECKING:
     from mailgate.sla.job import Scanner  # imported when the daemon schedules it
+    from mailgate.transports.imap import ImapPoller  # imported when a mailbox is configured
 
 log = logging.getLogger("mailgate.daemon")
 
@@ -45,6 +46,7 @@ class Running:
     scheduler: BackgroundScheduler | None = None
     scanner: Scanner | None = None  # the SLA scans the scheduler starts
     poller_threads: list[threading.Thread] = field(default_factory=list)
+    pollers: list[ImapPoller] = field(default_factory=list)  # `state` says which waits in IDLE
     stop_pollers: threading.Event = field(default_factory=threading.Event)
     wakeup_thread: threading.Thread | None = None  # holds the wake-up name until it ends
 
@@ -54,18 +56,19 @@ class Running:
         return self.listener.port
 
 
-def _start_pollers(app: App, stop: threading.Event) -> list[threading.Thread]:
+def _start_pollers(running: Running, app: App) -> None:
     if not app.settings.imap:
-        return []
+        return
     from mailgate.transports.imap import ImapPoller
 
-    threads = []
     for mailbox in app.settings.imap:
         poller = ImapPoller(app, mailbox)
-        thread = threading.Thread(target=poller.run, args=(stop,), name=f"imap-{mailbox.name}", daemon=True)
+        thread = threading.Thread(
+            target=poller.run, args=(running.stop_pollers,), name=f"imap-{mailbox.name}", daemon=True
+        )
         thread.start()
-        threads.append(thread)
-    return threads
+        running.pollers.append(poller)
+        running.poller_threads.append(thread)
 
 
 def open_spool(app: App) -> Spool:
@@ -119,7 +122,7 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             running.listener = ListenerProcess(settings, app.secret)
             running.listener.wait_ready()
             running.listener.watch(_on_listener_exit(stop, failure))
-        running.poller_threads = _start_pollers(app, running.stop_pollers)
+        _start_pollers(running, app)
         running.scheduler = BackgroundScheduler(timezone=UTC)
         running.scanner = _schedule_sla(app, running.scheduler)
         running.scheduler.start()
@@ -216,11 +219,11 @@ def _shutdown(running: Running) -> None:
     if running.scheduler is not None and running.scheduler.running:
         running.scheduler.shutdown(wait=False)
     if running.scanner is not None:
-        running.scanner.join(max(deadline - time.monotonic(), 0.1))
+        running.scanner.stop(max(deadline - time.monotonic(), 0.1))
     if running.wakeup_thread is not None:
         # Its socket is closed when it ends: a daemon started next in this process (a test's
         # restart) can take the name, and its writers' pokes reach it.
-        running.wakeup_thread.join(max(deadline - time.monotonic(), 0.1))
+        running.wakeup_thread.join(max(deadline - time.monotonic(), 1.0))  # it looks every 0.5 s
     log.info("stopped")
 
 

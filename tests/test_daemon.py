@@ -285,6 +285,24 @@ def test_a_second_daemon_on_the_same_data_directory_is_refused(tmp_path: Path) -
     assert "Traceback" not in second.stderr.decode()
 
 
+def _only_a_poke_brings_mail_in(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The spool worker's next look is an hour away; the event is set once a look found nothing
+    to do. From then on only a wake-up brings mail in within a test's wait, however slow a loaded
+    machine makes the ingest itself."""
+    idle = threading.Event()
+    look = SpoolWorker._round
+
+    def watched(worker: SpoolWorker) -> tuple[bool, datetime | None]:
+        busy, next_due = look(worker)
+        if not busy:
+            idle.set()
+        return busy, next_due
+
+    monkeypatch.setattr(SpoolWorker, "_round", watched)
+    monkeypatch.setattr(SpoolWorker, "IDLE_SECONDS", 3600.0)
+    return idle
+
+
 def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(
     tmp_path: Path, db_url: str, clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,14 +310,13 @@ def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(
     at once, not at its next look."""
     from tests.conftest import make_settings
 
-    # The next look is an hour away: only the wake-up can bring the mail in within the wait,
-    # however slow a loaded machine makes the ingest itself.
-    monkeypatch.setattr(SpoolWorker, "IDLE_SECONDS", 3600.0)
+    idle = _only_a_poke_brings_mail_in(monkeypatch)
     settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
     config = tmp_path / "pipe.toml"
     config.write_text(f'data_dir = "{settings.data_dir}"\n')
     app = App.build(settings, clock=clock)
     with running_daemon(app):
+        assert idle.wait(30), "the spool worker's first look did not end"
         dropped = subprocess.run(
             [sys.executable, "-m", "mailgate", "--config", str(config), "ingest", "--sender", "dana@example.com", "-"],
             input=mail(subject="from the pipe"),
@@ -327,6 +344,8 @@ def test_the_daemon_polls_imap_and_the_ack_leaves_at_once(tmp_path: Path, db_url
         app = App.build(settings, clock=clock)
         with running_daemon(app) as running:
             assert running.listener is None and len(running.poller_threads) == 1
+            # In IDLE first: had the mail come before, the poller's first look would have found it.
+            wait_for(lambda: running.pollers[0].state == "idle")
             dovecot.append("INBOX", [mail(subject="Monitor flickers", message_id="<imap-1@client.example.org>")])
             sink = settings.outgoing_maildir / "new"
             wait_for(lambda: sink.is_dir() and len(list(sink.iterdir())) == 2)
@@ -502,12 +521,15 @@ def test_a_daemon_started_again_in_the_same_process_is_woken_by_the_pipe(
     """A stopped daemon leaves its wake-up name free: the next one takes it and hears the pokes."""
     from tests.conftest import make_settings
 
-    monkeypatch.setattr(SpoolWorker, "IDLE_SECONDS", 3600.0)  # only a poke brings the mail in
+    idle = _only_a_poke_brings_mail_in(monkeypatch)
     settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
     app = App.build(settings, clock=clock)
     with running_daemon(app):
         pass
-    with running_daemon(app):
+    idle.clear()
+    with running_daemon(app) as running:
+        assert running.wakeup_thread is not None, "the wake-up name was still taken"
+        assert idle.wait(30), "the spool worker's first look did not end"
         spool = Spool(settings.spool_dir)
         spool.put(mail(), Envelope("pipe", "dana@example.com", ("support@example.com",), datetime.now(UTC)))
         spool.wake_daemon()

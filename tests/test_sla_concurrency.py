@@ -174,3 +174,25 @@ def test_a_stopping_daemon_lets_a_running_scan_finish_first(tmp_path, db_url, mo
     finally:
         release.set()
         app.close()
+
+
+def test_a_scan_the_scheduler_starts_after_the_stop_does_not_run(tmp_path, db_url, monkeypatch) -> None:
+    """The scheduler may hand the scanner a run just as the daemon stops: that run must not start
+    behind the shutdown's back, with the engine about to go (or gone)."""
+    from mailgate.sla import scans
+    from mailgate.sla.job import Scanner
+
+    ran = threading.Event()
+    monkeypatch.setattr(scans, "SCANS", (("probe", lambda session, settings, now: ran.set() or 0),))
+    app = desk(tmp_path, db_url)
+    try:
+        scanner = Scanner(app)
+        scanner()  # a run before the stop runs, and the stop waits for it
+        scanner.stop(5)
+        assert ran.is_set()
+        ran.clear()
+        scanner()
+        scanner.stop(5)
+        assert not ran.is_set()
+    finally:
+        app.close()

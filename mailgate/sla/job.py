@@ -34,24 +34,34 @@ class Scanner:
     def __init__(self, app: App) -> None:
         self.app = app
         self._busy = threading.Lock()
-        # join() may come (from the daemon's shutdown) while the scheduler starts a run: it sees
-        # the run's thread only once that has started (joining one not started yet raises).
+        # stop() may come (from the daemon's shutdown) while the scheduler starts a run: under
+        # this lock a run either starts and is seen by stop(), or sees the stop and never starts.
         self._starting = threading.Lock()
+        self._stopped = False
         self._thread: threading.Thread | None = None
 
     def __call__(self) -> None:
         if not self._busy.acquire(blocking=False):
             log.info("sla scans: the last run is still going; skipping this one")
             return
-        thread = threading.Thread(target=self._run, name="sla-scans", daemon=True)
         with self._starting:
-            thread.start()
+            if self._stopped:
+                self._busy.release()
+                return
+            thread = threading.Thread(target=self._run, name="sla-scans", daemon=True)
+            try:
+                thread.start()
+            except BaseException:  # no thread to be had: the next run tries again
+                self._busy.release()
+                raise
             self._thread = thread
 
-    def join(self, timeout: float) -> None:
-        """At shutdown: let a run in progress finish its transaction (and give its connection
-        back) before the engine is disposed; one stuck on the database is left behind."""
+    def stop(self, timeout: float) -> None:
+        """At shutdown: no run starts any more, and the one in progress may finish its
+        transaction (and give its connection back) before the engine is disposed; one stuck on
+        the database is left behind."""
         with self._starting:
+            self._stopped = True
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
