@@ -369,7 +369,7 @@ def test_a_robot_answering_everything_for_40_s_gets_at_most_10_mails_and_the_loo
     for bot, *_ in scenarios:
         print(
             f"robot {bot.name}: received {len(bot.received)} mails from mailgate in {end - start:.0f} s, "
-            f"sent {bot.sent}"
+            f"sent {bot.sent}, last at {bot.received[-1] - start:.1f} s"
         )
     for bot, *_ in scenarios:
         assert len(bot.received) <= 10, f"robot {bot.name} received {len(bot.received)} mails"
