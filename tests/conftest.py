@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
@@ -86,11 +87,16 @@ def pg_migrated() -> Iterator[str]:
 
 
 def _empty_pg(url: str) -> None:
-    engine = create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    """Every table emptied and every id sequence back at 1, as after the migration. DELETE, not
+    TRUNCATE: a test leaves a few rows, and TRUNCATE gives each of the tables and their indexes
+    new files (85 ms a test here; DELETE: about 30 ms, most of it the connection)."""
+    engine = create_engine(url, poolclass=NullPool)  # a test may have terminated the backends
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        conn.execute(text("INSERT INTO counters (name, value) VALUES ('ticket', 0)"))
+        sequences = conn.execute(text("SELECT relname FROM pg_class WHERE relkind = 'S'")).scalars()
+        statements = [f'DELETE FROM "{t.name}"' for t in reversed(Base.metadata.sorted_tables)]
+        statements += [f'ALTER SEQUENCE "{name}" RESTART' for name in sequences]
+        statements.append("INSERT INTO counters (name, value) VALUES ('ticket', 0)")
+        conn.exec_driver_sql("; ".join(statements))
     engine.dispose()
 
 
