@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -285,22 +287,23 @@ def test_a_second_daemon_on_the_same_data_directory_is_refused(tmp_path: Path) -
     assert "Traceback" not in second.stderr.decode()
 
 
-def _only_a_poke_brings_mail_in(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """The spool worker's next look is an hour away; the event is set once a look found nothing
-    to do. From then on only a wake-up brings mail in within a test's wait, however slow a loaded
-    machine makes the ingest itself."""
-    idle = threading.Event()
+def _only_a_poke_brings_mail_in(monkeypatch: pytest.MonkeyPatch) -> Callable[[SpoolWorker], bool]:
+    """Every spool worker's next look is an hour away. The function returned waits until a look
+    of the given worker found nothing to do: from then on only a wake-up brings mail in within a
+    test's wait, however slow a loaded machine makes the ingest itself. (Per worker: the worker
+    of a daemon stopped before may still end a look late.)"""
+    idle: dict[int, threading.Event] = defaultdict(threading.Event)
     look = SpoolWorker._round
 
     def watched(worker: SpoolWorker) -> tuple[bool, datetime | None]:
         busy, next_due = look(worker)
         if not busy:
-            idle.set()
+            idle[id(worker)].set()
         return busy, next_due
 
     monkeypatch.setattr(SpoolWorker, "_round", watched)
     monkeypatch.setattr(SpoolWorker, "IDLE_SECONDS", 3600.0)
-    return idle
+    return lambda worker: idle[id(worker)].wait(30)
 
 
 def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(
@@ -310,13 +313,13 @@ def test_mail_from_the_mta_pipe_is_ingested_by_the_running_daemon_at_once(
     at once, not at its next look."""
     from tests.conftest import make_settings
 
-    idle = _only_a_poke_brings_mail_in(monkeypatch)
+    went_idle = _only_a_poke_brings_mail_in(monkeypatch)
     settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
     config = tmp_path / "pipe.toml"
     config.write_text(f'data_dir = "{settings.data_dir}"\n')
     app = App.build(settings, clock=clock)
-    with running_daemon(app):
-        assert idle.wait(30), "the spool worker's first look did not end"
+    with running_daemon(app) as running:
+        assert went_idle(running.spool_worker), "the spool worker's first look did not end"
         dropped = subprocess.run(
             [sys.executable, "-m", "mailgate", "--config", str(config), "ingest", "--sender", "dana@example.com", "-"],
             input=mail(subject="from the pipe"),
@@ -521,15 +524,14 @@ def test_a_daemon_started_again_in_the_same_process_is_woken_by_the_pipe(
     """A stopped daemon leaves its wake-up name free: the next one takes it and hears the pokes."""
     from tests.conftest import make_settings
 
-    idle = _only_a_poke_brings_mail_in(monkeypatch)
+    went_idle = _only_a_poke_brings_mail_in(monkeypatch)
     settings = make_settings(tmp_path, db_url, smtp={"enabled": False})
     app = App.build(settings, clock=clock)
     with running_daemon(app):
         pass
-    idle.clear()
     with running_daemon(app) as running:
         assert running.wakeup_thread is not None, "the wake-up name was still taken"
-        assert idle.wait(30), "the spool worker's first look did not end"
+        assert went_idle(running.spool_worker), "the spool worker's first look did not end"
         spool = Spool(settings.spool_dir)
         spool.put(mail(), Envelope("pipe", "dana@example.com", ("support@example.com",), datetime.now(UTC)))
         spool.wake_daemon()
