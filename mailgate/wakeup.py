@@ -25,8 +25,11 @@ Round = Callable[[], tuple[bool, datetime | None]]
 
 
 class Worker:
-    def __init__(self, name: str, one_round: Round, idle_seconds: float, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, name: str, one_round: Round, idle_seconds: float, now: Callable[[], datetime], niceness: int = 19
+    ) -> None:
         self.name = name
+        self.niceness = niceness  # background_niceness in the config
         self.one_round = one_round
         self.idle_seconds = idle_seconds
         self.now = now  # the clock the rounds' due times are on
@@ -53,7 +56,7 @@ class Worker:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        _yield_the_cpu()
+        _yield_the_cpu(self.niceness)
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -69,9 +72,10 @@ class Worker:
             self._wake.wait(delay)
 
 
-def _yield_the_cpu() -> None:
-    """Background work runs at the lowest CPU priority (niceness 19; Linux sets it per thread):
-    under a flood, the SMTP listener, whose clients wait for each answer, gets the CPU first,
-    and what it accepted waits safely in the spool meanwhile (bench/smtp.py: see README)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+def _yield_the_cpu(niceness: int) -> None:
+    """Background work runs at a lower CPU priority (by default niceness 19; Linux sets it per
+    thread): under a flood, the SMTP listener, whose clients wait for each answer, gets the CPU
+    first, and what it accepted waits safely in the spool meanwhile (bench/smtp.py: see README)."""
+    if niceness:
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

@@ -577,3 +577,22 @@ def test_log_level_sets_what_the_daemon_logs(tmp_path: Path, level: str, logged:
     said = log.read_text()
     assert code == 0
     assert ("INFO mailgate.ingest: ingest source=smtp" in said) is logged, said[-500:]
+
+
+def test_background_niceness_sets_the_cpu_priority_of_ingest_and_sending(tmp_path: Path, clock) -> None:
+    """The admin's `background_niceness` (the tests run their daemons at 0, see conftest): the
+    ingest and sender threads run at it."""
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", smtp={"enabled": False}, background_niceness=7)
+    upgrade(settings.effective_database_url)
+    app = App.build(settings, clock=clock)
+    with running_daemon(app) as running:
+        assert running.sender is not None
+        threads = (running.spool_worker.worker._thread, running.sender.worker._thread)
+
+        def niceness(thread: threading.Thread) -> int:
+            assert thread.native_id is not None
+            return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+        wait_for(lambda: [niceness(t) for t in threads] == [7, 7])

@@ -170,7 +170,9 @@ class SpoolWorker:
         # Mail an earlier release left in its database spool is still to be moved in (once).
         self._legacy = legacy
         self.clock = clock or SystemClock()
-        self.worker = Worker("mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now)
+        self.worker = Worker(
+            "mailgate-ingest", self._round, self.IDLE_SECONDS, self.clock.now, app.settings.background_niceness
+        )
         self.wake_up = self.worker.wake_up
         self._outages = 0
         self._outage_until: datetime | None = None

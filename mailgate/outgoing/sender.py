@@ -214,7 +214,9 @@ class Sender:
         self.claimer = claimer  # this run's name on the rows it claims (outbox.release_claims)
         # The run before, killed while delivering: its claims go out at once, not in ten minutes.
         self.previous_claimer = previous_claimer
-        self.worker = Worker("mailgate-sender", self._round, IDLE_SECONDS, app.clock.now)
+        self.worker = Worker(
+            "mailgate-sender", self._round, IDLE_SECONDS, app.clock.now, app.settings.background_niceness
+        )
         # Deliver now: safe from any thread (the ingest worker and IMAP pollers run in their own).
         self.wake_up = self.worker.wake_up
 
