@@ -26,7 +26,7 @@ Round = Callable[[], tuple[bool, datetime | None]]
 
 class Worker:
     def __init__(
-        self, name: str, one_round: Round, idle_seconds: float, now: Callable[[], datetime], niceness: int = 19
+        self, name: str, one_round: Round, idle_seconds: float, now: Callable[[], datetime], niceness: int
     ) -> None:
         self.name = name
         self.niceness = niceness  # background_niceness in the config

@@ -33,9 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The daemon lowers its ingest and sender threads to niceness 19 by default, so that its
     # listener goes first under a flood (mailgate.wakeup). In a test run four test processes
     # share two cores: at niceness 19 beside the other three, those threads get about 1.5% of a
-    # core, and a daemon test would wait for that, not for the daemon. The daemons the tests run
-    # in their own process keep them at niceness 0 (a daemon test started as a process of its own
-    # gets no MAILGATE_ variable: it runs as configured).
+    # core, and a daemon test would wait for that, not for the daemon. So the daemons that tests
+    # run inside the test process keep them at niceness 0. (`mailgate run` started as a process
+    # of its own gets the environment without MAILGATE_ variables: it runs as configured.)
     os.environ.setdefault("MAILGATE_BACKGROUND_NICENESS", "0")
 
 
