@@ -481,9 +481,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     # HMAC key for reply tokens. Empty: generated once and kept in <data_dir>/secret.
     secret: str = ""
-    # The Linux niceness of the daemon's ingest and sender threads: under a flood the SMTP
-    # listener, whose clients wait for each answer, gets the CPU first. 0: they compete with the
-    # host's other work as equals (a busy shared host would otherwise hold ingest back).
+    # The Linux niceness of the daemon's ingest and sender threads, never below the daemon's own:
+    # under a flood the SMTP listener, whose clients wait for each answer, gets the CPU first.
+    # 0: the daemon's own niceness (on a busy shared host, other work would otherwise hold
+    # ingest back).
     background_niceness: int = Field(default=19, ge=0, le=19)
     addresses: Addresses = Addresses()
     tickets: Tickets = Tickets()

@@ -73,9 +73,18 @@ class Worker:
 
 
 def _yield_the_cpu(niceness: int) -> None:
-    """Background work runs at a lower CPU priority (by default niceness 19; Linux sets it per
-    thread): under a flood, the SMTP listener, whose clients wait for each answer, gets the CPU
-    first, and what it accepted waits safely in the spool meanwhile (bench/smtp.py: see README)."""
-    if niceness:
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    """Background work runs at niceness `niceness` (by default 19; Linux sets it per thread):
+    under a flood, the SMTP listener, whose clients wait for each answer, gets the CPU first, and
+    what it accepted waits safely in the spool meanwhile (bench/smtp.py: see README). Never below
+    the daemon's own niceness: the background must not go before the listener."""
+    thread = threading.get_native_id()
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, thread)  # inherited from the daemon
+    except (AttributeError, OSError):  # not Linux
+        return
+    if niceness < own:
+        if niceness:
+            log.warning("background_niceness %d is below the daemon's niceness %d: using %d", niceness, own, own)
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)

@@ -21,7 +21,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_example_config_loads_and_equals_the_defaults(tmp_path: Path) -> None:
+def test_the_example_config_loads_and_equals_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILGATE_BACKGROUND_NICENESS", raising=False)  # conftest's, for the test daemons
     copy = tmp_path / "example.toml"
     copy.write_text((REPO / "config" / "mailgate.example.toml").read_text())
     example = load_settings(copy)

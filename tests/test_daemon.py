@@ -579,20 +579,63 @@ def test_log_level_sets_what_the_daemon_logs(tmp_path: Path, level: str, logged:
     assert ("INFO mailgate.ingest: ingest source=smtp" in said) is logged, said[-500:]
 
 
-def test_background_niceness_sets_the_cpu_priority_of_ingest_and_sending(tmp_path: Path, clock) -> None:
-    """The admin's `background_niceness` (the tests run their daemons at 0, see conftest): the
-    ingest and sender threads run at it."""
+def _background_niceness(
+    tmp_path: Path, clock, value: int, set_yet: Callable[[list[int]], bool], daemon_niceness: int | None = None
+) -> list[int]:
+    """The niceness of the ingest and sender threads of a daemon run with `background_niceness =
+    value`, itself run at `daemon_niceness` (None: the test's own), read once `set_yet` says the
+    threads have set theirs (each does at its start)."""
     from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", smtp={"enabled": False}, background_niceness=7)
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'm.db'}", smtp={"enabled": False}, background_niceness=value
+    )
     upgrade(settings.effective_database_url)
     app = App.build(settings, clock=clock)
-    with running_daemon(app) as running:
-        assert running.sender is not None
-        threads = (running.spool_worker.worker._thread, running.sender.worker._thread)
+    seen: list[int] = []
+    failed: list[BaseException] = []
 
-        def niceness(thread: threading.Thread) -> int:
-            assert thread.native_id is not None
-            return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+    def daemon() -> None:
+        try:
+            run_daemon()
+        except BaseException as exc:  # raised in the test below
+            failed.append(exc)
 
-        wait_for(lambda: [niceness(t) for t in threads] == [7, 7])
+    def run_daemon() -> None:  # in a thread of its own: its niceness goes to the daemon's only
+        if daemon_niceness is not None:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), daemon_niceness)
+        with running_daemon(app) as running:
+            assert running.sender is not None
+            threads = (running.spool_worker.worker._thread, running.sender.worker._thread)
+
+            def niceness() -> list[int]:
+                return [os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threads if t.native_id]
+
+            wait_for(lambda: len(niceness()) == 2 and set_yet(niceness()))
+            seen.extend(niceness())
+
+    runner = threading.Thread(target=daemon)
+    runner.start()
+    runner.join(60)
+    if failed:
+        raise failed[0]
+    return seen
+
+
+def test_background_niceness_sets_the_cpu_priority_of_ingest_and_sending(tmp_path: Path, clock) -> None:
+    """The admin's `background_niceness` (the tests run their daemons at 0, see conftest)."""
+    value = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+    seen = _background_niceness(tmp_path, clock, value, lambda now: now == [value, value])
+    assert seen == [value, value]
+
+
+def test_background_niceness_never_puts_ingest_before_the_daemon(
+    tmp_path: Path, clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below the daemon's own niceness (a unit with Nice=10, say), the threads keep the daemon's
+    and the log says so: ingest and sending never get more CPU priority than the listener (as
+    root, setting the value would give them more)."""
+    own = max(os.getpriority(os.PRIO_PROCESS, 0), 5)
+    warning = f"background_niceness 2 is below the daemon's niceness {own}: using {own}"
+    seen = _background_niceness(tmp_path, clock, 2, lambda _: caplog.text.count(warning) == 2, daemon_niceness=own)
+    assert seen == [own, own]
