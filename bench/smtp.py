@@ -246,14 +246,13 @@ class ThreadListener:
     @staticmethod
     async def _serve(settings: object, secret: bytes, conn: object) -> None:
         import asyncio
-        from concurrent.futures import ThreadPoolExecutor
 
+        from mailgate.journal import Journal
         from mailgate.spool import Spool
         from mailgate.transports import smtp
-        from mailgate.transports.listener_process import WRITERS
 
-        with ThreadPoolExecutor(WRITERS) as writer:
-            listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)  # type: ignore[attr-defined]
+        with Journal(Spool(settings.spool_dir)) as journal:  # type: ignore[attr-defined]
+            listener = smtp.Listener(settings, secret, journal)  # type: ignore[arg-type]
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)  # type: ignore[attr-defined]
             conn.send(("ready", server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
             stop = asyncio.Event()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from mailgate import journal
 from mailgate.app import App
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outgoing.sender import Sender, transport_for
@@ -80,6 +81,9 @@ def open_spool(app: App) -> Spool:
     back = spool.recover()
     if back:
         log.warning("%d mails a stopped daemon was ingesting are due again at once", back)
+    restored = journal.recover(spool)
+    if restored:
+        log.warning("the machine went down since the listener last ran: %d mails relinked from its journal", restored)
     return spool
 
 

@@ -9,6 +9,7 @@ PostgreSQL, so mail is accepted while the database is down:
     cur/     claimed by the worker, which renamed it here and counted the attempt in its name
              *before* trying: a mail whose ingest kills the process still reaches its limit.
     notes/   the last error of a mail that failed, for `mailgate spool list`
+    journal/ the SMTP listener's journal: its entries in new/ are hard links into it (journal.py)
     lock     held by the daemon working this spool: one worker per spool (one per host)
 
 A file is one line of JSON (the envelope) followed by the raw mail, byte for byte. Its name is
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import socket
+import struct
 import time
 import zlib
 from collections.abc import Iterator
@@ -41,7 +43,7 @@ STALE_TMP_SECONDS = 36 * 3600
 ENVELOPE_MAX_BYTES = 1024 * 1024  # an envelope line longer than this is not ours
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
-_NAME = re.compile(r"^(?P<base>\d+\.\d+\.[0-9a-f]+)(?:\.a(?P<attempts>\d+)\.d(?P<due>\d+))?$")
+_NAME = re.compile(r"^(?P<base>\d+\.\d+\.[0-9a-f]+)(?:\.j(?P<at>\d+))?(?:\.a(?P<attempts>\d+)\.d(?P<due>\d+))?$")
 
 
 def spool_dir(data_dir: Path) -> Path:
@@ -94,18 +96,23 @@ class EntryName(NamedTuple):
     base: str
     attempts: int = 0
     due_ms: int = 0  # not before this; 0 = at once
+    # An entry the listener made is a hard link to its journal segment (journal.py): the
+    # mail is the record at this offset. None: the file is the mail.
+    at: int | None = None
 
     @classmethod
     def parse(cls, name: str) -> EntryName | None:
         match = _NAME.match(name)
         if match is None:
             return None
-        return cls(match["base"], int(match["attempts"] or 0), int(match["due"] or 0))
+        at = None if match["at"] is None else int(match["at"])
+        return cls(match["base"], int(match["attempts"] or 0), int(match["due"] or 0), at)
 
     def __str__(self) -> str:
+        name = self.base if self.at is None else f"{self.base}.j{self.at}"
         if not self.attempts and not self.due_ms:
-            return self.base
-        return f"{self.base}.a{self.attempts}.d{self.due_ms}"
+            return name
+        return f"{name}.a{self.attempts}.d{self.due_ms}"
 
 
 class Claimed(NamedTuple):
@@ -136,7 +143,7 @@ class Spool:
         self._wakeup: str | None = None
         self._lock_fd: int | None = None
 
-    def _make_dirs(self) -> None:
+    def make_dirs(self) -> None:
         for folder in (self.tmp, self.new, self.cur, self.notes):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -146,16 +153,17 @@ class Spool:
         """Keep the mail; its name. When this returns it is on stable storage: a crash, a kill -9
         or a power cut after this cannot lose it. OSError (disk full, read-only) if it could not.
 
-        Any number of threads and processes may put at once: the filesystem's journal commits
-        syncs that overlap together, so concurrent writers share the cost of the disk flushes.
-        If the last sync fails, the mail may still be ingested although its writer was told
-        to try again: the second copy is a duplicate, a no-op."""
+        Any number of threads and processes may put at once; each waits for syncs of its own.
+        The SMTP listener, which may take many mails a second, writes into its journal instead
+        (journal.py), whose entries in new/ point into the journal. If the last sync fails,
+        the mail may still be ingested although its writer was told to try again: the second
+        copy is a duplicate, a no-op."""
         base = f"{time.time_ns() // 1000}.{os.getpid()}.{os.urandom(4).hex()}"
         tmp = f"{self._tmp}/{base}"
         try:
             fd = os.open(tmp, _CREATE, 0o600)
         except FileNotFoundError:  # a spool never written to
-            self._make_dirs()
+            self.make_dirs()
             fd = os.open(tmp, _CREATE, 0o600)
         try:
             try:
@@ -170,7 +178,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _sync_folder(self._new)  # the rename survives a power cut only once this is done
+        sync_folder(self._new)  # the rename survives a power cut only once this is done
         return base
 
     def wake_daemon(self) -> None:
@@ -194,7 +202,7 @@ class Spool:
 
     def lock(self) -> None:
         """Become this spool's worker, or SpoolBusy naming the daemon that is."""
-        self._make_dirs()
+        self.make_dirs()
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -240,14 +248,14 @@ class Spool:
         """At start, with the lock held: every claim in cur/ is a worker that died while
         ingesting (the lock says no other runs). Give them back at once, their attempt counted;
         remove writes that died before their rename. Returns how many claims came back."""
-        self._make_dirs()
+        self.make_dirs()
         back = 0
         for name in os.listdir(self.cur):
             parsed = EntryName.parse(name)
             if parsed is None:
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.cur / name, self.new / str(EntryName(parsed.base, parsed.attempts, 0)))
+                os.rename(self.cur / name, self.new / str(parsed._replace(due_ms=0)))
                 back += 1
         cutoff = time.time() - STALE_TMP_SECONDS
         for leftover in self.tmp.iterdir():
@@ -283,18 +291,19 @@ class Spool:
     def claim(self, name: EntryName) -> Claimed | None:
         """Take `name` for one attempt: renamed into cur/ with the attempt counted first. None
         if it is gone (another claim won)."""
-        taken = EntryName(name.base, name.attempts + 1, name.due_ms)
+        taken = name._replace(attempts=name.attempts + 1)
         try:
             os.rename(self.new / str(name), self.cur / str(taken))
         except FileNotFoundError:
             return None
         try:
-            data = (self.cur / str(taken)).read_bytes()
-        except OSError as exc:
+            data = read_entry(self.cur / str(taken), taken)
+        except (OSError, BrokenEntry) as exc:
             # Kept for a person to look at, out of the way of the mail behind it.
             (self.root / "unreadable").mkdir(exist_ok=True)
             os.rename(self.cur / str(taken), self.root / "unreadable" / str(taken))
-            raise Unreadable(f"{self.root / 'unreadable' / str(taken)}: {exc.strerror}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise Unreadable(f"{self.root / 'unreadable' / str(taken)}: {reason}") from exc
         line, newline, raw = data.partition(b"\n")
         try:
             if not newline or len(line) > ENVELOPE_MAX_BYTES:
@@ -317,7 +326,7 @@ class Spool:
         attempts = name.attempts if count else max(name.attempts - 1, 0)
         with contextlib.suppress(OSError):  # only a note for the admin
             (self.notes / name.base).write_text(error[:2000], encoding="utf-8", errors="replace")
-        back = EntryName(name.base, attempts, int(due.timestamp() * 1000))
+        back = name._replace(attempts=attempts, due_ms=int(due.timestamp() * 1000))
         os.rename(self.cur / str(name), self.new / str(back))
 
     # -- looking -------------------------------------------------------------------------------
@@ -332,7 +341,7 @@ class Spool:
             for name, path in _entries(folder):
                 due = datetime.fromtimestamp(name.due_ms / 1000, UTC) if name.due_ms else None
                 found.append(
-                    Waiting(str(name), _read_envelope(path), name.attempts, due, self._note(name.base), claimed)
+                    Waiting(str(name), _read_envelope(path, name), name.attempts, due, self._note(name.base), claimed)
                 )
         return sorted(found, key=lambda w: w.name)
 
@@ -356,12 +365,34 @@ def _entries(folder: Path) -> Iterator[tuple[EntryName, Path]]:
             yield parsed, folder / name
 
 
-def _read_envelope(path: Path) -> Envelope | None:
+def _read_envelope(path: Path, name: EntryName) -> Envelope | None:
     try:
+        if name.at is not None:
+            return Envelope.from_line(read_entry(path, name).partition(b"\n")[0])
         with path.open("rb") as fh:
             return Envelope.from_line(fh.readline(ENVELOPE_MAX_BYTES))
     except (OSError, BrokenEntry):
         return None
+
+
+RECORD = struct.Struct(">4sQI")  # a journal record's header: magic, payload length, CRC-32 of the payload
+RECORD_MAGIC = b"MGJR"
+
+
+def read_entry(path: Path, name: EntryName) -> bytes:
+    """A spool file's contents (envelope line, raw mail): the whole file, or for an entry of the
+    listener's the payload of its journal record after the name line (BrokenEntry if that
+    is not a whole record, which a synced record always is)."""
+    if name.at is None:
+        return path.read_bytes()
+    with path.open("rb") as fh:
+        fh.seek(name.at)
+        head = fh.read(RECORD.size)
+        magic, length, crc = RECORD.unpack(head) if len(head) == RECORD.size else (b"", 0, 0)
+        payload = fh.read(length) if magic == RECORD_MAGIC else b""
+    if len(payload) != length or not payload or zlib.crc32(payload) != crc:
+        raise BrokenEntry(f"no journal record at {name.at} of {path}")
+    return payload.partition(b"\n")[2]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -374,7 +405,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _sync_folder(folder: str) -> None:
+def sync_folder(folder: str | Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

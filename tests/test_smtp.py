@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from mailgate import tokens
 from mailgate.app import App
+from mailgate.journal import journal_dir
 from mailgate.models import Message, Outbox, OutboxState, Ticket
 from tests.conftest import make_settings
 from tests.daemon_harness import count_rows, running_daemon, wait_for
@@ -197,16 +198,17 @@ def test_mail_is_accepted_while_postgresql_refuses_connections_and_stored_once_i
 def test_a_full_disk_gives_451_and_the_client_keeps_the_mail(tmp_path: Path, db_url: str, clock) -> None:
     app = _app(tmp_path, db_url, clock)
     with running_daemon(app) as running:
-        # As good as a full disk: the listener cannot create its file (whoever runs the test).
-        running.spool.tmp.rename(tmp_path / "tmp-away")
-        running.spool.tmp.write_text("not a directory")
+        # As good as a full disk: the listener cannot write its journal (whoever runs the test).
+        folder = journal_dir(running.spool)
+        folder.rename(tmp_path / "journal-away")
+        folder.write_text("not a directory")
         try:
             with pytest.raises(smtplib.SMTPDataError) as info:
                 _send(running.smtp_port, mail())
             assert (info.value.smtp_code, info.value.smtp_error[:5]) == (451, b"4.3.0")
         finally:
-            running.spool.tmp.unlink()
-            (tmp_path / "tmp-away").rename(running.spool.tmp)
+            folder.unlink()
+            (tmp_path / "journal-away").rename(folder)
         assert _send(running.smtp_port, mail()) == {}  # the sending MTA's retry
         wait_for(lambda: count_rows(app, Ticket) == 1, timeout=30)
     app.close()

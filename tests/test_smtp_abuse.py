@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from sqlalchemy import select
 from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.config import ConfigError, Settings, Smtp, load_settings
+from mailgate.journal import Journal
 from mailgate.models import Message
 from mailgate.spool import Spool
 from mailgate.transports import smtp
@@ -180,8 +180,8 @@ class InProcess:
 def listener_on_loopback(settings: Settings, clock: FixedClock) -> Iterator[InProcess]:
     """The listener alone (no daemon, no database) on an event loop in a thread of its own."""
     loop = asyncio.new_event_loop()
-    writer = ThreadPoolExecutor(1)
-    listener = smtp.Listener(settings, b"test-secret-not-for-production", Spool(settings.spool_dir), writer, clock)
+    journal = Journal(Spool(settings.spool_dir)).start()
+    listener = smtp.Listener(settings, b"test-secret-not-for-production", journal, clock)
     server = loop.run_until_complete(smtp.start(listener, settings.smtp, settings.limits.max_message_bytes))
     thread = threading.Thread(target=loop.run_forever)
     thread.start()
@@ -193,7 +193,7 @@ def listener_on_loopback(settings: Settings, clock: FixedClock) -> Iterator[InPr
         thread.join(10)
         loop.run_until_complete(server.wait_closed())
         loop.close()
-        writer.shutdown()
+        journal.close()
 
 
 def _settings(tmp_path: Path, **smtp_settings: object) -> Settings:

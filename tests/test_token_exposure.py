@@ -5,13 +5,12 @@ proves nothing, and the desk's mail to her carries a new one."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from mailgate import tokens
 from mailgate.app import App
 from mailgate.ingest.pipeline import IngestResult, ingest
+from mailgate.journal import Journal
 from mailgate.models import Status
 from mailgate.spool import Spool
 from mailgate.transports.smtp import Listener
@@ -153,8 +152,8 @@ def test_the_listener_accepts_the_old_and_the_new_reply_address(app: App) -> Non
     _expose(app, number, old, notice_id)
     new = reply_address(receipt(app, ALICE, "token_exposed"))
     settings = app.settings
-    with ThreadPoolExecutor(1) as writer:
-        listener = Listener(settings, app.secret, Spool(settings.spool_dir), writer)
+    with Journal(Spool(settings.spool_dir)) as journal:
+        listener = Listener(settings, app.secret, journal)
         assert listener.accepts(old) and listener.accepts(new)  # a recipient check is not proof
 
 

@@ -9,6 +9,7 @@ back and the worker waits (retry.SPOOL) before it tries again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from mailgate import quarantine, retry
+from mailgate import journal, quarantine, retry
 from mailgate.app import App
 from mailgate.clock import Clock, SystemClock
 from mailgate.db import describe, reader
@@ -176,6 +177,7 @@ class SpoolWorker:
         self.wake_up = self.worker.wake_up
         self._outages = 0
         self._outage_until: datetime | None = None
+        self._retired_at = 0.0
 
     def _round(self) -> tuple[bool, datetime | None]:
         if self._outage_until is not None and self.clock.now() < self._outage_until:
@@ -197,9 +199,17 @@ class SpoolWorker:
         if self._outages:
             log.warning("the database is back after %d tries: ingesting the spool", self._outages)
         self._outages = 0
+        self._retire_journal()
         if report.stored or report.quarantined or report.retried:
             return True, None  # there may be more waiting
         return False, self.spool.next_due()
+
+    def _retire_journal(self) -> None:
+        # Each look lists the spool; under a flood once a second is plenty.
+        if time.monotonic() - self._retired_at >= 1.0:
+            with contextlib.suppress(OSError):  # kept a while longer; the next look tries again
+                journal.retire(self.spool)
+            self._retired_at = time.monotonic()
 
     def stop(self, deadline: float) -> int:
         """At shutdown: let the round in progress end, ingest what is spooled until `deadline`

@@ -19,21 +19,16 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from mailgate.config import Settings
+from mailgate.journal import Journal
 from mailgate.spool import Spool
 from mailgate.transports import smtp
 
 log = logging.getLogger("mailgate.smtp")
 
 GRACE_SECONDS = 5.0  # for the mail in flight at SIGTERM
-
-# Mails written at once. Each write waits for two disk flushes; syncs that overlap are
-# committed together by the filesystem's journal, so clients that send at the same time share
-# them instead of queueing behind each other. Past this many, a write waits for a thread.
-WRITERS = 16
 
 
 class ListenerProcess:
@@ -120,8 +115,14 @@ async def _serve(settings: Settings, secret: bytes, conn: Connection) -> None:
         stop.set()
 
     loop.add_reader(conn.fileno(), parent_gone)
-    with ThreadPoolExecutor(WRITERS, thread_name_prefix="spool-write") as writer:
-        listener = smtp.Listener(settings, secret, Spool(settings.spool_dir), writer)
+    journal = Journal(Spool(settings.spool_dir))
+    try:
+        journal.start()
+    except OSError as exc:
+        conn.send(("error", f"cannot write the spool's journal {journal.folder}: {exc}"))
+        return
+    with journal:
+        listener = smtp.Listener(settings, secret, journal)
         try:
             server = await smtp.start(listener, settings.smtp, settings.limits.max_message_bytes)
         except Exception as exc:  # the port is taken, a certificate unreadable …

@@ -19,7 +19,6 @@ import logging
 import ssl
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +30,7 @@ from mailgate import tokens
 from mailgate.clock import Clock, SystemClock
 from mailgate.config import Settings
 from mailgate.config import Smtp as SmtpSettings
+from mailgate.journal import Journal
 from mailgate.transports.connection_slots import ConnectionSlots
 from mailgate.transports.refusal_log import RefusalLog
 from mailgate.transports.smtp_data import Refused, read_data
@@ -56,16 +56,14 @@ class Listener:
         self,
         settings: Settings,
         secret: bytes,
-        spool: spooling.Spool,
-        executor: Executor,
+        journal: Journal,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.secret = secret
-        self.spool = spool
-        # Writes and syncs run off the event loop, on threads of their own (see
-        # listener_process.py for how many).
-        self.executor = executor
+        self.spool = journal.spool
+        # Writes and syncs run off the event loop, on the journal's thread.
+        self.journal = journal
         self.slots = ConnectionSlots(settings.smtp.max_connections, settings.smtp.max_connections_per_client)
         self.refusals = RefusalLog(log, clock or SystemClock())
         self.in_flight = 0
@@ -123,7 +121,7 @@ class Listener:
         )
         self.in_flight += 1
         try:
-            name = await asyncio.get_running_loop().run_in_executor(self.executor, self._store, raw, spooled)
+            name = await asyncio.wrap_future(self.journal.submit(raw, spooled))
         except OSError as exc:  # disk full, spool not writable: the client keeps the mail
             log.warning("451 to %s: cannot write the spool: %s", session.peer, exc)
             return self._per_recipient(server, envelope, TEMPORARY)
@@ -134,17 +132,11 @@ class Listener:
         log.debug("spooled %s from %s <%s> for %s", name, session.peer[0], envelope.mail_from, envelope.rcpt_tos)
         return self._per_recipient(server, envelope, f"{QUEUED} as {name}")
 
-    def _store(self, raw: bytes, envelope: spooling.Envelope) -> str:
-        name = self.spool.put(raw, envelope)
-        self.spool.wake_daemon()
-        return name
-
     async def watch_backlog(self, every: float = 1.0) -> None:
         """Recount the spool every `every` seconds (the daemon's worker empties it)."""
-        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(OSError):  # the spool unreadable: the next put will say so
-                self.spooled = await loop.run_in_executor(self.executor, self.spool.count)
+                self.spooled = await asyncio.to_thread(self.spool.count)
                 if self._deferring and self.spooled < self.settings.smtp.max_spooled:
                     self._deferring = False
                     log.warning("spool down to %d mails: accepting mail again", self.spooled)
