@@ -21,6 +21,7 @@ from mailgate.clock import FixedClock
 from mailgate.config import Settings
 from mailgate.db import upgrade
 from mailgate.models import Base
+from mailgate.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("MAILGATE_TEST_PG_URL", "postgresql+psycopg:///mailgate_test")
@@ -166,3 +167,12 @@ def app(settings: Settings, clock: FixedClock) -> Iterator[App]:
     application = App.build(settings, clock=clock)
     yield application
     application.close()
+
+
+@pytest.fixture
+def spool(app: App) -> Iterator[Spool]:
+    """The app's spool, locked as its daemon would hold it."""
+    spool = Spool(app.settings.spool_dir)
+    spool.lock()
+    yield spool
+    spool.unlock()

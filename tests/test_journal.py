@@ -9,7 +9,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import select
 
 from mailgate import journal
@@ -25,14 +24,6 @@ NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 def _envelope() -> Envelope:
     return Envelope("smtp", "dana@example.com", ("support@example.com",), NOW)
-
-
-@pytest.fixture
-def spool(app: App) -> Spool:
-    spool = Spool(app.settings.spool_dir)
-    spool.lock()
-    yield spool
-    spool.unlock()
 
 
 def _journal(spool: Spool, mails: list[bytes], boot: str) -> list[str]:

@@ -35,14 +35,6 @@ def _envelope(received_at: datetime = NOW, source: str = "smtp") -> Envelope:
 
 
 @pytest.fixture
-def spool(app: App) -> Spool:
-    spool = Spool(app.settings.spool_dir)
-    spool.lock()
-    yield spool
-    spool.unlock()
-
-
-@pytest.fixture
 def wall() -> FixedClock:
     """The clock the spool's retries are timed by (the app's clock dates tickets)."""
     return FixedClock(datetime.now(UTC))
