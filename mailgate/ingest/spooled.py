@@ -177,7 +177,6 @@ class SpoolWorker:
         self.wake_up = self.worker.wake_up
         self._outages = 0
         self._outage_until: datetime | None = None
-        self._retired_at = 0.0
 
     def _round(self) -> tuple[bool, datetime | None]:
         if self._outage_until is not None and self.clock.now() < self._outage_until:
@@ -205,11 +204,9 @@ class SpoolWorker:
         return False, self.spool.next_due()
 
     def _retire_journal(self) -> None:
-        # Each look lists the spool; under a flood once a second is plenty.
-        if time.monotonic() - self._retired_at >= 1.0:
-            with contextlib.suppress(OSError):  # kept a while longer; the next look tries again
-                journal.retire(self.spool)
-            self._retired_at = time.monotonic()
+        # A stat per closed segment: cheap enough for every round.
+        with contextlib.suppress(OSError):  # kept a while longer; the next round tries again
+            journal.retire(self.spool)
 
     def stop(self, deadline: float) -> int:
         """At shutdown: let the round in progress end, ingest what is spooled until `deadline`
