@@ -16,7 +16,7 @@ from mailgate.app import App
 from mailgate.ingest.spooled import drain
 from mailgate.journal import Journal
 from mailgate.models import Ticket
-from mailgate.spool import Envelope, Spool
+from mailgate.spool import EntryName, Envelope, Spool
 from tests.mails import mail
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -91,7 +91,7 @@ import os, signal, sys
 from datetime import UTC, datetime
 from pathlib import Path
 from mailgate.journal import Journal
-from mailgate.spool import Envelope, Spool
+from mailgate.spool import EntryName, Envelope, Spool
 
 writer = Journal(Spool(Path(sys.argv[1]))).start()
 envelope = Envelope("smtp", "dana@example.com", ("support@example.com",), datetime.now(UTC))
@@ -158,3 +158,20 @@ def test_mail_keeps_arriving_while_segments_come_and_go(spool: Spool, monkeypatc
     assert all((journal.journal_dir(spool) / segment).stat().st_nlink > 1 for segment in _segments(spool))
     left = [spool.claim(name) for name in spool.due(_now())]
     assert [c.raw.count(b"Subject: mail") for c in left if c] == [1] * 6
+
+
+def test_an_entry_that_does_not_name_a_whole_record_is_set_aside_and_the_rest_still_go_in(
+    app: App, spool: Spool, caplog
+) -> None:
+    """A name edited by hand, or a link to where no synced record is: kept in unreadable/ for a
+    person, with the reason logged, never ingested as garbage and never blocking the mail behind."""
+    bad, _printer = _journal(spool, [mail(subject="scanner"), mail(subject="printer")], boot="b")
+    name = EntryName.parse(bad)
+    assert name is not None and name.at is not None
+    shifted = name._replace(at=name.at + 1)  # one byte into its record: no header that checks
+    os.rename(spool.new / bad, spool.new / str(shifted))
+    drain(app, spool)
+    assert _subjects(app) == ["printer"]
+    assert os.listdir(spool.root / "unreadable") == [str(shifted._replace(attempts=1))]
+    assert f"no journal record at {shifted.at}" in caplog.text
+    assert os.listdir(spool.new) == [] and os.listdir(spool.cur) == []
