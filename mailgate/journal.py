@@ -47,7 +47,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import NamedTuple
 
-from mailgate.spool import RECORD, RECORD_MAGIC, EntryName, Envelope, Spool, sync_folder
+from mailgate.spool import RECORD, RECORD_MAGIC, EntryName, Envelope, Spool, read_record, sync_folder
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_SECONDS = 60.0
@@ -227,11 +227,9 @@ def _records(path: Path) -> Iterator[_Record]:
     """A segment's whole records, up to the first torn one."""
     with path.open("rb") as fh:
         fh.readline(256)
-        while len(head := fh.read(RECORD.size)) == RECORD.size:
-            at = fh.tell() - RECORD.size
-            magic, length, crc = RECORD.unpack(head)
-            payload = fh.read(length) if magic == RECORD_MAGIC else b""
-            if len(payload) != length or zlib.crc32(payload) != crc:
+        while True:
+            at = fh.tell()
+            if (payload := read_record(fh)) is None:
                 return
             name = EntryName.parse(payload.partition(b"\n")[0].decode("ascii", "replace"))
             if name is not None:

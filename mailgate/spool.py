@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 # Leftovers in tmp/ are writers that died before their rename (their client never got a yes).
 # A writer may still be busy with a big mail: only this old a file is taken for dead.
@@ -387,12 +387,23 @@ def read_entry(path: Path, name: EntryName) -> bytes:
         return path.read_bytes()
     with path.open("rb") as fh:
         fh.seek(name.at)
-        head = fh.read(RECORD.size)
-        magic, length, crc = RECORD.unpack(head) if len(head) == RECORD.size else (b"", 0, 0)
-        payload = fh.read(length) if magic == RECORD_MAGIC else b""
-    if len(payload) != length or not payload or zlib.crc32(payload) != crc:
+        payload = read_record(fh)
+    if payload is None:
         raise BrokenEntry(f"no journal record at {name.at} of {path}")
     return payload.partition(b"\n")[2]
+
+
+def read_record(fh: BinaryIO) -> bytes | None:
+    """The payload of the journal record at fh's position, or None where there is no whole
+    record (a torn tail, or an offset that is not a record's start)."""
+    head = fh.read(RECORD.size)
+    if len(head) != RECORD.size:
+        return None
+    magic, length, crc = RECORD.unpack(head)
+    payload = fh.read(length) if magic == RECORD_MAGIC else b""
+    if not payload or len(payload) != length or zlib.crc32(payload) != crc:
+        return None
+    return payload
 
 
 def _aware(moment: datetime) -> datetime:

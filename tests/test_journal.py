@@ -175,3 +175,15 @@ def test_an_entry_that_does_not_name_a_whole_record_is_set_aside_and_the_rest_st
     assert os.listdir(spool.root / "unreadable") == [str(shifted._replace(attempts=1))]
     assert f"no journal record at {shifted.at}" in caplog.text
     assert os.listdir(spool.new) == [] and os.listdir(spool.cur) == []
+
+
+def test_a_record_damaged_on_disk_is_set_aside_not_ingested_as_a_different_mail(app: App, spool: Spool) -> None:
+    (entry,) = _journal(spool, [mail(subject="printer on floor 3")], boot="b")
+    with (spool.new / entry).open("r+b") as fh:  # the entry is a link: this is the segment
+        data = fh.read()
+        at = data.rindex(b"floor 3")
+        fh.seek(at)
+        fh.write(b"floor 4")  # same length, so only the checksum can tell
+    drain(app, spool)
+    assert _subjects(app) == []
+    assert len(os.listdir(spool.root / "unreadable")) == 1
