@@ -36,7 +36,6 @@ writer was never told yes) fails its CRC; the segment ends there.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import queue
 import threading
@@ -53,6 +52,8 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_SECONDS = 60.0
 _HEADER = b"mailgate-journal 1 boot="
 _OPEN = "open."
+# The most pieces one writev takes (Linux: 1024); more is EINVAL.
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -98,9 +99,14 @@ class _Segment:
     def append(self, pieces: list[bytes]) -> None:
         """Append and sync: when this returns, the records survive a power cut."""
         total = sum(len(piece) for piece in pieces)
-        written = os.writev(self.fd, pieces)
-        if written != total:  # a regular file is written short only when the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device (the journal was written short)")
+        left = [memoryview(piece) for piece in pieces]
+        while left:
+            # Short when the disk fills (the next write says ENOSPC) or past 2 GiB in one call.
+            written = os.writev(self.fd, left[:IOV_MAX])
+            while left and written >= len(left[0]):
+                written -= len(left.pop(0))
+            if written:
+                left[0] = left[0][written:]
         os.fdatasync(self.fd)
         self.size += total
 

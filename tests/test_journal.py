@@ -187,3 +187,13 @@ def test_a_record_damaged_on_disk_is_set_aside_not_ingested_as_a_different_mail(
     drain(app, spool)
     assert _subjects(app) == []
     assert len(os.listdir(spool.root / "unreadable")) == 1
+
+
+def test_more_mails_at_once_than_one_write_can_take_are_all_kept(spool: Spool) -> None:
+    """Hundreds of connections may hand over a mail during one sync; the kernel takes at most
+    IOV_MAX (1024) pieces per write, four per mail."""
+    writer = Journal(spool, boot="b")
+    waiting = [writer.submit(mail(subject=f"printer {i}"), _envelope()) for i in range(600)]
+    with writer:  # started with all 600 waiting: its first write sees every one of them
+        names = [done.result(30) for done in waiting]
+    assert len(set(names)) == 600 and sorted(os.listdir(spool.new)) == sorted(names)
