@@ -174,6 +174,11 @@ class Journal:
                 return
 
     def _write(self, batch: list[_Pending]) -> None:
+        # A client that hung up has its wait cancelled (asyncio.wrap_future): it heard no 250,
+        # so its mail is not kept, and the others may no longer be cancelled from here on.
+        batch = [item for item in batch if item.done.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             segment = self._current()
             offset, pieces, names = segment.size, [], []

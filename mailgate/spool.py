@@ -390,7 +390,10 @@ def read_entry(path: Path, name: EntryName) -> bytes:
         payload = read_record(fh)
     if payload is None:
         raise BrokenEntry(f"no journal record at {name.at} of {path}")
-    return payload.partition(b"\n")[2]
+    line, _, data = payload.partition(b"\n")
+    if line != name.base.encode():  # a whole record, but another mail's
+        raise BrokenEntry(f"the journal record at {name.at} of {path} is {line[:64]!r}'s")
+    return data
 
 
 def read_record(fh: BinaryIO) -> bytes | None:
@@ -400,7 +403,10 @@ def read_record(fh: BinaryIO) -> bytes | None:
     if len(head) != RECORD.size:
         return None
     magic, length, crc = RECORD.unpack(head)
-    payload = fh.read(length) if magic == RECORD_MAGIC else b""
+    # The length is outside the checksum: a damaged one must not ask for more than the file has.
+    if magic != RECORD_MAGIC or length > os.fstat(fh.fileno()).st_size - fh.tell():
+        return None
+    payload = fh.read(length)
     if not payload or len(payload) != length or zlib.crc32(payload) != crc:
         return None
     return payload

@@ -197,3 +197,27 @@ def test_more_mails_at_once_than_one_write_can_take_are_all_kept(spool: Spool) -
     with writer:  # started with all 600 waiting: its first write sees every one of them
         names = [done.result(30) for done in waiting]
     assert len(set(names)) == 600 and sorted(os.listdir(spool.new)) == sorted(names)
+
+
+def test_a_client_that_hangs_up_while_waiting_neither_gets_its_mail_kept_nor_stops_the_others(spool: Spool) -> None:
+    writer = Journal(spool, boot="b")
+    gone = writer.submit(mail(subject="hung up"), _envelope())
+    assert gone.cancel()  # what asyncio.wrap_future does when aiosmtpd cancels the handler
+    kept = writer.submit(mail(subject="printer"), _envelope())
+    with writer:
+        first = kept.result(10)
+        later = writer.submit(mail(subject="scanner"), _envelope()).result(10)
+    assert sorted(os.listdir(spool.new)) == sorted([first, later])
+
+
+def test_an_entry_naming_another_mails_record_or_a_damaged_length_is_set_aside(app: App, spool: Spool) -> None:
+    first, second, third = _journal(spool, [mail(subject=s) for s in ("one", "two", "three")], boot="b")
+    one, two = EntryName.parse(first), EntryName.parse(second)
+    assert one is not None and two is not None and one.at is not None
+    os.rename(spool.new / second, spool.new / str(two._replace(at=one.at)))  # points at "one"
+    with (spool.new / third).open("r+b") as fh:  # a length far past the end of the segment
+        fh.seek(EntryName.parse(third).at + 4)  # type: ignore[union-attr, operator]
+        fh.write((2**40).to_bytes(8, "big"))
+    drain(app, spool)
+    assert _subjects(app) == ["one"]
+    assert len(os.listdir(spool.root / "unreadable")) == 2
