@@ -19,11 +19,12 @@ The links are not synced:
   boot_id); a start in the same boot only closes what a dead listener left open.
 - After a power cut or a kernel crash, links made since the last sync of new/ may be gone. At
   the next start every record of a segment from an earlier boot gets its link back (unless it
-  has one) and new/ is synced. A mail that was ingested already comes back as a copy, which
-  ingest's dedupe step takes as a no-op (as it does for a spool file whose removal was not
-  synced).
+  has one) and new/ is synced; then the segment's header takes this boot's id, so later starts
+  leave it alone. A mail that was ingested already comes back as a copy, which ingest's dedupe
+  step takes as a no-op (as it does for a spool file whose removal was not synced).
 - So a segment keeps its own name in journal/ until no entry links to it any more: the
-  worker removes closed segments whose link count is down to one (see `retire`). A segment is
+  worker removes closed segments whose link count is down to one, not counting the entries set
+  aside in unreadable/, which keep their bytes by their own link (see `retire`). A segment is
   begun per listener run and every SEGMENT_BYTES or SEGMENT_SECONDS; `open.<pid>.<µs>` is
   being written, `<pid>.<µs>` is closed.
 
@@ -36,11 +37,13 @@ writer was never told yes) fails its CRC; the segment ends there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -55,6 +58,11 @@ _OPEN = "open."
 # The most pieces one writev takes (Linux: 1024); more is EINVAL.
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# The header gives the boot this many bytes (a kernel boot id has 36), so that a recovery can
+# write its own boot over it in place.
+_BOOT_BYTES = 64
+
+log = logging.getLogger("mailgate.spool")
 
 
 def boot_id() -> str:
@@ -82,7 +90,7 @@ class _Segment:
         self.started = time.monotonic()
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            header = _HEADER + boot.encode() + b"\n"
+            header = _header(boot, _BOOT_BYTES)
             os.write(self.fd, header)
             os.fsync(self.fd)
             sync_folder(folder)  # its name must survive too: it is what a restart relinks from
@@ -222,9 +230,25 @@ class Journal:
 # -- in the daemon, holding the spool's lock: at start, and in the worker's rounds ----------------
 
 
+def _label(boot: str, width: int = _BOOT_BYTES) -> bytes:
+    return boot.encode("ascii", "replace")[:width]
+
+
+def _header(boot: str, width: int) -> bytes:
+    return _HEADER + _label(boot, width).ljust(width) + b"\n"
+
+
 class _Record(NamedTuple):
     name: EntryName
     at: int
+
+
+def _segments(folder: Path) -> Iterator[Path]:
+    """The regular files in journal/: a directory, a link or a FIFO put there by hand is not a
+    segment (a FIFO would hang the open)."""
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        if entry.is_file(follow_symlinks=False):
+            yield Path(entry.path)
 
 
 def _boot_of(path: Path) -> str | None:
@@ -256,20 +280,32 @@ def recover(spool: Spool, boot: str | None = None) -> int:
         return 0
     boot = boot_id() if boot is None else boot
     linked = 0
-    for path in sorted(folder.iterdir()):
-        written_in = _boot_of(path)
-        if written_in is None:  # not ours: left for a person to look at
-            continue
-        if not boot or written_in != boot:
-            linked += _relink(spool, path)
-        if path.name.startswith(_OPEN):
-            path.rename(path.with_name(path.name.removeprefix(_OPEN)))
+    relinked: list[Path] = []
+    for path in _segments(folder):
+        try:
+            written_in = _boot_of(path)
+            if written_in is None:  # not ours: left for a person to look at
+                log.warning("%s is not a journal segment; left alone", path)
+                continue
+            if path.name.startswith(_OPEN):
+                path = path.rename(path.with_name(path.name.removeprefix(_OPEN)))
+            if not boot or written_in != _label(boot).decode():
+                linked += _relink(spool, path)
+                relinked.append(path)
+        except OSError as exc:  # one unreadable file must not keep the daemon from starting
+            log.error("journal segment %s: %s; left alone", path, exc.strerror or exc)
     if linked:
         sync_folder(spool.new)
+    if boot:
+        # Its entries are synced now: a later start in this boot must not make them again
+        # (the ones already ingested would come back, start after start).
+        for path in relinked:
+            _mark_recovered(path, boot)
     return linked
 
 
 def _relink(spool: Spool, path: Path) -> int:
+    """Link every whole record that has no entry in new/ (cur/ was given back)."""
     there = {name.base for name in map(EntryName.parse, os.listdir(spool.new)) if name}
     count = 0
     for record in _records(path):
@@ -279,17 +315,45 @@ def _relink(spool: Spool, path: Path) -> int:
     return count
 
 
-def retire(spool: Spool) -> int:
-    """Remove the closed segments no entry links to any more. Returns how many."""
-    folder = journal_dir(spool)
+def _mark_recovered(path: Path, boot: str) -> None:
+    """Write this boot over the segment's, in place (the header keeps its length)."""
     try:
-        closed = [folder / name for name in os.listdir(folder) if not name.startswith(_OPEN)]
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            line = os.pread(fd, 256, 0).partition(b"\n")[0]
+            os.pwrite(fd, _header(boot, len(line) - len(_HEADER)), 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.error("journal segment %s: %s; its mail comes back at every start", path, exc.strerror or exc)
+
+
+def retire(spool: Spool) -> int:
+    """Remove the closed segments no entry links to any more (an entry set aside in
+    unreadable/ keeps the mail's bytes by its own link). Returns how many."""
+    folder = journal_dir(spool)
+    if not folder.is_dir():
         return 0
+    set_aside = _links_in(spool.root / "unreadable")
     gone = 0
-    for path in closed:
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_nlink == 1 and _boot_of(path) is not None:
+    for path in _segments(folder):
+        if path.name.startswith(_OPEN):
+            continue
+        try:
+            info = path.stat(follow_symlinks=False)
+            if info.st_nlink - set_aside[info.st_ino] == 1 and _boot_of(path) is not None:
                 path.unlink()
                 gone += 1
+        except OSError:  # gone meanwhile, or not ours to read: recover logs it at start
+            continue
     return gone
+
+
+def _links_in(folder: Path) -> Counter[int]:
+    """How many names in `folder` each inode has."""
+    try:
+        with os.scandir(folder) as entries:
+            return Counter(entry.inode() for entry in entries if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return Counter()

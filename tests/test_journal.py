@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -69,6 +71,21 @@ def test_after_a_power_cut_every_mail_that_got_its_yes_comes_back(app: App, spoo
     drain(app, spool)
     assert _subjects(app) == ["printer 0", "printer 1", "printer 2"]
     # After it, the segment is an ordinary closed one: gone once its mail is.
+    assert journal.retire(spool) == 1 and _segments(spool) == []
+
+
+def test_after_a_power_cut_the_mail_comes_back_once_not_at_every_later_start(app: App, spool: Spool) -> None:
+    """A mail dropped without a stored message (an auto-reply, a loop) would otherwise go
+    through the pipeline again at every restart until its segment is gone."""
+    names = _journal(spool, [mail(subject=f"printer {i}") for i in range(3)], boot="before")
+    for name in names:
+        (spool.new / name).unlink()
+    assert journal.recover(spool, boot="after") == 3
+    drain(app, spool, limit=2)  # the third still waits: the segment stays
+    assert journal.recover(spool, boot="after") == 0 and spool.count() == 1
+    drain(app, spool)
+    assert journal.recover(spool, boot="after") == 0 and spool.count() == 0
+    assert _subjects(app) == ["printer 0", "printer 1", "printer 2"]
     assert journal.retire(spool) == 1 and _segments(spool) == []
 
 
@@ -186,7 +203,12 @@ def test_a_record_damaged_on_disk_is_set_aside_not_ingested_as_a_different_mail(
         fh.write(b"floor 4")  # same length, so only the checksum can tell
     drain(app, spool)
     assert _subjects(app) == []
-    assert len(os.listdir(spool.root / "unreadable")) == 1
+    [set_aside] = (spool.root / "unreadable").iterdir()
+    # It keeps the bytes for a person by its own link: the segment's name in journal/ goes, and
+    # a power cut does not bring the entry back into new/.
+    assert journal.recover(spool, boot="after") == 0 and spool.count() == 0
+    assert journal.retire(spool) == 1 and _segments(spool) == []
+    assert b"floor 4" in set_aside.read_bytes()
 
 
 def test_more_mails_at_once_than_one_write_can_take_are_all_kept(spool: Spool) -> None:
@@ -221,3 +243,31 @@ def test_an_entry_naming_another_mails_record_or_a_damaged_length_is_set_aside(a
     drain(app, spool)
     assert _subjects(app) == ["one"]
     assert len(os.listdir(spool.root / "unreadable")) == 2
+
+
+def test_what_a_person_put_in_the_journal_folder_neither_stops_a_start_nor_the_worker(
+    app: App, spool: Spool, caplog
+) -> None:
+    names = _journal(spool, [mail(subject="printer")], boot="before")
+    (spool.new / names[0]).unlink()  # the power cut
+    folder = journal.journal_dir(spool)
+    (folder / "old").mkdir()
+    (folder / "dangling").symlink_to(folder / "nowhere")
+    os.mkfifo(folder / "fifo")  # opening it to read waits for a writer that never comes
+    (folder / "notes.txt").write_text("copied here by hand\n")
+    assert _within_10_s(lambda: journal.recover(spool, boot="after")) == 1
+    assert "notes.txt is not a journal segment" in caplog.text
+    drain(app, spool)
+    assert _subjects(app) == ["printer"]
+    assert _within_10_s(lambda: journal.retire(spool)) == 1
+    assert _segments(spool) == ["dangling", "fifo", "notes.txt", "old"]
+
+
+def _within_10_s(call: Callable[[], int]) -> int:
+    """What call returns; fails the test, rather than hanging it, if call does not return."""
+    result: list[int] = []
+    running = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    running.start()
+    running.join(10)
+    assert result, "it hangs or raised"
+    return result[0]
