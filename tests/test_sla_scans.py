@@ -77,13 +77,34 @@ def test_a_team_lead_hears_first_and_an_answered_ticket_no_longer_escalates(tmp_
     app.close()
 
 
-def test_a_reminder_due_at_night_waits_for_the_next_opening(tmp_path, db_url) -> None:
-    app = desk(tmp_path, db_url, when=at(30, 16), idle_after_hours=2, unassigned_after_hours=3)
+@pytest.mark.parametrize(
+    ("at_any_hour", "idle_at"),
+    [([], at(1, 9)), (["idle"], at(30, 18))],
+    ids=["waits for the next opening", "at any hour when the admin says so"],
+)
+def test_a_reminder_due_at_night(tmp_path, db_url, at_any_hour, idle_at) -> None:
+    app = desk(tmp_path, db_url, when=at(30, 16), idle_after_hours=2, unassigned_after_hours=3, at_any_hour=at_any_hour)
     new_ticket(app, subject="quiet")  # idle from 16:00: due 18:00, after closing
     new_ticket(app, subject="nobody's", assignee=None)  # unassigned since 16:00: due 19:00
     run_daemon_clock(app, at(30, 16), at(1, 9, 30))
-    assert sent_at(mails(app, "sla_idle")) == [("alice@example.com", at(1, 9))]
+    assert sent_at(mails(app, "sla_idle")) == [("alice@example.com", idle_at)]
     assert sent_at(mails(app, "sla_unassigned")) == [("dispatch@example.com", at(1, 9))]
+    app.close()
+
+
+def test_a_team_with_hours_of_its_own_hears_in_its_hours_the_others_in_the_desks(tmp_path, db_url) -> None:
+    afternoons = {day: "13:00-17:00" for day in ("mon", "tue", "wed", "thu", "fri")}
+    teams = {"ops": {"business_hours": "24x7"}, "afternoons": {"business_hours": afternoons}}
+    app = desk(tmp_path, db_url, when=at(30, 16), idle_after_hours=2, teams=teams)
+    numbers = {name: new_ticket(app, subject=name) for name in ("desk", "ops", "afternoons")}
+    for name in ("ops", "afternoons"):
+        change(app, numbers[name], lambda s, t, now, team=name: setattr(t, "team", team))
+    run_daemon_clock(app, at(30, 16), at(1, 14))  # all idle from 16:00: due 18:00
+    ids = {the_ticket(app, number).id: name for name, number in numbers.items()}
+    sent = {ids[r.ticket_id]: r.created_at.astimezone(MONDAY.tzinfo) for r in mails(app, "sla_idle")}
+    # ops at once (open day and night); the desk's own hours open at 09:00; the afternoon team's
+    # at 13:00, although the desk's are open since 09:00.
+    assert sent == {"ops": at(30, 18), "desk": at(1, 9), "afternoons": at(1, 13)}
     app.close()
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, Integer, Select, and_, bindparam, exists, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailgate import tickets
@@ -64,24 +64,46 @@ class _Run:
             self._mailer = Mailer.for_run(self.session, self.settings, self.now)
         return self._mailer
 
-    def tickets(self, query: Select[tuple[Ticket]], order: Any) -> Iterator[Ticket]:
-        yield from self.session.scalars(query.order_by(order, Ticket.id).limit(self.batch)).all()
+    def tickets(self, query: Select[tuple[Ticket]], **params: Any) -> Iterator[Ticket]:
+        yield from self.session.scalars(query, {"now": self.now, "batch": self.batch, **params}).all()
 
-    def in_hours(self, kind: str, *, urgent_too: bool = False) -> ColumnElement[bool]:
-        """Tickets whose calendar is open now (all, for a kind that goes at any hour)."""
+    def hours(self, kind: str) -> dict[str, Any]:
+        """The parameters of _IN_HOURS for `kind` now: which calendars are open (all of them, for
+        a kind that goes at any hour)."""
         sla = self.settings.sla
+        urgent = sla.urgent_escalations_at_once
         if kind in sla.at_any_hour:
-            return true()
+            return {"open_teams": [], "default_open": True, "own_teams": [], "urgent_now": urgent}
         own = [name for name, team in sla.teams.items() if team.business_hours is not None]
-        open_own = [name for name in own if self.calendar(name).is_open(self.now)]
-        parts: list[ColumnElement[bool]] = []
-        if open_own:
-            parts.append(Ticket.team.in_(open_own))
-        if self.calendar(None).is_open(self.now):
-            parts.append(or_(Ticket.team.is_(None), Ticket.team.not_in(own)) if own else true())
-        if urgent_too and sla.urgent_escalations_at_once:
-            parts.append(Ticket.priority == "urgent")
-        return or_(*parts) if parts else false()
+        return {
+            "open_teams": [name for name in own if self.calendar(name).is_open(self.now)],
+            "default_open": self.calendar(None).is_open(self.now),
+            "own_teams": own,
+            "urgent_now": urgent,
+        }
+
+
+# Each scan's query is built once, here: what changes from run to run (now, the open calendars,
+# the thresholds of the settings) comes in as parameters, so a run spends its time on the
+# database, not on building statements (most runs find nothing).
+#
+# Tickets whose calendar is open now: a team with business hours of its own when that calendar
+# is open (open_teams), the others (no team, or a team on the default hours) when the default
+# calendar is (default_open).
+_IN_HOURS = or_(
+    Ticket.team.in_(bindparam("open_teams", expanding=True)),
+    and_(
+        bindparam("default_open", type_=Boolean),
+        or_(Ticket.team.is_(None), Ticket.team.not_in(bindparam("own_teams", expanding=True))),
+    ),
+)
+# An urgent ticket's escalation goes at once when sla.urgent_escalations_at_once says so.
+_IN_HOURS_OR_URGENT = or_(_IN_HOURS, and_(bindparam("urgent_now", type_=Boolean), Ticket.priority == "urgent"))
+
+
+def _due(query: Select[tuple[Ticket]], *order: Any) -> Select[tuple[Ticket]]:
+    """At most a batch of them, oldest first."""
+    return query.order_by(*order, Ticket.id).limit(bindparam("batch", type_=Integer))
 
 
 def _not_fired(kind: str, level: int, deadline: Any) -> ColumnElement[bool]:
@@ -127,6 +149,18 @@ def _any_target(settings: Settings) -> bool:
     )
 
 
+_WITHOUT_DEADLINES = _due(
+    select(Ticket).where(
+        Ticket.status.in_((*OPEN, Status.PENDING)),
+        LIVE,
+        Ticket.first_response_due.is_(None),
+        Ticket.resolution_due.is_(None),
+        _not_fired("deadlines", 0, Ticket.created_at),
+    ),
+    Ticket.created_at,
+)
+
+
 def set_missing_deadlines(session: Session, settings: Settings, now: datetime) -> int:
     """Tickets opened before there were targets (a release without SLA, or none configured) have
     no deadlines, and the other scans would never find them. Each gets them once, as at its
@@ -136,14 +170,7 @@ def set_missing_deadlines(session: Session, settings: Settings, now: datetime) -
     if not _any_target(settings):
         return 0  # nothing to compute: no firing rows, no events for a desk without targets
     run, done = _Run(session, settings, now), 0
-    query = select(Ticket).where(
-        Ticket.status.in_((*OPEN, Status.PENDING)),
-        LIVE,
-        Ticket.first_response_due.is_(None),
-        Ticket.resolution_due.is_(None),
-        _not_fired("deadlines", 0, Ticket.created_at),
-    )
-    for ticket in run.tickets(query, Ticket.created_at):
+    for ticket in run.tickets(_WITHOUT_DEADLINES):
         if not fire(session, ticket, kind="deadlines", level=0, deadline=ticket.created_at, now=now):
             continue
         policy.recompute(settings, ticket, now)
@@ -163,15 +190,20 @@ def set_missing_deadlines(session: Session, settings: Settings, now: datetime) -
     return done
 
 
-def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
-    run, done = _Run(session, settings, now), 0
-    query = select(Ticket).where(
+_PENDING_UNTIL_PASSED = _due(
+    select(Ticket).where(
         Ticket.status == Status.PENDING,
         Ticket.pending_until.is_not(None),
-        Ticket.pending_until <= now,
+        Ticket.pending_until <= bindparam("now"),
         _not_fired("resume", 0, Ticket.pending_until),
-    )
-    for ticket in run.tickets(query, Ticket.pending_until):
+    ),
+    Ticket.pending_until,
+)
+
+
+def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
+    run, done = _Run(session, settings, now), 0
+    for ticket in run.tickets(_PENDING_UNTIL_PASSED):
         until = ticket.pending_until
         assert until is not None
         if not fire(session, ticket, kind="resume", level=0, deadline=until, now=now):
@@ -184,21 +216,28 @@ def resume_pending(session: Session, settings: Settings, now: datetime) -> int:
     return done
 
 
+def _to_warn(target: str, warn_at: Column, due: Column, stage: Column) -> Select[tuple[Ticket]]:
+    query = select(Ticket).where(
+        Ticket.status.in_(OPEN),
+        stage == SlaStage.NONE,
+        LIVE,
+        warn_at <= bindparam("now"),
+        due > bindparam("now"),  # past the deadline it is an escalation, not a warning
+        _target_unmet(target),
+        _not_fired(f"warning:{target}", 1, due),
+        _IN_HOURS,
+    )
+    return _due(query, warn_at)
+
+
+_TO_WARN = {target: _to_warn(target, warn_at, due, stage) for target, warn_at, due, stage in TARGETS}
+
+
 def warn(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
-    for target, warn_at, due, stage in TARGETS:
+    for target, _, due, stage in TARGETS:
         kind = f"warning:{target}"
-        query = select(Ticket).where(
-            Ticket.status.in_(OPEN),
-            stage == SlaStage.NONE,
-            LIVE,
-            warn_at <= now,
-            due > now,  # past the deadline it is an escalation, not a warning
-            _target_unmet(target),
-            _not_fired(kind, 1, due),
-            run.in_hours("warning"),
-        )
-        for ticket in run.tickets(query, warn_at):
+        for ticket in run.tickets(_TO_WARN[target], **run.hours("warning")):
             deadline = getattr(ticket, due.key)
             to = routing.assignee_or_dispatcher(session, settings, ticket, now)
             fired = fire(session, ticket, kind=kind, level=1, deadline=deadline, now=now, recipient=to.address)
@@ -215,29 +254,40 @@ def _level_two_at(run: _Run, ticket: Ticket, deadline: datetime) -> datetime:
     return calendar.add(deadline, run.settings.sla.escalate_again_after.resolve(policy.day_length(calendar)))
 
 
+def _breached(target: str, due: Column, stage: Column) -> tuple[Select[tuple[Ticket]], Select[tuple[Ticket]]]:
+    """The tickets to escalate for the first time, and those escalated once whose deadline is at
+    least the shortest wait for level 2 ago (second_before)."""
+    kind = f"escalation:{target}"
+    breached = and_(
+        Ticket.status.in_(OPEN),
+        LIVE,
+        due <= bindparam("now"),
+        _target_unmet(target),
+        _not_fired(kind, 2, due),
+        _IN_HOURS_OR_URGENT,
+    )
+    first = select(Ticket).where(breached, stage.in_((SlaStage.NONE, SlaStage.WARNED)), _not_fired(kind, 1, due))
+    second = select(Ticket).where(breached, stage == SlaStage.ESCALATED, due <= bindparam("second_before"))
+    return _due(first, due), _due(second, due)
+
+
+_BREACHED = {target: _breached(target, due, stage) for target, _, due, stage in TARGETS}
+
+
 def escalate(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
     # A lower bound of level 2's wait in any calendar, so the query can leave out the rest.
     soonest = timedelta(minutes=settings.sla.escalate_again_after.minutes)
+    hours = run.hours("escalation")
     for target, _, due, stage in TARGETS:
-        kind = f"escalation:{target}"
-        breached = and_(
-            Ticket.status.in_(OPEN),
-            LIVE,
-            due <= now,
-            _target_unmet(target),
-            _not_fired(kind, 2, due),
-            run.in_hours("escalation", urgent_too=True),
-        )
-        first = select(Ticket).where(breached, stage.in_((SlaStage.NONE, SlaStage.WARNED)), _not_fired(kind, 1, due))
-        for ticket in run.tickets(first, due):
+        first, second = _BREACHED[target]
+        for ticket in run.tickets(first, second_before=now - soonest, **hours):
             deadline = getattr(ticket, due.key)
             # Found late (the daemon was down): the level it has reached, and only that one.
             level = 2 if now >= _level_two_at(run, ticket, deadline) else 1
             done += _escalation(run, ticket, target, deadline, level)
             _advance(ticket, stage, SlaStage.ESCALATED_AGAIN if level == 2 else SlaStage.ESCALATED)
-        second = select(Ticket).where(breached, stage == SlaStage.ESCALATED, due <= now - soonest)
-        for ticket in run.tickets(second, due):
+        for ticket in run.tickets(second, second_before=now - soonest, **hours):
             deadline = getattr(ticket, due.key)
             if now >= _level_two_at(run, ticket, deadline):
                 done += _escalation(run, ticket, target, deadline, 2)
@@ -263,20 +313,23 @@ def _escalation(run: _Run, ticket: Ticket, target: str, deadline: datetime, leve
     return 1
 
 
+def _once_since(kind: str, moment: Column, *where: ColumnElement[bool]) -> Select[tuple[Ticket]]:
+    """Live tickets matching `where` whose `moment` is before the parameter `before`, not told
+    of it yet (a firing of `kind` for that moment), in the opening hours of their calendar."""
+    query = select(Ticket).where(*where, LIVE, moment <= bindparam("before"), _not_fired(kind, 1, moment), _IN_HOURS)
+    return _due(query, moment)
+
+
+_UNASSIGNED = _once_since("unassigned", Ticket.created_at, Ticket.status.in_(OPEN), Ticket.assignee_id.is_(None))
+
+
 def unassigned(session: Session, settings: Settings, now: datetime) -> int:
     hours = settings.sla.unassigned_after_hours
     if not hours:
         return 0
     run, done = _Run(session, settings, now), 0
-    query = select(Ticket).where(
-        Ticket.status.in_(OPEN),
-        LIVE,
-        Ticket.assignee_id.is_(None),
-        Ticket.created_at <= now - timedelta(hours=hours),
-        _not_fired("unassigned", 1, Ticket.created_at),
-        run.in_hours("unassigned"),
-    )
-    for ticket in run.tickets(query, Ticket.created_at):
+    opened_before = now - timedelta(hours=hours)
+    for ticket in run.tickets(_UNASSIGNED, before=opened_before, **run.hours("unassigned")):
         to = routing.assignee_or_dispatcher(session, settings, ticket, now)
         if fire(session, ticket, kind="unassigned", level=1, deadline=ticket.created_at, now=now, recipient=to.address):
             context = {"opened": run.mail.time(ticket.created_at, to), "hours": f"{hours:g}"}
@@ -285,21 +338,22 @@ def unassigned(session: Session, settings: Settings, now: datetime) -> int:
     return done
 
 
+_IDLE = _once_since(
+    "idle",
+    Ticket.last_activity_at,
+    Ticket.status == Status.OPEN,
+    Ticket.idle_reminded.is_(False),
+    Ticket.assignee_id.is_not(None),
+)
+
+
 def idle(session: Session, settings: Settings, now: datetime) -> int:
     hours = settings.sla.idle_after_hours
     if not hours:
         return 0
     run, done = _Run(session, settings, now), 0
-    query = select(Ticket).where(
-        Ticket.status == Status.OPEN,
-        Ticket.idle_reminded.is_(False),
-        LIVE,
-        Ticket.assignee_id.is_not(None),
-        Ticket.last_activity_at <= now - timedelta(hours=hours),
-        _not_fired("idle", 1, Ticket.last_activity_at),
-        run.in_hours("idle"),
-    )
-    for ticket in run.tickets(query, Ticket.last_activity_at):
+    quiet_since = now - timedelta(hours=hours)
+    for ticket in run.tickets(_IDLE, before=quiet_since, **run.hours("idle")):
         to = ticket.assignee
         assert to is not None
         last = ticket.last_activity_at
@@ -310,6 +364,25 @@ def idle(session: Session, settings: Settings, now: datetime) -> int:
             run.mail.send("sla_idle", ticket, to, _stamp(last), context)
             done += 1
     return done
+
+
+# Those pending since before asked_before without a reminder of this level or a later one.
+_TO_REMIND = _due(
+    select(Ticket).where(
+        Ticket.status == Status.PENDING,
+        LIVE,
+        Ticket.pending_until.is_(None),  # waiting for a date: nothing to remind of
+        Ticket.pending_since <= bindparam("asked_before"),
+        ~exists().where(
+            SlaFiring.ticket_id == Ticket.id,
+            SlaFiring.kind.in_(("pending_reminder", "auto_resolve")),
+            SlaFiring.level >= bindparam("level", type_=Integer),
+            SlaFiring.deadline == Ticket.pending_since,
+        ),
+        _IN_HOURS,
+    ),
+    Ticket.pending_since,
+)
 
 
 def remind_pending(session: Session, settings: Settings, now: datetime) -> int:
@@ -323,21 +396,8 @@ def remind_pending(session: Session, settings: Settings, now: datetime) -> int:
     for level in range(count + 1, 0, -1):
         resolve = level == count + 1
         kind = "auto_resolve" if resolve else "pending_reminder"
-        later = exists().where(
-            SlaFiring.ticket_id == Ticket.id,
-            SlaFiring.kind.in_(("pending_reminder", "auto_resolve")),
-            SlaFiring.level >= level,
-            SlaFiring.deadline == Ticket.pending_since,
-        )
-        query = select(Ticket).where(
-            Ticket.status == Status.PENDING,
-            LIVE,
-            Ticket.pending_until.is_(None),  # waiting for a date: nothing to remind of
-            Ticket.pending_since <= now - timedelta(days=every * level),
-            ~later,
-            run.in_hours(kind),
-        )
-        for ticket in run.tickets(query, Ticket.pending_since):
+        asked_before = now - timedelta(days=every * level)
+        for ticket in run.tickets(_TO_REMIND, level=level, asked_before=asked_before, **run.hours(kind)):
             since = ticket.pending_since
             assert since is not None
             to = ticket.requester
@@ -358,19 +418,16 @@ def remind_pending(session: Session, settings: Settings, now: datetime) -> int:
     return done
 
 
+_TO_CLOSE = _once_since("auto_close", Ticket.resolved_at, Ticket.status == Status.RESOLVED)
+
+
 def close_resolved(session: Session, settings: Settings, now: datetime) -> int:
     days = settings.sla.close_resolved_after_days
     if not days:
         return 0
     run, done = _Run(session, settings, now), 0
-    query = select(Ticket).where(
-        Ticket.status == Status.RESOLVED,
-        LIVE,
-        Ticket.resolved_at <= now - timedelta(days=days),
-        _not_fired("auto_close", 1, Ticket.resolved_at),
-        run.in_hours("auto_close"),
-    )
-    for ticket in run.tickets(query, Ticket.resolved_at):
+    resolved_before = now - timedelta(days=days)
+    for ticket in run.tickets(_TO_CLOSE, before=resolved_before, **run.hours("auto_close")):
         resolved = ticket.resolved_at
         assert resolved is not None
         to = ticket.requester
