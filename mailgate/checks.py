@@ -5,11 +5,10 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Callable
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from mailgate.config import ImapMailbox, Settings
-from mailgate.db import make_engine
-from mailgate.models import Counter
+from mailgate.db import make_engine, schema_problem
 from mailgate.outgoing.sender import SmtpRelay
 
 Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
@@ -20,10 +19,9 @@ def _database(settings: Settings) -> str | None:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-            try:
-                conn.execute(select(Counter.value).where(Counter.name == "ticket"))
-            except Exception:
-                return "reachable, but without mailgate's schema: run `mailgate db upgrade`"
+            problem = schema_problem(conn)
+            if problem is not None:
+                return f"reachable, but {problem}"
     except Exception as exc:
         return f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}"
     finally:

@@ -19,9 +19,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import DBAPIError
 
 from mailgate import journal
 from mailgate.app import App
+from mailgate.config_file import ConfigError
+from mailgate.db import describe, schema_problem
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
@@ -87,8 +90,23 @@ def open_spool(app: App) -> Spool:
     return spool
 
 
+def check_schema(app: App) -> None:
+    """A database without this release's schema stops the start with the way out (else every
+    part would log its failure every round). One that cannot be reached is an outage: the daemon
+    starts, and the spool keeps the mail until the database is back."""
+    try:
+        with app.engine.connect() as connection:
+            problem = schema_problem(connection)
+    except DBAPIError as exc:
+        log.warning("cannot read the database's schema now (%s): starting; mail waits in the spool", describe(exc))
+        return
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT arrives), then shut down gracefully."""
+    check_schema(app)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():  # tests run the daemon in a thread
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,6 +103,29 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     finally:
         engine.dispose()
     return before, after
+
+
+# The newest migration in alembic/versions (tests/test_migrations.py checks it against alembic's
+# head, so a migration cannot land without it): the daemon compares the database with it at start
+# without importing alembic, which costs most of a second.
+SCHEMA_REVISION = "0017"
+
+
+def schema_problem(connection: Connection) -> str | None:
+    """Why this release cannot work on the database's schema (none yet, another revision), or
+    None. Read from alembic's own table."""
+    if not inspect(connection).has_table("alembic_version"):
+        return "the database has no mailgate schema yet: run `mailgate db upgrade`"
+    found = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if found == [SCHEMA_REVISION]:
+        return None
+    if not found:
+        return "the database has no mailgate schema yet: run `mailgate db upgrade`"
+    return (
+        f"the database's schema is at revision {', '.join(found)}, this release needs {SCHEMA_REVISION}:"
+        " run `mailgate db upgrade` (if this release does not know that revision, a newer mailgate"
+        " migrated the database: upgrade this one)"
+    )
 
 
 def describe(exc: BaseException) -> str:

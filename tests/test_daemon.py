@@ -287,6 +287,29 @@ def test_a_second_daemon_on_the_same_data_directory_is_refused(tmp_path: Path) -
     assert "Traceback" not in second.stderr.decode()
 
 
+@pytest.mark.parametrize("revision", [None, "0016"], ids=["no schema", "an older schema"])
+def test_a_database_without_this_releases_schema_stops_the_start_with_the_way_out(
+    tmp_path: Path, revision: str | None
+) -> None:
+    """Before, the daemon ran on it: every part logged a traceback every round (no such table)."""
+    db = tmp_path / "mailgate.db"
+    if revision is None:
+        db.touch()  # what SQLite leaves when something opened the file before any `db upgrade`
+    else:
+        upgrade(f"sqlite:///{db}", revision)
+    port = free_port()
+    config = _write_config(tmp_path, port)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "--config", str(config), "run"], capture_output=True, env=_env(), timeout=60
+    )
+    said = result.stderr.decode()
+    assert result.returncode == 78, said  # EX_CONFIG: systemd's Restart= does not help, a person must
+    assert "run `mailgate db upgrade`" in said and "Traceback" not in said, said
+    if revision is not None:
+        assert "at revision 0016, this release needs 0017" in said, said
+    assert not (tmp_path / "data" / "spool").exists()  # nothing started
+
+
 def _only_a_poke_brings_mail_in(monkeypatch: pytest.MonkeyPatch) -> Callable[[SpoolWorker], bool]:
     """Every spool worker's next look is an hour away. The function returned waits until a look
     of the given worker found nothing to do: from then on only a wake-up brings mail in within a
