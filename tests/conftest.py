@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
 from mailgate.config import Settings
-from mailgate.db import upgrade
+from mailgate.db import make_engine, upgrade
 from mailgate.models import Base
 from mailgate.spool import Spool
 
@@ -114,6 +114,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
     return url
 
 
+_PG_ENGINES: dict[str, Engine] = {}
+
+
+def _shared_pg_engine(url: str) -> Engine | None:
+    """The tests of a process share one engine per PostgreSQL database (they all use the same
+    one, emptied between tests): a new engine would connect, learn the server and compile every
+    statement again, about a third of a short test's time. App.close() disposes of its pooled
+    connections, never of the engine. SQLite tests get an engine of their own (a file each)."""
+    if not url.startswith("postgresql"):
+        return None
+    if url not in _PG_ENGINES:
+        _PG_ENGINES[url] = make_engine(url)
+    return _PG_ENGINES[url]
+
+
 @pytest.fixture(autouse=True)
 def _every_app_is_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A test that fails before its own app.close() must not leave pooled database connections
@@ -121,8 +136,10 @@ def _every_app_is_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     built: list[App] = []
     build = App.build.__func__  # type: ignore[attr-defined]
 
-    def recorded(cls: type[App], *args: object, **kwargs: object) -> App:
-        application = build(cls, *args, **kwargs)
+    def recorded(cls: type[App], settings: Settings, *args: object, **kwargs: object) -> App:
+        if not args and "engine" not in kwargs:
+            kwargs["engine"] = _shared_pg_engine(settings.effective_database_url)
+        application = build(cls, settings, *args, **kwargs)
         built.append(application)
         return application
 
