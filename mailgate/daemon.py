@@ -142,7 +142,8 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             running.wakeup_thread.start()
         if settings.smtp.enabled:
             running.listener = ListenerProcess(settings, app.secret)
-            running.listener.wait_ready()
+            if not _listener_up(running.listener, stop):
+                return  # told to stop while it started: the finally stops what runs
             running.listener.watch(_on_listener_exit(stop, failure))
         _start_pollers(running, app)
         running.scheduler = BackgroundScheduler(timezone=UTC)
@@ -169,6 +170,20 @@ def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Run
             app.outbox_hook = None
     if failure:
         raise RuntimeError(failure[0])
+
+
+def _listener_up(listener: ListenerProcess, stop: threading.Event) -> bool:
+    """Whether the listener is up; False when the daemon was told to stop while it started.
+    systemd's SIGTERM reaches every process of the unit: a listener still importing dies of it
+    before its handler is set, and that is a stop, not a failure."""
+    try:
+        listener.wait_ready()
+        return True
+    except OSError:
+        if stop.is_set():
+            log.info("told to stop while the SMTP listener started")
+            return False
+        raise
 
 
 def _schedule_sla(app: App, scheduler: BackgroundScheduler) -> Scanner:

@@ -3,6 +3,7 @@ deliveries, a mail that kills the process, a second daemon, the MTA pipe waking 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -404,6 +405,23 @@ def test_imap_poll_reads_a_mailbox_once_from_the_command_line(tmp_path: Path) ->
         assert wrong.returncode == 1 and "no [[imap]] mailbox named sales" in wrong.stderr
 
 
+def test_systemctl_stop_while_the_daemon_starts_is_a_stop_not_a_failure(tmp_path: Path) -> None:
+    """`systemctl stop` sends SIGTERM to every process of the unit. The listener process, still
+    importing, dies of it; before, the daemon then exited 1, saying the listener exited at start."""
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as stderr:
+        process, _ = _start_daemon(tmp_path, stderr)
+    try:
+        wait_for(lambda: _listener_started(process.pid), interval=0.005)
+        os.killpg(process.pid, signal.SIGTERM)  # the listener has just been started: it is importing
+        code = process.wait(10)
+    finally:
+        _stop(process)
+    said = log.read_text()
+    assert code == 0, said
+    assert "told to stop while the SMTP listener started" in said and "error" not in said, said
+
+
 def _signal_the_listener(tmp_path: Path, signum: int) -> tuple[int, str, int]:
     """Start the daemon, send `signum` to its listener process alone; (exit code, stderr, port)."""
     process, port = _start_daemon(tmp_path, subprocess.PIPE)
@@ -459,6 +477,14 @@ def test_a_listener_told_to_stop_stops_the_daemon_cleanly(tmp_path: Path) -> Non
 
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _listener_started(daemon: int) -> bool:
+    """Whether the daemon has started its listener process (a child that may be gone at once)."""
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+        return any("spawn_main" in _cmdline(int(pid)) for pid in children)
+    return False
 
 
 def test_mail_a_killed_daemon_was_delivering_goes_out_at_its_restart_not_ten_minutes_later(tmp_path: Path) -> None:
