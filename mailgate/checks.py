@@ -8,7 +8,7 @@ from collections.abc import Callable
 from sqlalchemy import text
 
 from mailgate.config import ImapMailbox, Settings
-from mailgate.db import make_engine, schema_problem
+from mailgate.db import make_engine, reader, schema_problem
 from mailgate.outgoing.sender import SmtpRelay
 
 Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
@@ -17,7 +17,7 @@ Check = tuple[str, str | None]  # (what, None when OK else what is wrong)
 def _database(settings: Settings) -> str | None:
     engine = make_engine(settings.effective_database_url)
     try:
-        with engine.connect() as conn:
+        with reader(engine).connect() as conn:
             conn.execute(text("SELECT 1"))
             problem = schema_problem(conn)
             if problem is not None:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from mailgate import journal
 from mailgate.app import App
 from mailgate.config_file import ConfigError
-from mailgate.db import describe, schema_problem
+from mailgate.db import describe, reader, schema_problem
 from mailgate.ingest.spooled import SpoolWorker
 from mailgate.outgoing.sender import Sender, transport_for
 from mailgate.spool import Spool
@@ -95,7 +95,9 @@ def check_schema(app: App) -> None:
     part would log its failure every round). One that cannot be reached is an outage: the daemon
     starts, and the spool keeps the mail until the database is back."""
     try:
-        with app.engine.connect() as connection:
+        # A reading transaction: on SQLite it never waits for a writer's lock (a `mailgate
+        # import` running), so the start neither waits 5 s nor skips the check.
+        with reader(app.engine).connect() as connection:
             problem = schema_problem(connection)
     except DBAPIError as exc:
         log.warning("cannot read the database's schema now (%s): starting; mail waits in the spool", describe(exc))
@@ -179,9 +181,9 @@ def _listener_up(listener: ListenerProcess, stop: threading.Event) -> bool:
     try:
         listener.wait_ready()
         return True
-    except OSError:
+    except OSError as exc:
         if stop.is_set():
-            log.info("told to stop while the SMTP listener started")
+            log.info("told to stop while the SMTP listener started (%s)", exc)
             return False
         raise
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -288,11 +289,17 @@ def test_a_second_daemon_on_the_same_data_directory_is_refused(tmp_path: Path) -
     assert "Traceback" not in second.stderr.decode()
 
 
-@pytest.mark.parametrize("revision", [None, "0016"], ids=["no schema", "an older schema"])
+@pytest.mark.parametrize(
+    ("revision", "locked"),
+    [(None, False), ("0016", False), ("0016", True)],
+    ids=["no schema", "an older schema", "an older schema, while a writer holds the lock"],
+)
 def test_a_database_without_this_releases_schema_stops_the_start_with_the_way_out(
-    tmp_path: Path, revision: str | None
+    tmp_path: Path, revision: str | None, locked: bool
 ) -> None:
-    """Before, the daemon ran on it: every part logged a traceback every round (no such table)."""
+    """Before, the daemon ran on it: every part logged a traceback every round (no such table).
+    The check only reads: a writer holding SQLite's lock (a `mailgate import`) does not make the
+    start wait for it, nor skip the check."""
     db = tmp_path / "mailgate.db"
     if revision is None:
         db.touch()  # what SQLite leaves when something opened the file before any `db upgrade`
@@ -300,14 +307,22 @@ def test_a_database_without_this_releases_schema_stops_the_start_with_the_way_ou
         upgrade(f"sqlite:///{db}", revision)
     port = free_port()
     config = _write_config(tmp_path, port)
-    result = subprocess.run(
-        [sys.executable, "-m", "mailgate", "--config", str(config), "run"], capture_output=True, env=_env(), timeout=60
-    )
+    writer = sqlite3.connect(db, isolation_level=None)
+    if locked:
+        writer.execute("BEGIN IMMEDIATE")
+    try:
+        command = [sys.executable, "-m", "mailgate", "--config", str(config), "run"]
+        started = time.monotonic()
+        result = subprocess.run(command, capture_output=True, env=_env(), timeout=60)
+        took = time.monotonic() - started
+    finally:
+        writer.close()
     said = result.stderr.decode()
     assert result.returncode == 78, said  # EX_CONFIG: systemd's Restart= does not help, a person must
     assert "run `mailgate db upgrade`" in said and "Traceback" not in said, said
     if revision is not None:
         assert "at revision 0016, this release needs 0017" in said, said
+    assert took < 4, took  # SQLite's busy timeout is 5 s
     assert not (tmp_path / "data" / "spool").exists()  # nothing started
 
 
