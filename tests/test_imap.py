@@ -125,7 +125,9 @@ def database_admin(db_url: str) -> Iterator[Callable[[bool], None]]:
 
 
 def count(app: App, model: type) -> int:
-    with app.sessions() as session:
+    """In a reading session: a writing one queues for SQLite's lock behind the poller's ingest,
+    and on a loaded machine (CI) it gave up after the busy timeout, "database is locked"."""
+    with app.read_sessions() as session:
         return session.scalar(select(func.count()).select_from(model)) or 0
 
 
