@@ -55,7 +55,7 @@ def _acks(app: App) -> list[Outbox]:
 
 
 def _queued(app: App) -> int:
-    with app.sessions() as s:
+    with app.read_sessions() as s:
         return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state == "queued"))
 
 

@@ -100,7 +100,7 @@ def message_id(raw: bytes) -> str:
 
 
 def stored_message_ids(app: App) -> set[str]:
-    with app.sessions() as session:
+    with app.read_sessions() as session:
         return {f"<{m}>" for m in session.scalars(select(Message.message_id))}
 
 
@@ -132,7 +132,7 @@ def count(app: App, model: type) -> int:
 
 
 def stored(app: App, message_id: str) -> bool:
-    with app.sessions() as session:
+    with app.read_sessions() as session:
         return session.scalar(select(func.count()).where(Message.message_id == message_id)) == 1
 
 
