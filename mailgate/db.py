@@ -114,9 +114,9 @@ SCHEMA_REVISION = "0017"
 def schema_problem(connection: Connection) -> str | None:
     """Why this release cannot work on the database's schema (none yet, another revision), or
     None. Read from alembic's own table."""
-    if not inspect(connection).has_table("alembic_version"):
-        return "the database has no mailgate schema yet: run `mailgate db upgrade`"
-    found = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    found: list[str] = []
+    if inspect(connection).has_table("alembic_version"):
+        found = list(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
     if found == [SCHEMA_REVISION]:
         return None
     if not found:

@@ -278,16 +278,16 @@ def escalate(session: Session, settings: Settings, now: datetime) -> int:
     run, done = _Run(session, settings, now), 0
     # A lower bound of level 2's wait in any calendar, so the query can leave out the rest.
     soonest = timedelta(minutes=settings.sla.escalate_again_after.minutes)
-    hours = run.hours("escalation")
+    params = {"second_before": now - soonest, **run.hours("escalation")}  # for both queries
     for target, _, due, stage in TARGETS:
         first, second = _BREACHED[target]
-        for ticket in run.tickets(first, second_before=now - soonest, **hours):
+        for ticket in run.tickets(first, **params):
             deadline = getattr(ticket, due.key)
             # Found late (the daemon was down): the level it has reached, and only that one.
             level = 2 if now >= _level_two_at(run, ticket, deadline) else 1
             done += _escalation(run, ticket, target, deadline, level)
             _advance(ticket, stage, SlaStage.ESCALATED_AGAIN if level == 2 else SlaStage.ESCALATED)
-        for ticket in run.tickets(second, second_before=now - soonest, **hours):
+        for ticket in run.tickets(second, **params):
             deadline = getattr(ticket, due.key)
             if now >= _level_two_at(run, ticket, deadline):
                 done += _escalation(run, ticket, target, deadline, 2)
