@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mailgate import journal
 from mailgate.app import App
@@ -100,6 +100,12 @@ def check_schema(app: App) -> None:
         with reader(app.engine).connect() as connection:
             problem = schema_problem(connection)
     except DBAPIError as exc:
+        # An outage is a server that cannot be reached or SQLite's lock held; anything else (a
+        # file that is no database, no rights on the tables) a person must mend.
+        sqlite = app.engine.dialect.name == "sqlite"
+        outage = "database is locked" in str(exc) if sqlite else isinstance(exc, OperationalError)
+        if not outage:
+            raise ConfigError(f"the database cannot be read: {describe(exc)}") from exc
         log.warning("cannot read the database's schema now (%s): starting; mail waits in the spool", describe(exc))
         return
     if problem is not None:
@@ -108,11 +114,11 @@ def check_schema(app: App) -> None:
 
 def serve(app: App, stop: threading.Event | None = None, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT arrives), then shut down gracefully."""
-    check_schema(app)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():  # tests run the daemon in a thread
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _signum, _frame: stop.set())
+    check_schema(app)  # after the handlers: a server slow to answer must not make SIGTERM kill us
     settings = app.settings
     spool = open_spool(app)
     previous_run, this_run = spool.new_run()

@@ -114,7 +114,7 @@ SCHEMA_REVISION = "0017"
 def schema_problem(connection: Connection) -> str | None:
     """Why this release cannot work on the database's schema (none yet, another revision), or
     None. Read from alembic's own table."""
-    found: list[str] = []
+    found: list[str | None] = []
     if inspect(connection).has_table("alembic_version"):
         found = list(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
     if found == [SCHEMA_REVISION]:
@@ -122,7 +122,7 @@ def schema_problem(connection: Connection) -> str | None:
     if not found:
         return "the database has no mailgate schema yet: run `mailgate db upgrade`"
     return (
-        f"the database's schema is at revision {', '.join(found)}, this release needs {SCHEMA_REVISION}:"
+        f"the database's schema is at revision {', '.join(map(str, found))}, this release needs {SCHEMA_REVISION}:"
         " run `mailgate db upgrade` (if this release does not know that revision, a newer mailgate"
         " migrated the database: upgrade this one)"
     )

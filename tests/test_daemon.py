@@ -324,6 +324,18 @@ def test_a_database_without_this_releases_schema_stops_the_start_with_the_way_ou
     assert not (tmp_path / "data" / "spool").exists()  # nothing started
 
 
+def test_a_file_that_is_no_database_stops_the_start_it_is_no_outage(tmp_path: Path) -> None:
+    """Before, any database error counted as an outage: the daemon ran on a garbage file and
+    every SLA scan logged a traceback."""
+    (tmp_path / "mailgate.db").write_bytes(b"this is not an SQLite database, " * 64)
+    config = _write_config(tmp_path, free_port())
+    command = [sys.executable, "-m", "mailgate", "--config", str(config), "run"]
+    result = subprocess.run(command, capture_output=True, env=_env(), timeout=30)
+    said = result.stderr.decode()
+    assert result.returncode == 78, said
+    assert "the database cannot be read" in said and "not a database" in said and "Traceback" not in said, said
+
+
 def _only_a_poke_brings_mail_in(monkeypatch: pytest.MonkeyPatch) -> Callable[[SpoolWorker], bool]:
     """Every spool worker's next look is an hour away. The function returned waits until a look
     of the given worker found nothing to do: from then on only a wake-up brings mail in within a
